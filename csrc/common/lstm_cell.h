@@ -1,0 +1,60 @@
+// The LSTM cell's forward and backward arithmetic (ARITHMETIC.md rules 5 and 8), written once for the
+// CPU and CUDA kernels. Each local is one rounded value, in the order written here.
+#pragma once
+
+#include "canonical_math.h"
+#include "philox.h"
+
+namespace DETLSTM_MATH_NS {
+
+template <typename T>
+struct CellState {
+  T i, f, g, o;  // activated gates
+  T c, h;
+};
+
+// From the four gate pre-activations (PyTorch's order i, f, g, o) and the previous cell state.
+template <typename T>
+DETLSTM_HD CellState<T> lstm_cell_forward(T a_i, T a_f, T a_g, T a_o, T c_prev) {
+  CellState<T> s;
+  s.i = canonical_sigmoid(a_i);
+  s.f = canonical_sigmoid(a_f);
+  s.g = canonical_tanh(a_g);
+  s.o = canonical_sigmoid(a_o);
+  s.c = fma_rn(s.f, c_prev, s.i * s.g);
+  s.h = s.o * canonical_tanh(s.c);
+  return s;
+}
+
+template <typename T>
+struct CellGrad {
+  T da_i, da_f, da_g, da_o;  // gradients of the gate pre-activations
+  T dc_prev;                 // gradient flowing to the previous cell state
+};
+
+// dh: the whole gradient reaching h at this step (output gradient plus the recurrent part);
+// dc_next: the gradient reaching c from the step after it (or from c_n). tanh(c) is recomputed with
+// the forward's canonical function, so it is the forward's value bit for bit.
+// sigmoid'(a) = s - s*s and tanh'(a) = 1 - t*t, each as one fma.
+template <typename T>
+DETLSTM_HD CellGrad<T> lstm_cell_backward(T dh, T dc_next, T i, T f, T g, T o, T c, T c_prev) {
+  const T tc = canonical_tanh(c);
+  const T d_o = dh * tc;
+  const T dc = fma_rn(dh * o, fma_rn(-tc, tc, T(1)), dc_next);
+  CellGrad<T> r;
+  r.da_i = (dc * g) * fma_rn(-i, i, i);
+  r.da_f = (dc * c_prev) * fma_rn(-f, f, f);
+  r.da_g = (dc * i) * fma_rn(-g, g, T(1));
+  r.da_o = d_o * fma_rn(-o, o, o);
+  r.dc_prev = dc * f;
+  return r;
+}
+
+// Dropout applied to one value y of layer `layer`'s output at (step, row, feature): the draw for
+// this element comes from its Philox block (see philox.h); kept values are y * scale, dropped are 0.
+template <typename T>
+DETLSTM_HD T dropout_apply(T y, uint32_t draw, uint64_t threshold, T scale) {
+  return static_cast<uint64_t>(draw) >= threshold ? y * scale : T(0);
+}
+
+}  // namespace DETLSTM_MATH_NS

@@ -1,0 +1,169 @@
+// Fixed-order matrix product for the CPU kernels (ARITHMETIC.md rule 3).
+//
+// C[m][n] = init(m, n) + sum over p = 0 .. P-1 of A(m, p) * B(p, n), evaluated for every (m, n) as ONE
+// chain of fma in ascending p: acc = init; acc = fma(A(m,0), B(0,n), acc); acc = fma(A(m,1), ...) ...
+// Tiling only decides which (m, n) a thread computes and when; a chain split across P-blocks carries
+// its running value through C (a store and a reload are exact). So the bits of C[m][n] depend on
+// row m of A, column n of B and init alone: not on M (batch invariance), not on the thread count,
+// not on the tile sizes, and not on whether the vector or the scalar micro-kernel ran.
+//
+// Included by lstm_cpu_impl.h inside one instruction-set variant's namespace.
+
+enum class Init { kZero, kVector, kFromC };
+
+template <typename T>
+struct GemmGroup {
+  int64_t M;
+  const T* const* a;  // row mode: A(m, p) = a[m][p]; column mode: A(m, p) = a[p][m]
+  const T* const* b;  // B(p, n) = b[p][n]
+  T* const* c;        // C(m, n) = c[m][n]
+  Init init;
+  const T* init_vec;  // Init::kVector: init(m, n) = init_vec[n]
+};
+
+constexpr int kMR = 6;     // rows of C per micro-tile
+constexpr int kNR = 16;    // columns of C per micro-tile (two AVX2 vectors)
+constexpr int kNB = 64;    // columns of C per task
+constexpr int kKC = 256;   // reduction block: the slice of B a task streams stays in L2
+
+// Sets the x86 control bits that would flush subnormals (FTZ, DAZ) to IEEE behaviour for the
+// current thread while a kernel runs, and restores the caller's bits after (ARITHMETIC.md rule 2).
+struct DenormalGuard {
+#if defined(__x86_64__) || defined(_M_X64)
+  unsigned int saved;
+  DenormalGuard() : saved(_mm_getcsr()) { _mm_setcsr(saved & ~((1u << 15) | (1u << 6))); }
+  ~DenormalGuard() { _mm_setcsr(saved); }
+#endif
+};
+
+template <typename T>
+inline T gemm_init_value(const GemmGroup<T>& g, int64_t m, int64_t n) {
+  switch (g.init) {
+    case Init::kZero:
+      return T(0);
+    case Init::kVector:
+      return g.init_vec[n];
+    default:
+      return g.c[m][n];
+  }
+}
+
+template <typename T, bool kACols>
+inline void micro_scalar(const GemmGroup<T>& g, int mr, int nr, int64_t m0, int64_t n0, int64_t p0,
+                         int64_t kc, bool first) {
+  T acc[kMR][kNR];
+  for (int i = 0; i < mr; ++i)
+    for (int j = 0; j < nr; ++j)
+      acc[i][j] = first ? gemm_init_value(g, m0 + i, n0 + j) : g.c[m0 + i][n0 + j];
+  for (int64_t p = p0; p < p0 + kc; ++p) {
+    const T* bp = g.b[p] + n0;
+    for (int i = 0; i < mr; ++i) {
+      const T av = kACols ? g.a[p][m0 + i] : g.a[m0 + i][p];
+      for (int j = 0; j < nr; ++j) acc[i][j] = math::fma_rn(av, bp[j], acc[i][j]);
+    }
+  }
+  for (int i = 0; i < mr; ++i)
+    for (int j = 0; j < nr; ++j) g.c[m0 + i][n0 + j] = acc[i][j];
+}
+
+#if DETLSTM_CPU_AVX2
+// The same chains as micro_scalar, eight columns per instruction: _mm256_fmadd_ps rounds once per
+// lane exactly like fma_rn, so the two kernels agree bit for bit.
+template <int MR, bool kACols>
+inline void micro_avx2(const GemmGroup<float>& g, int64_t m0, int64_t n0, int64_t p0, int64_t kc,
+                       bool first) {
+  __m256 lo[MR], hi[MR];
+  for (int i = 0; i < MR; ++i) {
+    if (!first || g.init == Init::kFromC) {
+      lo[i] = _mm256_loadu_ps(g.c[m0 + i] + n0);
+      hi[i] = _mm256_loadu_ps(g.c[m0 + i] + n0 + 8);
+    } else if (g.init == Init::kVector) {
+      lo[i] = _mm256_loadu_ps(g.init_vec + n0);
+      hi[i] = _mm256_loadu_ps(g.init_vec + n0 + 8);
+    } else {
+      lo[i] = _mm256_setzero_ps();
+      hi[i] = _mm256_setzero_ps();
+    }
+  }
+  const float* arow[MR];
+  if (!kACols)
+    for (int i = 0; i < MR; ++i) arow[i] = g.a[m0 + i];
+  for (int64_t p = p0; p < p0 + kc; ++p) {
+    const float* bp = g.b[p] + n0;
+    const __m256 b0 = _mm256_loadu_ps(bp);
+    const __m256 b1 = _mm256_loadu_ps(bp + 8);
+    const float* acol = kACols ? g.a[p] + m0 : nullptr;
+    for (int i = 0; i < MR; ++i) {
+      const __m256 av = _mm256_broadcast_ss(kACols ? acol + i : arow[i] + p);
+      lo[i] = _mm256_fmadd_ps(av, b0, lo[i]);
+      hi[i] = _mm256_fmadd_ps(av, b1, hi[i]);
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    _mm256_storeu_ps(g.c[m0 + i] + n0, lo[i]);
+    _mm256_storeu_ps(g.c[m0 + i] + n0 + 8, hi[i]);
+  }
+}
+
+template <bool kACols>
+inline void micro_vector(const GemmGroup<float>& g, int mr, int64_t m0, int64_t n0, int64_t p0,
+                         int64_t kc, bool first) {
+  switch (mr) {
+    case 6: micro_avx2<6, kACols>(g, m0, n0, p0, kc, first); break;
+    case 5: micro_avx2<5, kACols>(g, m0, n0, p0, kc, first); break;
+    case 4: micro_avx2<4, kACols>(g, m0, n0, p0, kc, first); break;
+    case 3: micro_avx2<3, kACols>(g, m0, n0, p0, kc, first); break;
+    case 2: micro_avx2<2, kACols>(g, m0, n0, p0, kc, first); break;
+    default: micro_avx2<1, kACols>(g, m0, n0, p0, kc, first); break;
+  }
+}
+#endif
+
+// One task: up to kMR rows and kNB columns of C, the whole reduction.
+template <typename T, bool kACols>
+void gemm_task(const GemmGroup<T>& g, int64_t N, int64_t P, int64_t m0, int64_t nb0) {
+  const int mr = static_cast<int>(std::min<int64_t>(kMR, g.M - m0));
+  const int64_t n_end = std::min<int64_t>(nb0 + kNB, N);
+  for (int64_t p0 = 0; p0 < P; p0 += kKC) {
+    const int64_t kc = std::min<int64_t>(kKC, P - p0);
+    for (int64_t n0 = nb0; n0 < n_end; n0 += kNR) {
+      const int nr = static_cast<int>(std::min<int64_t>(kNR, n_end - n0));
+#if DETLSTM_CPU_AVX2
+      if constexpr (std::is_same<T, float>::value) {
+        if (nr == kNR) {
+          micro_vector<kACols>(g, mr, m0, n0, p0, kc, p0 == 0);
+          continue;
+        }
+      }
+#endif
+      micro_scalar<T, kACols>(g, mr, nr, m0, n0, p0, kc, p0 == 0);
+    }
+  }
+}
+
+// Runs every group's product (all with the same N and P) as one parallel region. P >= 1.
+template <typename T, bool kACols>
+void gemm_chain(const std::vector<GemmGroup<T>>& groups, int64_t N, int64_t P,
+                const ParallelFor& parallel_for) {
+  const int64_t n_blocks = (N + kNB - 1) / kNB;
+  std::vector<int64_t> first_task(groups.size() + 1, 0);
+  for (size_t k = 0; k < groups.size(); ++k) {
+    const int64_t m_tiles = (groups[k].M + kMR - 1) / kMR;
+    first_task[k + 1] = first_task[k] + m_tiles * n_blocks;
+  }
+  const int64_t tasks = first_task.back();
+  if (tasks == 0) return;
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / (kMR * kNB * P));
+  parallel_for(tasks, grain, [&](int64_t begin, int64_t end) {
+    DenormalGuard guard;
+    size_t k = 0;
+    for (int64_t task = begin; task < end; ++task) {
+      while (task >= first_task[k + 1]) ++k;
+      const GemmGroup<T>& g = groups[k];
+      const int64_t m_tiles = (g.M + kMR - 1) / kMR;
+      const int64_t local = task - first_task[k];
+      // m fastest: consecutive tasks of a chunk reuse the same slice of B from cache
+      gemm_task<T, kACols>(g, N, P, (local % m_tiles) * kMR, (local / m_tiles) * kNB);
+    }
+  });
+}

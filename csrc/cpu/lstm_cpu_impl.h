@@ -1,0 +1,410 @@
+// The CPU LSTM: the whole stack (all layers, both directions) forward and backward, following
+// ARITHMETIC.md. Compiled once per instruction-set variant: the including file defines
+// DETLSTM_CPU_VARIANT (the variant's namespace), DETLSTM_MATH_NS and DETLSTM_CPU_AVX2, and has
+// included the standard headers, lstm_cpu.h and the csrc/common headers.
+//
+// Work is proportional to the sum of the lengths: only valid (step, row) pairs are computed, and a
+// sequence's reverse direction starts at its own last step.
+
+namespace detlstm {
+namespace cpu {
+namespace DETLSTM_CPU_VARIANT {
+
+namespace math = ::DETLSTM_MATH_NS;
+
+#include "gemm_chain.h"
+
+// Which rows run at each processing step. Rows are ordered by length, longest first (ties keep batch
+// order), so the rows still running at step s are the first active[s] of `order`. The order only
+// schedules work; no value depends on it.
+struct StepSchedule {
+  std::vector<int64_t> order;
+  std::vector<int64_t> active;   // active[s] = number of rows with length > s; active[T] = 0
+  std::vector<int64_t> valid;    // valid (t, b) as t * B + b, in storage order
+  StepSchedule(const int64_t* lengths, int64_t T, int64_t B) : order(B), active(T + 1, 0) {
+    for (int64_t b = 0; b < B; ++b) order[b] = b;
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int64_t x, int64_t y) { return lengths[x] > lengths[y]; });
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t s = 0; s < lengths[b]; ++s) active[s] += 1;
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t b = 0; b < B; ++b)
+        if (t < lengths[b]) valid.push_back(t * B + b);
+  }
+};
+
+// Time index of processing step s of row b: forward runs t = s, reverse runs t = len-1-s.
+inline int64_t step_time(int64_t direction, int64_t s, int64_t length) {
+  return direction == 0 ? s : length - 1 - s;
+}
+// The time index whose state feeds step t (t-1 forward, t+1 reverse).
+inline int64_t prev_time(int64_t direction, int64_t t) { return direction == 0 ? t - 1 : t + 1; }
+
+template <typename T>
+std::vector<T> transposed(const T* w, int64_t rows, int64_t cols) {
+  std::vector<T> out(static_cast<size_t>(rows * cols));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) out[c * rows + r] = w[r * cols + c];
+  return out;
+}
+
+// Layer `layer`'s output y (valid rows only) with dropout applied, into out (same layout).
+template <typename T>
+void apply_dropout(const DropoutParams& dp, int64_t layer, const T* y, T* out, int64_t width,
+                   const StepSchedule& sched, int64_t B, const ParallelFor& parallel_for) {
+  const T scale = static_cast<T>(dp.scale);
+  parallel_for(static_cast<int64_t>(sched.valid.size()), 4, [&](int64_t begin, int64_t end) {
+    DenormalGuard guard;
+    for (int64_t v = begin; v < end; ++v) {
+      const int64_t r = sched.valid[v], t = r / B, b = r % B;
+      const T* src = y + r * width;
+      T* dst = out + r * width;
+      for (int64_t f0 = 0; f0 < width; f0 += 4) {
+        const math::Philox4x32 draws =
+            math::dropout_draws(dp.seed, static_cast<uint32_t>(layer), static_cast<uint32_t>(t),
+                                static_cast<uint32_t>(b), static_cast<uint32_t>(f0 / 4));
+        for (int64_t q = 0; q < 4 && f0 + q < width; ++q)
+          dst[f0 + q] = math::dropout_apply(src[f0 + q], draws.v[q], dp.threshold, scale);
+      }
+    }
+  });
+}
+
+template <typename T>
+void zero_padding(T* base, int64_t width, const int64_t* lengths, int64_t steps, int64_t B) {
+  for (int64_t t = 0; t < steps; ++t)
+    for (int64_t b = 0; b < B; ++b)
+      if (t >= lengths[b]) std::fill(base + (t * B + b) * width, base + (t * B + b + 1) * width, T(0));
+}
+
+template <typename T>
+void lstm_forward(const LstmForwardArgs<T>& a, const ParallelFor& parallel_for) {
+  const LstmShape& S = a.shape;
+  const int64_t Tn = S.steps, B = S.batch, H = S.hidden_size, L = S.num_layers, D = S.directions;
+  const int64_t DH = D * H, G = 4 * H;
+  const int64_t* len = a.lengths;
+  const StepSchedule sched(len, Tn, B);
+  const int64_t R = static_cast<int64_t>(sched.valid.size());
+
+  zero_padding(a.y, DH, len, Tn, B);
+  for (int64_t l = 0; l + 1 < L; ++l) zero_padding(a.layer_out + l * Tn * B * DH, DH, len, Tn, B);
+  for (int64_t ld = 0; ld < L * D; ++ld) {
+    zero_padding(a.gates + ld * Tn * B * G, G, len, Tn, B);
+    zero_padding(a.cells + ld * Tn * B * H, H, len, Tn, B);
+  }
+
+  std::vector<T> dropped;
+  if (a.dropout.active && L > 1) dropped.assign(static_cast<size_t>(Tn * B * DH), T(0));
+
+  std::vector<const T*> a_rows;
+  std::vector<T*> c_rows;
+  std::vector<const T*> b_rows;
+  for (int64_t l = 0; l < L; ++l) {
+    const int64_t K = l == 0 ? S.input_size : DH;
+    const T* X = a.x;
+    if (l > 0) {
+      X = a.layer_out + (l - 1) * Tn * B * DH;
+      if (a.dropout.active) {
+        apply_dropout(a.dropout, l - 1, X, dropped.data(), DH, sched, B, parallel_for);
+        X = dropped.data();
+      }
+    }
+    T* Y = l == L - 1 ? a.y : a.layer_out + l * Tn * B * DH;
+
+    // Per direction: W_ih^T (K, 4H), W_hh^T (H, 4H) so a row of B is contiguous over gate rows,
+    // and the chain's head b_ih + b_hh (rule 4).
+    std::vector<std::vector<T>> wt_ih(D), wt_hh(D), bias(D);
+    std::vector<T*> gates(D), cells(D);
+    for (int64_t d = 0; d < D; ++d) {
+      const int64_t w = l * D + d;
+      wt_ih[d] = transposed(a.weights.w_ih[w], G, K);
+      wt_hh[d] = transposed(a.weights.w_hh[w], G, H);
+      bias[d].assign(static_cast<size_t>(G), T(0));
+      if (S.has_bias)
+        for (int64_t n = 0; n < G; ++n) bias[d][n] = a.weights.b_ih[w][n] + a.weights.b_hh[w][n];
+      gates[d] = a.gates + w * Tn * B * G;
+      cells[d] = a.cells + w * Tn * B * H;
+    }
+
+    // Input part of every valid step's pre-activations: the head of each chain, all steps at once.
+    {
+      a_rows.resize(R);
+      c_rows.resize(D * R);
+      b_rows.resize(D * K);
+      std::vector<GemmGroup<T>> groups;
+      for (int64_t v = 0; v < R; ++v) a_rows[v] = X + sched.valid[v] * K;
+      for (int64_t d = 0; d < D; ++d) {
+        for (int64_t v = 0; v < R; ++v) c_rows[d * R + v] = gates[d] + sched.valid[v] * G;
+        for (int64_t p = 0; p < K; ++p) b_rows[d * K + p] = wt_ih[d].data() + p * G;
+        groups.push_back({R, a_rows.data(), b_rows.data() + d * K, c_rows.data() + d * R,
+                          Init::kVector, bias[d].data()});
+      }
+      gemm_chain<T, false>(groups, G, K, parallel_for);
+    }
+
+    // The recurrence: each step continues the chains with h_prev . W_hh^T, then runs the cell.
+    b_rows.resize(D * H);
+    for (int64_t d = 0; d < D; ++d)
+      for (int64_t p = 0; p < H; ++p) b_rows[d * H + p] = wt_hh[d].data() + p * G;
+    a_rows.resize(D * B);
+    c_rows.resize(D * B);
+    std::vector<const T*> c_prev_rows(D * B);
+    for (int64_t s = 0; s < Tn; ++s) {
+      const int64_t n = sched.active[s];
+      std::vector<GemmGroup<T>> groups;
+      for (int64_t d = 0; d < D; ++d) {
+        for (int64_t i = 0; i < n; ++i) {
+          const int64_t b = sched.order[i], t = step_time(d, s, len[b]);
+          if (s == 0) {
+            a_rows[d * B + i] = a.h0 + ((l * D + d) * B + b) * H;
+            c_prev_rows[d * B + i] = a.c0 + ((l * D + d) * B + b) * H;
+          } else {
+            const int64_t tp = prev_time(d, t);
+            a_rows[d * B + i] = Y + (tp * B + b) * DH + d * H;
+            c_prev_rows[d * B + i] = cells[d] + (tp * B + b) * H;
+          }
+          c_rows[d * B + i] = gates[d] + (t * B + b) * G;
+        }
+        groups.push_back({n, a_rows.data() + d * B, b_rows.data() + d * H, c_rows.data() + d * B,
+                          Init::kFromC, nullptr});
+      }
+      gemm_chain<T, false>(groups, G, H, parallel_for);
+
+      parallel_for(D * n, std::max<int64_t>(1, 2048 / H), [&](int64_t begin, int64_t end) {
+        DenormalGuard guard;
+        for (int64_t item = begin; item < end; ++item) {
+          const int64_t d = item / n, i = item % n;
+          const int64_t b = sched.order[i], t = step_time(d, s, len[b]);
+          T* g = c_rows[d * B + i];
+          const T* c_prev = c_prev_rows[d * B + i];
+          T* c_out = cells[d] + (t * B + b) * H;
+          T* h_out = Y + (t * B + b) * DH + d * H;
+          for (int64_t j = 0; j < H; ++j) {
+            const math::CellState<T> st =
+                math::lstm_cell_forward(g[j], g[H + j], g[2 * H + j], g[3 * H + j], c_prev[j]);
+            g[j] = st.i;
+            g[H + j] = st.f;
+            g[2 * H + j] = st.g;
+            g[3 * H + j] = st.o;
+            c_out[j] = st.c;
+            h_out[j] = st.h;
+          }
+        }
+      });
+    }
+
+    // Final states: forward after step len-1, reverse after step 0.
+    for (int64_t d = 0; d < D; ++d)
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t t = d == 0 ? len[b] - 1 : 0;
+        const int64_t dst = ((l * D + d) * B + b) * H;
+        std::copy(Y + (t * B + b) * DH + d * H, Y + (t * B + b) * DH + d * H + H, a.h_n + dst);
+        std::copy(cells[d] + (t * B + b) * H, cells[d] + (t * B + b) * H + H, a.c_n + dst);
+      }
+  }
+}
+
+template <typename T>
+void lstm_backward(const LstmBackwardArgs<T>& a, const ParallelFor& parallel_for) {
+  const LstmForwardArgs<T>& f = a.fwd;
+  const LstmShape& S = f.shape;
+  const int64_t Tn = S.steps, B = S.batch, H = S.hidden_size, L = S.num_layers, D = S.directions;
+  const int64_t DH = D * H, G = 4 * H;
+  const int64_t* len = f.lengths;
+  const StepSchedule sched(len, Tn, B);
+  const int64_t R = static_cast<int64_t>(sched.valid.size());
+
+  zero_padding(a.dx, S.input_size, len, Tn, B);
+
+  std::vector<T> dropped;
+  if (f.dropout.active && L > 1) dropped.assign(static_cast<size_t>(Tn * B * DH), T(0));
+  // Gradient w.r.t. the current layer's output, and the one being built for the layer below.
+  std::vector<T> grad_buf[2];
+  if (L > 1)
+    for (auto& buf : grad_buf) buf.assign(static_cast<size_t>(Tn * B * DH), T(0));
+  std::vector<std::vector<T>> da(D, std::vector<T>(static_cast<size_t>(Tn * B * G), T(0)));
+  std::vector<T> dh(static_cast<size_t>(D * B * H)), dc(static_cast<size_t>(D * B * H));
+
+  std::vector<const T*> a_rows, b_rows;
+  std::vector<T*> c_rows;
+  const T* dY = a.dy;
+  for (int64_t l = L - 1; l >= 0; --l) {
+    const int64_t K = l == 0 ? S.input_size : DH;
+    const T* X = f.x;
+    if (l > 0) {
+      X = f.layer_out + (l - 1) * Tn * B * DH;
+      if (f.dropout.active) {
+        apply_dropout(f.dropout, l - 1, X, dropped.data(), DH, sched, B, parallel_for);
+        X = dropped.data();
+      }
+    }
+    const T* Y = l == L - 1 ? f.y : f.layer_out + l * Tn * B * DH;
+    std::vector<const T*> gates(D), cells(D);
+    for (int64_t d = 0; d < D; ++d) {
+      gates[d] = f.gates + (l * D + d) * Tn * B * G;
+      cells[d] = f.cells + (l * D + d) * Tn * B * H;
+    }
+    // h_prev of (t, b) in direction d: what multiplied W_hh at that step.
+    auto h_prev = [&](int64_t d, int64_t t, int64_t b) -> const T* {
+      const bool first = d == 0 ? t == 0 : t == len[b] - 1;
+      if (first) return f.h0 + ((l * D + d) * B + b) * H;
+      return Y + (prev_time(d, t) * B + b) * DH + d * H;
+    };
+
+    // Steps in reverse processing order. dh of a row starts as its output gradient (plus dh_n at its
+    // last step) and continues as one chain over the gate rows n = 0 .. 4H-1 of da(next step) * W_hh.
+    b_rows.resize(D * G);
+    for (int64_t d = 0; d < D; ++d)
+      for (int64_t p = 0; p < G; ++p) b_rows[d * G + p] = f.weights.w_hh[l * D + d] + p * H;
+    a_rows.resize(D * B);
+    c_rows.resize(D * B);
+    for (int64_t s = Tn - 1; s >= 0; --s) {
+      const int64_t n = sched.active[s], n_next = sched.active[s + 1];
+      for (int64_t d = 0; d < D; ++d)
+        for (int64_t i = 0; i < n; ++i) {
+          const int64_t b = sched.order[i], t = step_time(d, s, len[b]);
+          const T* dy_row = dY + (t * B + b) * DH + d * H;
+          T* dh_row = dh.data() + (d * B + b) * H;
+          if (s == len[b] - 1) {
+            const T* dh_n = a.dh_n + ((l * D + d) * B + b) * H;
+            const T* dc_n = a.dc_n + ((l * D + d) * B + b) * H;
+            for (int64_t j = 0; j < H; ++j) dh_row[j] = dy_row[j] + dh_n[j];
+            std::copy(dc_n, dc_n + H, dc.data() + (d * B + b) * H);
+          } else {
+            std::copy(dy_row, dy_row + H, dh_row);
+            a_rows[d * B + i] = da[d].data() + (step_time(d, s + 1, len[b]) * B + b) * G;
+            c_rows[d * B + i] = dh_row;
+          }
+        }
+      if (n_next > 0) {
+        std::vector<GemmGroup<T>> groups;
+        for (int64_t d = 0; d < D; ++d)
+          groups.push_back({n_next, a_rows.data() + d * B, b_rows.data() + d * G,
+                            c_rows.data() + d * B, Init::kFromC, nullptr});
+        gemm_chain<T, false>(groups, H, G, parallel_for);
+      }
+      parallel_for(D * n, std::max<int64_t>(1, 2048 / H), [&](int64_t begin, int64_t end) {
+        DenormalGuard guard;
+        for (int64_t item = begin; item < end; ++item) {
+          const int64_t d = item / n, i = item % n;
+          const int64_t b = sched.order[i], t = step_time(d, s, len[b]);
+          const T* g = gates[d] + (t * B + b) * G;
+          const T* c = cells[d] + (t * B + b) * H;
+          const T* c_prev = s == 0 ? f.c0 + ((l * D + d) * B + b) * H
+                                   : cells[d] + (prev_time(d, t) * B + b) * H;
+          const T* dh_row = dh.data() + (d * B + b) * H;
+          T* dc_row = dc.data() + (d * B + b) * H;
+          T* da_row = da[d].data() + (t * B + b) * G;
+          for (int64_t j = 0; j < H; ++j) {
+            const math::CellGrad<T> cg = math::lstm_cell_backward(
+                dh_row[j], dc_row[j], g[j], g[H + j], g[2 * H + j], g[3 * H + j], c[j], c_prev[j]);
+            da_row[j] = cg.da_i;
+            da_row[H + j] = cg.da_f;
+            da_row[2 * H + j] = cg.da_g;
+            da_row[3 * H + j] = cg.da_o;
+            dc_row[j] = cg.dc_prev;
+          }
+        }
+      });
+    }
+
+    // dh0: the chain over da(step 0) * W_hh from 0; dc0: what reached c_prev at step 0.
+    {
+      std::vector<GemmGroup<T>> groups;
+      for (int64_t d = 0; d < D; ++d) {
+        for (int64_t b = 0; b < B; ++b) {
+          a_rows[d * B + b] = da[d].data() + (step_time(d, 0, len[b]) * B + b) * G;
+          c_rows[d * B + b] = a.dh0 + ((l * D + d) * B + b) * H;
+        }
+        groups.push_back({B, a_rows.data() + d * B, b_rows.data() + d * G, c_rows.data() + d * B,
+                          Init::kZero, nullptr});
+      }
+      gemm_chain<T, false>(groups, H, G, parallel_for);
+      for (int64_t d = 0; d < D; ++d)
+        std::copy(dc.begin() + d * B * H, dc.begin() + (d + 1) * B * H,
+                  a.dc0 + (l * D + d) * B * H);
+    }
+
+    // Gradient w.r.t. the layer input: one chain per element over the forward direction's gate rows,
+    // then the reverse direction's, each ascending, from 0.
+    T* dX = l == 0 ? a.dx : grad_buf[l % 2].data();
+    {
+      a_rows.resize(D * R);
+      c_rows.resize(R);
+      b_rows.resize(D * G);
+      for (int64_t v = 0; v < R; ++v) c_rows[v] = dX + sched.valid[v] * K;
+      for (int64_t d = 0; d < D; ++d) {
+        for (int64_t v = 0; v < R; ++v) a_rows[d * R + v] = da[d].data() + sched.valid[v] * G;
+        for (int64_t p = 0; p < G; ++p) b_rows[d * G + p] = f.weights.w_ih[l * D + d] + p * K;
+        std::vector<GemmGroup<T>> groups{{R, a_rows.data() + d * R, b_rows.data() + d * G,
+                                          c_rows.data(), d == 0 ? Init::kZero : Init::kFromC,
+                                          nullptr}};
+        gemm_chain<T, false>(groups, K, G, parallel_for);
+      }
+    }
+
+    // Weight gradients: chains over the valid (t, b) in storage order, from 0 (rule 8).
+    {
+      std::vector<const T*> da_rows(D * R), x_rows(R), hp_rows(D * R);
+      std::vector<T*> dwih_rows(D * G), dwhh_rows(D * G);
+      for (int64_t v = 0; v < R; ++v) x_rows[v] = X + sched.valid[v] * K;
+      std::vector<GemmGroup<T>> ih_groups, hh_groups;
+      for (int64_t d = 0; d < D; ++d) {
+        const int64_t w = l * D + d;
+        for (int64_t v = 0; v < R; ++v) {
+          const int64_t r = sched.valid[v];
+          da_rows[d * R + v] = da[d].data() + r * G;
+          hp_rows[d * R + v] = h_prev(d, r / B, r % B);
+        }
+        for (int64_t m = 0; m < G; ++m) {
+          dwih_rows[d * G + m] = a.dw_ih[w] + m * K;
+          dwhh_rows[d * G + m] = a.dw_hh[w] + m * H;
+        }
+        ih_groups.push_back({G, da_rows.data() + d * R, x_rows.data(), dwih_rows.data() + d * G,
+                             Init::kZero, nullptr});
+        hh_groups.push_back({G, da_rows.data() + d * R, hp_rows.data() + d * R,
+                             dwhh_rows.data() + d * G, Init::kZero, nullptr});
+      }
+      gemm_chain<T, true>(ih_groups, K, R, parallel_for);
+      gemm_chain<T, true>(hh_groups, H, R, parallel_for);
+      if (S.has_bias) {
+        // db[n] = chain of adds over the valid (t, b) in storage order, from 0; b_ih and b_hh enter
+        // the pre-activation the same way, so both get this one value.
+        parallel_for(D * G, 16, [&](int64_t begin, int64_t end) {
+          DenormalGuard guard;
+          for (int64_t item = begin; item < end; ++item) {
+            const int64_t d = item / G, n = item % G;
+            T acc = T(0);
+            for (int64_t v = 0; v < R; ++v) acc = acc + da_rows[d * R + v][n];
+            a.db_ih[l * D + d][n] = acc;
+            a.db_hh[l * D + d][n] = acc;
+          }
+        });
+      }
+    }
+
+    if (l > 0) {
+      // Through the dropout between layer l-1 and l: the forward's mask, regenerated.
+      if (f.dropout.active) apply_dropout(f.dropout, l - 1, dX, dX, DH, sched, B, parallel_for);
+      dY = dX;
+    }
+  }
+}
+
+template <typename T>
+void lstm_unary(UnaryFn fn, const T* x, T* y, int64_t n, const ParallelFor& parallel_for) {
+  parallel_for(n, 4096, [&](int64_t begin, int64_t end) {
+    DenormalGuard guard;
+    for (int64_t k = begin; k < end; ++k) {
+      switch (fn) {
+        case UnaryFn::kExp: y[k] = math::canonical_exp(x[k]); break;
+        case UnaryFn::kSigmoid: y[k] = math::canonical_sigmoid(x[k]); break;
+        default: y[k] = math::canonical_tanh(x[k]); break;
+      }
+    }
+  });
+}
+
+}  // namespace DETLSTM_CPU_VARIANT
+}  // namespace cpu
+}  // namespace detlstm

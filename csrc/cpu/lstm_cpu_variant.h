@@ -1,0 +1,25 @@
+// Instantiates the CPU kernels for one instruction-set variant. The including .cpp defines
+// DETLSTM_CPU_VARIANT, DETLSTM_MATH_NS and DETLSTM_CPU_AVX2 first (and, for AVX2, the target pragma).
+#include "../common/lstm_cell.h"
+#include "lstm_cpu_impl.h"
+
+namespace detlstm {
+namespace cpu {
+
+const KernelVariant& DETLSTM_CPU_VARIANT_GETTER() {
+  namespace v = DETLSTM_CPU_VARIANT;
+  static const KernelVariant variant{
+      DETLSTM_CPU_VARIANT_NAME,
+      [](const LstmForwardArgs<float>& a, const ParallelFor& p) { v::lstm_forward<float>(a, p); },
+      [](const LstmForwardArgs<double>& a, const ParallelFor& p) { v::lstm_forward<double>(a, p); },
+      [](const LstmBackwardArgs<float>& a, const ParallelFor& p) { v::lstm_backward<float>(a, p); },
+      [](const LstmBackwardArgs<double>& a, const ParallelFor& p) { v::lstm_backward<double>(a, p); },
+      [](UnaryFn fn, const float* x, float* y, int64_t n, const ParallelFor& p) {
+        v::lstm_unary<float>(fn, x, y, n, p);
+      },
+  };
+  return variant;
+}
+
+}  // namespace cpu
+}  // namespace detlstm

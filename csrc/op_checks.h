@@ -1,0 +1,172 @@
+// Argument checks and output allocation shared by the CPU and CUDA bindings. Every check runs before
+// any kernel, so a bad call is a clear RuntimeError, never a crash or silent garbage.
+#pragma once
+
+#include <torch/extension.h>
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace detlstm {
+
+struct LstmDropout {
+  bool active = false;
+  uint64_t seed = 0;
+  uint64_t threshold = 0;
+  double scale = 1.0;
+};
+
+struct LstmCall {
+  int64_t steps, batch, input_size, hidden_size, num_layers, directions;
+  bool has_bias;
+  LstmDropout dropout;
+};
+
+inline std::vector<int64_t> expected_weight_shape(int64_t index_in_layer, int64_t gate_rows,
+                                                  int64_t layer_input, int64_t hidden) {
+  switch (index_in_layer) {
+    case 0: return {gate_rows, layer_input};
+    case 1: return {gate_rows, hidden};
+    default: return {gate_rows};
+  }
+}
+
+inline LstmCall check_lstm_call(const at::Tensor& input, const at::Tensor& lengths,
+                                const at::Tensor& h0, const at::Tensor& c0,
+                                at::TensorList weights, bool has_biases, int64_t num_layers,
+                                bool bidirectional, double dropout, bool train,
+                                const at::Tensor& seed) {
+  TORCH_CHECK(input.dim() == 3, "detlstm: input must be 3-D (T, B, input_size), got ", input.dim(),
+              "-D");
+  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
+              "detlstm: input must be float32 or float64, got ", input.scalar_type());
+  TORCH_CHECK(input.size(0) >= 1 && input.size(1) >= 1 && input.size(2) >= 1,
+              "detlstm: input must have at least one step, one batch row and one feature, got ",
+              input.sizes());
+  TORCH_CHECK(num_layers >= 1, "detlstm: num_layers must be >= 1, got ", num_layers);
+  LstmCall call;
+  call.steps = input.size(0);
+  call.batch = input.size(1);
+  call.input_size = input.size(2);
+  call.num_layers = num_layers;
+  call.directions = bidirectional ? 2 : 1;
+  call.has_bias = has_biases;
+
+  TORCH_CHECK(lengths.dim() == 1, "detlstm: lengths must be 1-D, got ", lengths.dim(), "-D");
+  TORCH_CHECK(lengths.scalar_type() == at::kLong || lengths.scalar_type() == at::kInt,
+              "detlstm: lengths must be an int64 or int32 tensor, got ", lengths.scalar_type());
+  TORCH_CHECK(lengths.device().is_cpu(), "detlstm: lengths must be on the CPU, got ",
+              lengths.device());
+  TORCH_CHECK(lengths.size(0) == call.batch, "detlstm: lengths must have one entry per batch row (",
+              call.batch, "), got ", lengths.size(0));
+  {
+    const at::Tensor l64 = lengths.to(at::kLong);
+    const int64_t lo = l64.min().item<int64_t>(), hi = l64.max().item<int64_t>();
+    TORCH_CHECK(lo >= 1 && hi <= call.steps, "detlstm: lengths must lie in [1, T=", call.steps,
+                "], got values in [", lo, ", ", hi, "]");
+  }
+
+  const int64_t per = has_biases ? 4 : 2;
+  const int64_t expected = per * num_layers * call.directions;
+  TORCH_CHECK(static_cast<int64_t>(weights.size()) == expected, "detlstm: expected ", expected,
+              " weight tensors for ", num_layers, " layer(s), ", call.directions,
+              " direction(s), bias=", has_biases, ", got ", weights.size());
+  TORCH_CHECK(weights[1].dim() == 2 && weights[1].size(1) >= 1 && weights[1].size(0) % 4 == 0,
+              "detlstm: weight_hh_l0 must have shape (4*hidden_size, hidden_size), got ",
+              weights[1].sizes());
+  call.hidden_size = weights[1].size(1);
+  const int64_t H = call.hidden_size;
+  for (int64_t w = 0; w < static_cast<int64_t>(weights.size()); ++w) {
+    const int64_t layer = w / (per * call.directions);
+    const int64_t layer_input = layer == 0 ? call.input_size : call.directions * H;
+    const auto shape = expected_weight_shape(w % per, 4 * H, layer_input, H);
+    const at::Tensor& t = weights[w];
+    TORCH_CHECK(t.sizes() == at::IntArrayRef(shape), "detlstm: weight ", w, " (layer ", layer,
+                ") must have shape ", at::IntArrayRef(shape), ", got ", t.sizes());
+    TORCH_CHECK(t.scalar_type() == input.scalar_type(), "detlstm: weight ", w, " has dtype ",
+                t.scalar_type(), " but input has dtype ", input.scalar_type());
+    TORCH_CHECK(t.device() == input.device(), "detlstm: weight ", w, " is on ", t.device(),
+                " but input is on ", input.device());
+  }
+  const std::vector<int64_t> state_shape{num_layers * call.directions, call.batch, H};
+  for (const auto* pair : {&h0, &c0}) {
+    const char* name = pair == &h0 ? "h0" : "c0";
+    TORCH_CHECK(pair->sizes() == at::IntArrayRef(state_shape), "detlstm: ", name,
+                " must have shape ", at::IntArrayRef(state_shape), ", got ", pair->sizes());
+    TORCH_CHECK(pair->scalar_type() == input.scalar_type(), "detlstm: ", name, " has dtype ",
+                pair->scalar_type(), " but input has dtype ", input.scalar_type());
+    TORCH_CHECK(pair->device() == input.device(), "detlstm: ", name, " is on ", pair->device(),
+                " but input is on ", input.device());
+  }
+
+  TORCH_CHECK(std::isfinite(dropout) && dropout >= 0.0 && dropout <= 1.0,
+              "detlstm: dropout must be a finite probability in [0, 1], got ", dropout);
+  TORCH_CHECK(seed.numel() == 1 && seed.scalar_type() == at::kLong && seed.device().is_cpu(),
+              "detlstm: seed must be a one-element int64 CPU tensor");
+  call.dropout.active = train && dropout > 0.0 && num_layers > 1;
+  if (call.dropout.active) {
+    call.dropout.seed = static_cast<uint64_t>(seed.item<int64_t>());
+    const double two32 = 4294967296.0;
+    call.dropout.threshold =
+        dropout >= 1.0 ? static_cast<uint64_t>(two32)
+                       : static_cast<uint64_t>(std::nearbyint(dropout * two32));
+    call.dropout.scale = 1.0 / (1.0 - dropout);
+  }
+  return call;
+}
+
+struct LstmOutputs {
+  at::Tensor output, h_n, c_n, layer_out, gates, cells;
+};
+
+inline LstmOutputs allocate_lstm_outputs(const LstmCall& c, const at::Tensor& input) {
+  const auto opts = input.options();
+  const int64_t LD = c.num_layers * c.directions, DH = c.directions * c.hidden_size;
+  LstmOutputs o;
+  o.output = at::empty({c.steps, c.batch, DH}, opts);
+  o.h_n = at::empty({LD, c.batch, c.hidden_size}, opts);
+  o.c_n = at::empty({LD, c.batch, c.hidden_size}, opts);
+  o.layer_out = at::empty({c.num_layers - 1, c.steps, c.batch, DH}, opts);
+  o.gates = at::empty({c.num_layers, c.directions, c.steps, c.batch, 4 * c.hidden_size}, opts);
+  o.cells = at::empty({c.num_layers, c.directions, c.steps, c.batch, c.hidden_size}, opts);
+  return o;
+}
+
+inline void check_lstm_backward_call(const LstmCall& c, const at::Tensor& grad_output,
+                                     const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
+                                     const at::Tensor& input, const at::Tensor& output,
+                                     const at::Tensor& layer_out, const at::Tensor& gates,
+                                     const at::Tensor& cells) {
+  const int64_t LD = c.num_layers * c.directions, DH = c.directions * c.hidden_size;
+  const auto check = [&](const at::Tensor& t, const char* name, at::IntArrayRef shape) {
+    TORCH_CHECK(t.sizes() == shape, "detlstm backward: ", name, " must have shape ", shape,
+                ", got ", t.sizes());
+    TORCH_CHECK(t.scalar_type() == input.scalar_type() && t.device() == input.device(),
+                "detlstm backward: ", name, " must match input's dtype and device");
+  };
+  check(grad_output, "grad_output", {c.steps, c.batch, DH});
+  check(grad_h_n, "grad_h_n", {LD, c.batch, c.hidden_size});
+  check(grad_c_n, "grad_c_n", {LD, c.batch, c.hidden_size});
+  check(output, "output", {c.steps, c.batch, DH});
+  check(layer_out, "layer_out", {c.num_layers - 1, c.steps, c.batch, DH});
+  check(gates, "gates", {c.num_layers, c.directions, c.steps, c.batch, 4 * c.hidden_size});
+  check(cells, "cells", {c.num_layers, c.directions, c.steps, c.batch, c.hidden_size});
+}
+
+struct LstmGrads {
+  at::Tensor grad_input, grad_h0, grad_c0;
+  std::vector<at::Tensor> grad_weights;
+};
+
+inline LstmGrads allocate_lstm_grads(const at::Tensor& input, const at::Tensor& h0,
+                                     const at::Tensor& c0, const std::vector<at::Tensor>& weights) {
+  LstmGrads g;
+  g.grad_input = at::empty_like(input, at::MemoryFormat::Contiguous);
+  g.grad_h0 = at::empty_like(h0, at::MemoryFormat::Contiguous);
+  g.grad_c0 = at::empty_like(c0, at::MemoryFormat::Contiguous);
+  for (const auto& w : weights) g.grad_weights.push_back(at::empty_like(w, at::MemoryFormat::Contiguous));
+  return g;
+}
+
+}  // namespace detlstm

@@ -1,0 +1,231 @@
+// Operator schemas, argument checks and the CPU implementations' binding to the torch-free kernels.
+// Autograd and the fake (meta) kernels are registered from Python (detlstm/_ops.py).
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "cpu/lstm_cpu.h"
+#include "op_checks.h"
+
+namespace detlstm {
+namespace {
+
+using cpu::KernelVariant;
+
+// The instruction-set variant the CPU kernels run: AVX2 + FMA where the processor has them, else the
+// portable build. Tests switch it to prove both give the same bits.
+const KernelVariant* select_default_variant() {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &cpu::avx2_variant();
+#endif
+  return &cpu::generic_variant();
+}
+const KernelVariant*& current_variant() {
+  static const KernelVariant* variant = select_default_variant();
+  return variant;
+}
+
+std::string set_cpu_variant(const std::string& name) {
+  const std::string previous = current_variant()->name;
+  if (name.empty()) return previous;
+  if (name == "generic") {
+    current_variant() = &cpu::generic_variant();
+#if defined(__x86_64__) || defined(_M_X64)
+  } else if (name == "avx2") {
+    TORCH_CHECK(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"),
+                "detlstm: this processor lacks AVX2/FMA, the 'avx2' CPU kernels cannot run");
+    current_variant() = &cpu::avx2_variant();
+#endif
+  } else if (name == "default") {
+    current_variant() = select_default_variant();
+  } else {
+    TORCH_CHECK(false, "detlstm: unknown CPU kernel variant '", name,
+                "' (expected 'generic', 'avx2' or 'default')");
+  }
+  return previous;
+}
+
+const cpu::ParallelFor& torch_parallel_for() {
+  static const cpu::ParallelFor pf = [](int64_t n, int64_t grain,
+                                        const std::function<void(int64_t, int64_t)>& fn) {
+    at::parallel_for(0, n, grain, fn);
+  };
+  return pf;
+}
+
+template <typename T>
+cpu::LstmForwardArgs<T> forward_args(const LstmCall& call, const at::Tensor& input,
+                                     const at::Tensor& lengths, const at::Tensor& h0,
+                                     const at::Tensor& c0, const std::vector<at::Tensor>& weights,
+                                     const at::Tensor& output, const at::Tensor& h_n,
+                                     const at::Tensor& c_n, const at::Tensor& layer_out,
+                                     const at::Tensor& gates, const at::Tensor& cells) {
+  cpu::LstmForwardArgs<T> a;
+  a.shape = {call.steps, call.batch, call.input_size, call.hidden_size,
+             call.num_layers, call.directions, call.has_bias};
+  a.x = input.data_ptr<T>();
+  a.lengths = lengths.data_ptr<int64_t>();
+  a.h0 = h0.data_ptr<T>();
+  a.c0 = c0.data_ptr<T>();
+  const int64_t per = call.has_bias ? 4 : 2;
+  for (int64_t w = 0; w < call.num_layers * call.directions; ++w) {
+    a.weights.w_ih.push_back(weights[w * per].data_ptr<T>());
+    a.weights.w_hh.push_back(weights[w * per + 1].data_ptr<T>());
+    a.weights.b_ih.push_back(call.has_bias ? weights[w * per + 2].data_ptr<T>() : nullptr);
+    a.weights.b_hh.push_back(call.has_bias ? weights[w * per + 3].data_ptr<T>() : nullptr);
+  }
+  a.dropout = {call.dropout.active, call.dropout.seed, call.dropout.threshold, call.dropout.scale};
+  a.y = output.data_ptr<T>();
+  a.h_n = h_n.data_ptr<T>();
+  a.c_n = c_n.data_ptr<T>();
+  a.layer_out = layer_out.numel() ? layer_out.data_ptr<T>() : nullptr;
+  a.gates = gates.data_ptr<T>();
+  a.cells = cells.data_ptr<T>();
+  return a;
+}
+
+std::vector<at::Tensor> contiguous_all(const at::TensorList& list) {
+  std::vector<at::Tensor> out;
+  out.reserve(list.size());
+  for (const auto& t : list) out.push_back(t.contiguous());
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lstm_forward_cpu(const at::Tensor& input_, const at::Tensor& lengths_, const at::Tensor& h0_,
+                 const at::Tensor& c0_, at::TensorList weights_, bool has_biases,
+                 int64_t num_layers, bool bidirectional, double dropout, bool train,
+                 const at::Tensor& seed) {
+  const LstmCall call = check_lstm_call(input_, lengths_, h0_, c0_, weights_, has_biases,
+                                        num_layers, bidirectional, dropout, train, seed);
+  const at::Tensor input = input_.contiguous(), h0 = h0_.contiguous(), c0 = c0_.contiguous();
+  const at::Tensor lengths = lengths_.to(at::kLong).contiguous();
+  const std::vector<at::Tensor> weights = contiguous_all(weights_);
+  LstmOutputs out = allocate_lstm_outputs(call, input);
+  const KernelVariant& kernels = *current_variant();
+  if (input.scalar_type() == at::kFloat) {
+    kernels.forward_f32(forward_args<float>(call, input, lengths, h0, c0, weights, out.output,
+                                            out.h_n, out.c_n, out.layer_out, out.gates, out.cells),
+                        torch_parallel_for());
+  } else {
+    kernels.forward_f64(forward_args<double>(call, input, lengths, h0, c0, weights, out.output,
+                                             out.h_n, out.c_n, out.layer_out, out.gates, out.cells),
+                        torch_parallel_for());
+  }
+  return {out.output, out.h_n, out.c_n, out.layer_out, out.gates, out.cells};
+}
+
+template <typename T>
+void run_backward(const KernelVariant& kernels, const cpu::LstmBackwardArgs<T>& args);
+template <>
+void run_backward<float>(const KernelVariant& k, const cpu::LstmBackwardArgs<float>& a) {
+  k.backward_f32(a, torch_parallel_for());
+}
+template <>
+void run_backward<double>(const KernelVariant& k, const cpu::LstmBackwardArgs<double>& a) {
+  k.backward_f64(a, torch_parallel_for());
+}
+
+template <typename T>
+void backward_typed(const LstmCall& call, const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+                    const at::Tensor& grad_c_n, const at::Tensor& input, const at::Tensor& lengths,
+                    const at::Tensor& h0, const at::Tensor& c0,
+                    const std::vector<at::Tensor>& weights, const at::Tensor& output,
+                    const at::Tensor& layer_out, const at::Tensor& gates, const at::Tensor& cells,
+                    const LstmGrads& g) {
+  cpu::LstmBackwardArgs<T> a;
+  a.fwd = forward_args<T>(call, input, lengths, h0, c0, weights, output, at::Tensor(output),
+                          at::Tensor(output), layer_out, gates, cells);
+  a.fwd.h_n = nullptr;
+  a.fwd.c_n = nullptr;
+  a.dy = grad_output.data_ptr<T>();
+  a.dh_n = grad_h_n.data_ptr<T>();
+  a.dc_n = grad_c_n.data_ptr<T>();
+  a.dx = g.grad_input.data_ptr<T>();
+  a.dh0 = g.grad_h0.data_ptr<T>();
+  a.dc0 = g.grad_c0.data_ptr<T>();
+  const int64_t per = call.has_bias ? 4 : 2;
+  for (int64_t w = 0; w < call.num_layers * call.directions; ++w) {
+    a.dw_ih.push_back(g.grad_weights[w * per].data_ptr<T>());
+    a.dw_hh.push_back(g.grad_weights[w * per + 1].data_ptr<T>());
+    a.db_ih.push_back(call.has_bias ? g.grad_weights[w * per + 2].data_ptr<T>() : nullptr);
+    a.db_hh.push_back(call.has_bias ? g.grad_weights[w * per + 3].data_ptr<T>() : nullptr);
+  }
+  run_backward<T>(*current_variant(), a);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> lstm_backward_cpu(
+    const at::Tensor& grad_output_, const at::Tensor& grad_h_n_, const at::Tensor& grad_c_n_,
+    const at::Tensor& input_, const at::Tensor& lengths_, const at::Tensor& h0_,
+    const at::Tensor& c0_, at::TensorList weights_, const at::Tensor& output_,
+    const at::Tensor& layer_out_, const at::Tensor& gates_, const at::Tensor& cells_,
+    bool has_biases, int64_t num_layers, bool bidirectional, double dropout, bool train,
+    const at::Tensor& seed) {
+  const LstmCall call = check_lstm_call(input_, lengths_, h0_, c0_, weights_, has_biases,
+                                        num_layers, bidirectional, dropout, train, seed);
+  check_lstm_backward_call(call, grad_output_, grad_h_n_, grad_c_n_, input_, output_, layer_out_,
+                           gates_, cells_);
+  const at::Tensor input = input_.contiguous(), h0 = h0_.contiguous(), c0 = c0_.contiguous();
+  const at::Tensor lengths = lengths_.to(at::kLong).contiguous();
+  const std::vector<at::Tensor> weights = contiguous_all(weights_);
+  const at::Tensor grad_output = grad_output_.contiguous(), grad_h_n = grad_h_n_.contiguous(),
+                   grad_c_n = grad_c_n_.contiguous(), output = output_.contiguous(),
+                   layer_out = layer_out_.contiguous(), gates = gates_.contiguous(),
+                   cells = cells_.contiguous();
+  LstmGrads g = allocate_lstm_grads(input, h0, c0, weights);
+  if (input.scalar_type() == at::kFloat) {
+    backward_typed<float>(call, grad_output, grad_h_n, grad_c_n, input, lengths, h0, c0, weights,
+                          output, layer_out, gates, cells, g);
+  } else {
+    backward_typed<double>(call, grad_output, grad_h_n, grad_c_n, input, lengths, h0, c0, weights,
+                           output, layer_out, gates, cells, g);
+  }
+  return {g.grad_input, g.grad_h0, g.grad_c0, g.grad_weights};
+}
+
+at::Tensor canonical_unary_cpu(const at::Tensor& x_, int64_t fn) {
+  TORCH_CHECK(x_.scalar_type() == at::kFloat, "detlstm.canonical_unary: x must be float32, got ",
+              x_.scalar_type());
+  TORCH_CHECK(fn >= 0 && fn <= 2, "detlstm.canonical_unary: fn must be 0 (exp), 1 (sigmoid) or ",
+              "2 (tanh), got ", fn);
+  const at::Tensor x = x_.contiguous();
+  at::Tensor y = at::empty_like(x);
+  current_variant()->unary_f32(static_cast<cpu::UnaryFn>(fn), x.data_ptr<float>(),
+                               y.data_ptr<float>(), x.numel(), torch_parallel_for());
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(detlstm, m) {
+  m.def(
+      "lstm_forward(Tensor input, Tensor lengths, Tensor h0, Tensor c0, Tensor[] weights, "
+      "bool has_biases, int num_layers, bool bidirectional, float dropout, bool train, "
+      "Tensor seed) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor layer_out, Tensor gates, "
+      "Tensor cells)");
+  m.def(
+      "lstm_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, "
+      "Tensor lengths, Tensor h0, Tensor c0, Tensor[] weights, Tensor output, Tensor layer_out, "
+      "Tensor gates, Tensor cells, bool has_biases, int num_layers, bool bidirectional, "
+      "float dropout, bool train, Tensor seed) -> (Tensor grad_input, Tensor grad_h0, "
+      "Tensor grad_c0, Tensor[] grad_weights)");
+  m.def("canonical_unary(Tensor x, int fn) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(detlstm, CPU, m) {
+  m.impl("lstm_forward", &lstm_forward_cpu);
+  m.impl("lstm_backward", &lstm_backward_cpu);
+  m.impl("canonical_unary", &canonical_unary_cpu);
+}
+
+}  // namespace detlstm
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("set_cpu_variant", &detlstm::set_cpu_variant,
+        "Select the CPU kernel build ('generic', 'avx2', 'default'); '' only queries. Returns the "
+        "previous name.",
+        pybind11::arg("name") = "");
+}

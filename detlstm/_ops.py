@@ -1,0 +1,91 @@
+"""The registered operators: loading the compiled library, fake kernels and autograd.
+
+The schemas and the CPU (and CUDA) implementations live in C++ (csrc/ops.cpp); this module adds what
+torch.library expects from Python: fake kernels so torch.compile can trace, and the autograd formula,
+which calls the registered backward operator.
+"""
+
+import torch
+
+from . import _C  # noqa: F401  (registers the detlstm operators and their CPU kernels)
+
+try:  # the CUDA kernels are a separate extension, built where nvcc and a CUDA torch exist
+    from . import _C_cuda  # noqa: F401
+
+    HAS_CUDA_KERNELS = True
+except ImportError:
+    HAS_CUDA_KERNELS = False
+
+ops = torch.ops.detlstm
+
+
+@torch.library.register_fake("detlstm::lstm_forward")
+def _lstm_forward_fake(input, lengths, h0, c0, weights, has_biases, num_layers, bidirectional,
+                       dropout, train, seed):
+    steps, batch, _ = input.shape
+    hidden = h0.shape[-1]
+    directions = 2 if bidirectional else 1
+    return (
+        input.new_empty((steps, batch, directions * hidden)),
+        h0.new_empty(h0.shape),
+        c0.new_empty(c0.shape),
+        input.new_empty((num_layers - 1, steps, batch, directions * hidden)),
+        input.new_empty((num_layers, directions, steps, batch, 4 * hidden)),
+        input.new_empty((num_layers, directions, steps, batch, hidden)),
+    )
+
+
+@torch.library.register_fake("detlstm::lstm_backward")
+def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, input, lengths, h0, c0, weights, output,
+                        layer_out, gates, cells, has_biases, num_layers, bidirectional, dropout,
+                        train, seed):
+    return (
+        torch.empty_like(input, memory_format=torch.contiguous_format),
+        torch.empty_like(h0, memory_format=torch.contiguous_format),
+        torch.empty_like(c0, memory_format=torch.contiguous_format),
+        [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights],
+    )
+
+
+@torch.library.register_fake("detlstm::canonical_unary")
+def _canonical_unary_fake(x, fn):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _setup_context(ctx, inputs, output):
+    (input, lengths, h0, c0, weights, has_biases, num_layers, bidirectional, dropout, train,
+     seed) = inputs
+    out, _, _, layer_out, gates, cells = output
+    ctx.num_weights = len(weights)
+    ctx.config = (has_biases, num_layers, bidirectional, dropout, train)
+    ctx.save_for_backward(input, lengths, h0, c0, seed, out, layer_out, gates, cells, *weights)
+    ctx.mark_non_differentiable(layer_out, gates, cells)
+
+
+def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_layer_out, _grad_gates, _grad_cells):
+    input, lengths, h0, c0, seed, out, layer_out, gates, cells, *weights = ctx.saved_tensors
+    # Outputs the loss did not use arrive as None: their gradient is zero.
+    grad_output = torch.zeros_like(out) if grad_output is None else grad_output
+    grad_h_n = torch.zeros_like(h0) if grad_h_n is None else grad_h_n
+    grad_c_n = torch.zeros_like(c0) if grad_c_n is None else grad_c_n
+    grad_input, grad_h0, grad_c0, grad_weights = ops.lstm_backward(
+        grad_output, grad_h_n, grad_c_n, input, lengths, h0, c0, weights, out, layer_out, gates,
+        cells, *ctx.config, seed)
+    return (grad_input, None, grad_h0, grad_c0, list(grad_weights), None, None, None, None, None,
+            None)
+
+
+torch.library.register_autograd("detlstm::lstm_forward", _backward, setup_context=_setup_context)
+
+
+def canonical_unary(x: torch.Tensor, fn: str) -> torch.Tensor:
+    """Our exp, sigmoid or tanh (ARITHMETIC.md rule 6) on a float32 tensor, elementwise."""
+    codes = {"exp": 0, "sigmoid": 1, "tanh": 2}
+    if fn not in codes:
+        raise ValueError(f"fn must be one of {sorted(codes)}, got {fn!r}")
+    return ops.canonical_unary(x, codes[fn])
+
+
+def set_cpu_variant(name: str = "") -> str:
+    """Select the CPU kernel build ('generic', 'avx2', 'default'); '' only asks. Returns the previous."""
+    return _C.set_cpu_variant(name)

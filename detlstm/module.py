@@ -1,0 +1,307 @@
+"""detlstm.LSTM: a drop-in torch.nn.LSTM whose results are bitwise reproducible.
+
+Every input form (padded, batch_first, unbatched, PackedSequence, padded + lengths) is normalised at
+the boundary into one layout, time-major padded (T, B, F) plus int64 lengths in the caller's batch
+order, and the whole stack runs as one registered operator (detlstm::lstm_forward).
+"""
+
+import math
+import numbers
+import warnings
+
+import torch
+from torch import nn
+from torch.nn import init
+from torch.nn.utils.rnn import PackedSequence
+
+from . import _ops
+
+_SUPPORTED_DTYPES = (torch.float32, torch.float64)
+_UINT64_RANGE = 1 << 64
+
+
+def _draw_dropout_seed() -> torch.Tensor:
+    # One draw from PyTorch's default CPU generator per training call, so torch.manual_seed fixes
+    # the masks of a whole run on CPU and CUDA alike.
+    return torch.empty((), dtype=torch.int64).random_()
+
+
+def _seed_tensor(dropout_seed) -> torch.Tensor:
+    if isinstance(dropout_seed, bool) or not isinstance(dropout_seed, numbers.Integral):
+        raise ValueError(f"dropout_seed must be an int in [0, 2**64), got {dropout_seed!r}")
+    seed = int(dropout_seed)
+    if not 0 <= seed < _UINT64_RANGE:
+        raise ValueError(f"dropout_seed must be an int in [0, 2**64), got {seed}")
+    if seed >= 1 << 63:  # the kernels read the 64 bits; int64 carries them in two's complement
+        seed -= _UINT64_RANGE
+    return torch.tensor(seed, dtype=torch.int64)
+
+
+def _check_lengths(lengths, batch: int, steps: int) -> torch.Tensor:
+    if isinstance(lengths, torch.Tensor):
+        if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+            raise ValueError(f"lengths must be an integer tensor, got dtype {lengths.dtype}")
+        lengths = lengths.detach().to(device="cpu", dtype=torch.int64)
+    else:
+        try:
+            values = list(lengths)
+        except TypeError:
+            raise ValueError(
+                f"lengths must be a 1-D integer tensor or a sequence of ints, got {type(lengths).__name__}"
+            ) from None
+        if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values):
+            raise ValueError(f"lengths must contain only ints, got {values!r}")
+        lengths = torch.tensor(values, dtype=torch.int64)
+    if lengths.dim() != 1:
+        raise ValueError(f"lengths must be 1-D, got a {lengths.dim()}-D tensor")
+    if lengths.numel() != batch:
+        raise ValueError(f"lengths must have one entry per sequence: expected {batch}, got {lengths.numel()}")
+    if batch and (int(lengths.min()) < 1 or int(lengths.max()) > steps):
+        raise ValueError(
+            f"every length must lie in [1, {steps}] (the padded length), got values in "
+            f"[{int(lengths.min())}, {int(lengths.max())}]"
+        )
+    return lengths.contiguous()
+
+
+def _packed_to_padded(packed: PackedSequence):
+    """A PackedSequence as time-major padded data in the caller's batch order, plus what is needed
+    to pack the output the same way (same batch_sizes and indices)."""
+    data, batch_sizes, sorted_indices, _ = packed
+    steps, batch = batch_sizes.numel(), int(batch_sizes[0])
+    positions = torch.arange(batch, dtype=torch.int64)
+    sorted_lengths = (batch_sizes.unsqueeze(0) > positions.unsqueeze(1)).sum(1)
+    user_row = positions if sorted_indices is None else sorted_indices.to("cpu", torch.int64)
+    lengths = torch.empty(batch, dtype=torch.int64)
+    lengths[user_row] = sorted_lengths
+    # Packed row r holds (t, sorted position i); its padded slot is t * B + user_row[i].
+    step_of_row = torch.repeat_interleave(torch.arange(steps), batch_sizes)
+    offsets = torch.cumsum(batch_sizes, 0) - batch_sizes
+    position_of_row = torch.arange(data.size(0)) - offsets[step_of_row]
+    slot_of_row = step_of_row * batch + user_row[position_of_row]
+    # Gathers only, in both directions: every padded slot reads one packed row or a zero row.
+    source = torch.full((steps * batch,), data.size(0), dtype=torch.int64)
+    source[slot_of_row] = torch.arange(data.size(0))
+    padded = torch.cat([data, data.new_zeros(1, data.size(1))])[source.to(data.device)]
+    return padded.view(steps, batch, data.size(1)), lengths, slot_of_row.to(data.device)
+
+
+class LSTM(nn.Module):
+    """Drop-in replacement for :class:`torch.nn.LSTM` with bitwise reproducible results.
+
+    Same constructor, parameters, ``state_dict``, inputs and outputs as ``nn.LSTM``. ``forward`` also
+    accepts ``lengths=`` (per-sequence lengths of a padded batch; padding rows of the output are 0)
+    and ``dropout_seed=`` (the 64-bit seed of the dropout masks; by default one is drawn from
+    PyTorch's default CPU generator on each training call).
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None):
+        super().__init__()
+        if not isinstance(dropout, numbers.Number) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
+            raise ValueError(
+                "dropout should be a number in range [0, 1] representing the probability of an "
+                "element being zeroed"
+            )
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(
+                "dropout option adds dropout after all but last recurrent layer, so non-zero "
+                f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
+                f"num_layers={num_layers}",
+                stacklevel=2,
+            )
+        if not isinstance(bias, bool):
+            raise TypeError(f"bias should be of type bool, got: {type(bias).__name__}")
+        if not isinstance(batch_first, bool):
+            raise TypeError(f"batch_first should be of type bool, got: {type(batch_first).__name__}")
+        if not isinstance(input_size, int):
+            raise TypeError(f"input_size should be of type int, got: {type(input_size).__name__}")
+        if input_size <= 0:
+            raise ValueError("input_size must be greater than zero")
+        if not isinstance(hidden_size, int):
+            raise TypeError(f"hidden_size should be of type int, got: {type(hidden_size).__name__}")
+        if hidden_size <= 0:
+            raise ValueError("hidden_size must be greater than zero")
+        if not isinstance(num_layers, int):
+            raise TypeError(f"num_layers should be of type int, got: {type(num_layers).__name__}")
+        if num_layers <= 0:
+            raise ValueError("num_layers must be greater than zero")
+        if proj_size < 0:
+            raise ValueError("proj_size should be a positive integer or zero to disable projections")
+        if proj_size >= hidden_size:
+            raise ValueError("proj_size has to be smaller than hidden_size")
+        if proj_size != 0:
+            raise NotImplementedError("detlstm.LSTM does not support proj_size > 0 yet")
+        if dtype is not None and dtype not in _SUPPORTED_DTYPES:
+            raise ValueError(f"detlstm.LSTM supports dtype float32 and float64, got {dtype}")
+
+        self.mode = "LSTM"
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.proj_size = proj_size
+        factory = {"device": device, "dtype": dtype}
+        directions = 2 if bidirectional else 1
+        gate_size = 4 * hidden_size
+        self._flat_weights_names = []
+        self._all_weights = []
+        for layer in range(num_layers):
+            for direction in range(directions):
+                layer_input = input_size if layer == 0 else hidden_size * directions
+                suffix = "_reverse" if direction == 1 else ""
+                shapes = {
+                    f"weight_ih_l{layer}{suffix}": (gate_size, layer_input),
+                    f"weight_hh_l{layer}{suffix}": (gate_size, hidden_size),
+                }
+                if bias:
+                    shapes[f"bias_ih_l{layer}{suffix}"] = (gate_size,)
+                    shapes[f"bias_hh_l{layer}{suffix}"] = (gate_size,)
+                for name, shape in shapes.items():
+                    setattr(self, name, nn.Parameter(torch.empty(shape, **factory)))
+                self._flat_weights_names.extend(shapes)
+                self._all_weights.append(list(shapes))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.LSTM's initialisation, in its order: same seed, same weights.
+        stdv = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            init.uniform_(weight, -stdv, stdv)
+
+    @property
+    def _flat_weights(self):
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    @property
+    def all_weights(self):
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
+    def flatten_parameters(self) -> None:
+        """A no-op: the kernels read the parameters where they are (kept for nn.LSTM parity)."""
+
+    def extra_repr(self) -> str:
+        s = "{input_size}, {hidden_size}"
+        if self.proj_size != 0:
+            s += ", proj_size={proj_size}"
+        if self.num_layers != 1:
+            s += ", num_layers={num_layers}"
+        if self.bias is not True:
+            s += ", bias={bias}"
+        if self.batch_first is not False:
+            s += ", batch_first={batch_first}"
+        if self.dropout != 0:
+            s += ", dropout={dropout}"
+        if self.bidirectional is not False:
+            s += ", bidirectional={bidirectional}"
+        return s.format(**self.__dict__)
+
+    def _check_input_tensor(self, input: torch.Tensor, weights) -> None:
+        if input.dtype != weights[0].dtype:
+            raise ValueError(
+                f"LSTM input dtype ({input.dtype}) does not match weight dtype ({weights[0].dtype}). "
+                f"Convert input: input.to({weights[0].dtype}), or convert model: model.to({input.dtype})"
+            )
+        if input.dtype not in _SUPPORTED_DTYPES:
+            raise ValueError(f"detlstm.LSTM supports float32 and float64 inputs, got {input.dtype}")
+        if input.device != weights[0].device:
+            raise ValueError(f"input is on {input.device} but the LSTM's weights are on {weights[0].device}")
+        if input.size(-1) != self.input_size:
+            raise RuntimeError(
+                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {input.size(-1)}"
+            )
+
+    def _check_hidden(self, hx, batch: int, input: torch.Tensor):
+        directions = 2 if self.bidirectional else 1
+        expected = (self.num_layers * directions, batch, self.hidden_size)
+        for tensor, which in ((hx[0], 0), (hx[1], 1)):
+            if tuple(tensor.shape) != expected:
+                raise RuntimeError(f"Expected hidden[{which}] size {expected}, got {list(tensor.shape)}")
+            if tensor.dtype != input.dtype:
+                raise ValueError(f"hx[{which}] has dtype {tensor.dtype} but input has dtype {input.dtype}")
+            if tensor.device != input.device:
+                raise ValueError(f"hx[{which}] is on {tensor.device} but input is on {input.device}")
+
+    def forward(self, input, hx=None, *, lengths=None, dropout_seed=None):
+        weights = self._flat_weights
+        directions = 2 if self.bidirectional else 1
+        packed = isinstance(input, PackedSequence)
+        if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+            raise ValueError("hx must be a tuple (h_0, c_0) of two tensors")
+        if packed:
+            if lengths is not None:
+                raise ValueError("lengths= is for padded tensors; a PackedSequence carries its own lengths")
+            if input.data.dim() != 2:
+                raise RuntimeError(f"input must have 2 dimensions, got {input.data.dim()}")
+            self._check_input_tensor(input.data, weights)
+            x, seq_lengths, packed_slots = _packed_to_padded(input)
+            is_batched = True
+        else:
+            if not isinstance(input, torch.Tensor):
+                raise TypeError(f"input must be a Tensor or a PackedSequence, got {type(input).__name__}")
+            if input.dim() not in (2, 3):
+                raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            is_batched = input.dim() == 3
+            if not is_batched:
+                if lengths is not None:
+                    raise ValueError("lengths= needs a batched (3-D) input; an unbatched input is one sequence")
+                input = input.unsqueeze(1)
+            elif self.batch_first:
+                input = input.transpose(0, 1)
+            self._check_input_tensor(input, weights)
+            x = input
+            steps, batch = x.shape[0], x.shape[1]
+            if lengths is None:
+                seq_lengths = torch.full((batch,), steps, dtype=torch.int64)
+            else:
+                seq_lengths = _check_lengths(lengths, batch, steps)
+        steps, batch = x.shape[0], x.shape[1]
+        if steps == 0 or batch == 0:
+            raise ValueError(f"input must have at least one time step and one sequence, got shape {tuple(x.shape)}")
+
+        if hx is None:
+            zeros = x.new_zeros((self.num_layers * directions, batch, self.hidden_size))
+            hx = (zeros, zeros)
+        else:
+            h0, c0 = hx
+            if not packed:
+                if is_batched and (h0.dim() != 3 or c0.dim() != 3):
+                    raise RuntimeError(
+                        "For batched 3-D input, hx and cx should also be 3-D but got "
+                        f"({h0.dim()}-D, {c0.dim()}-D) tensors"
+                    )
+                if not is_batched:
+                    if h0.dim() != 2 or c0.dim() != 2:
+                        raise RuntimeError(
+                            "For unbatched 2-D input, hx and cx should also be 2-D but got "
+                            f"({h0.dim()}-D, {c0.dim()}-D) tensors"
+                        )
+                    h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
+            hx = (h0, c0)
+            self._check_hidden(hx, batch, x)
+
+        train = self.training and self.dropout > 0 and self.num_layers > 1
+        if dropout_seed is not None:
+            seed = _seed_tensor(dropout_seed)
+        elif train:
+            seed = _draw_dropout_seed()
+        else:
+            seed = torch.zeros((), dtype=torch.int64)
+
+        output, h_n, c_n, *_ = _ops.ops.lstm_forward(
+            x, seq_lengths, hx[0], hx[1], weights, self.bias, self.num_layers, self.bidirectional,
+            self.dropout, self.training, seed)
+
+        if packed:
+            flat = output.reshape(steps * batch, output.size(-1))
+            out_packed = PackedSequence(flat[packed_slots], input.batch_sizes, input.sorted_indices,
+                                        input.unsorted_indices)
+            return out_packed, (h_n, c_n)
+        if not is_batched:
+            return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
+        if self.batch_first:
+            output = output.transpose(0, 1)
+        return output, (h_n, c_n)

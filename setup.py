@@ -1,0 +1,95 @@
+"""Build detlstm's extensions against the torch that is installed where they will run.
+
+The CPU extension (detlstm._C) always builds. The CUDA extension (detlstm._C_cuda) builds where nvcc
+and a CUDA build of torch are present; DETLSTM_CUDA=0 or 1 overrides the detection (1 fails loudly if
+it cannot build). Install with `pip install --no-build-isolation .` (or `make`, which does it): an
+isolated build would compile against a different torch than the one that imports the result.
+"""
+
+import os
+import platform
+import shutil
+import sys
+
+from setuptools import find_packages, setup
+
+try:
+    import torch
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+except ImportError:  # pragma: no cover - exercised only by a wrong install command
+    sys.exit(
+        "detlstm: torch is not importable in this build environment. detlstm compiles against the "
+        "torch installed where it runs: install torch first, then run "
+        "`pip install --no-build-isolation .` (see README.md)."
+    )
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# The C++ standard is left to BuildExtension, which picks the one the installed torch needs.
+# ARITHMETIC.md rule 2: no contraction of a*b+c into fma behind our back, no fast math.
+CXX_FLAGS = ["-O3", "-ffp-contract=off", "-fno-fast-math"]
+NVCC_FLAGS = [
+    "-O3",
+    "--fmad=false",
+    "-prec-div=true",
+    "-prec-sqrt=true",
+    "-ftz=false",
+    "-Xcompiler=-ffp-contract=off",
+]
+CUDA_ARCHS = os.environ.get("DETLSTM_CUDA_ARCHS", "80;90").split(";")
+
+
+def cpu_sources():
+    sources = ["csrc/ops.cpp", "csrc/cpu/lstm_cpu_generic.cpp"]
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        sources.append("csrc/cpu/lstm_cpu_avx2.cpp")
+    return sources
+
+
+def want_cuda():
+    setting = os.environ.get("DETLSTM_CUDA")
+    available = torch.version.cuda is not None and (
+        shutil.which("nvcc") is not None or os.environ.get("CUDA_HOME")
+    )
+    if setting == "0":
+        return False
+    if setting == "1":
+        if not available:
+            sys.exit("detlstm: DETLSTM_CUDA=1 but nvcc or a CUDA build of torch is missing")
+        return True
+    return bool(available)
+
+
+def cuda_sources():
+    folder = os.path.join(HERE, "csrc", "cuda")
+    names = sorted(n for n in os.listdir(folder) if n.endswith((".cu", ".cpp")))
+    return [os.path.join("csrc", "cuda", n) for n in names]
+
+
+ext_modules = [
+    CppExtension(
+        "detlstm._C",
+        cpu_sources(),
+        include_dirs=[os.path.join(HERE, "csrc")],
+        extra_compile_args={"cxx": CXX_FLAGS},
+    )
+]
+if want_cuda() and cuda_sources():
+    gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in CUDA_ARCHS]
+    ext_modules.append(
+        CUDAExtension(
+            "detlstm._C_cuda",
+            cuda_sources(),
+            include_dirs=[os.path.join(HERE, "csrc")],
+            extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS + gencode},
+        )
+    )
+
+setup(
+    name="detlstm",
+    version="0.1.0",
+    packages=find_packages(include=["detlstm", "detlstm.*"]),
+    ext_modules=ext_modules,
+    cmdclass={"build_ext": BuildExtension},
+    python_requires=">=3.10",
+)
