@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "common/philox.h"
 #include "cpu/lstm_cpu.h"
 #include "op_checks.h"
 
@@ -198,6 +199,24 @@ at::Tensor canonical_unary_cpu(const at::Tensor& x_, int64_t fn) {
   return y;
 }
 
+// Raw Philox4x32-10 blocks, for the known-answer tests and for checking dropout masks from Python.
+at::Tensor philox4x32_10_cpu(const at::Tensor& counters_, int64_t key0, int64_t key1) {
+  TORCH_CHECK(counters_.dim() == 2 && counters_.size(1) == 4 && counters_.scalar_type() == at::kLong,
+              "detlstm.philox4x32_10: counters must be an (N, 4) int64 tensor of 32-bit words");
+  const at::Tensor counters = counters_.contiguous();
+  at::Tensor out = at::empty_like(counters);
+  const int64_t* in = counters.data_ptr<int64_t>();
+  int64_t* res = out.data_ptr<int64_t>();
+  for (int64_t r = 0; r < counters.size(0); ++r) {
+    Philox4x32 ctr;
+    for (int k = 0; k < 4; ++k) ctr.v[k] = static_cast<uint32_t>(in[r * 4 + k]);
+    const Philox4x32 block =
+        philox4x32_10(ctr, static_cast<uint32_t>(key0), static_cast<uint32_t>(key1));
+    for (int k = 0; k < 4; ++k) res[r * 4 + k] = block.v[k];
+  }
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(detlstm, m) {
@@ -213,12 +232,14 @@ TORCH_LIBRARY(detlstm, m) {
       "float dropout, bool train, Tensor seed) -> (Tensor grad_input, Tensor grad_h0, "
       "Tensor grad_c0, Tensor[] grad_weights)");
   m.def("canonical_unary(Tensor x, int fn) -> Tensor");
+  m.def("philox4x32_10(Tensor counters, int key0, int key1) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(detlstm, CPU, m) {
   m.impl("lstm_forward", &lstm_forward_cpu);
   m.impl("lstm_backward", &lstm_backward_cpu);
   m.impl("canonical_unary", &canonical_unary_cpu);
+  m.impl("philox4x32_10", &philox4x32_10_cpu);
 }
 
 }  // namespace detlstm

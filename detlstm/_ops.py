@@ -52,6 +52,11 @@ def _canonical_unary_fake(x, fn):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
+@torch.library.register_fake("detlstm::philox4x32_10")
+def _philox_fake(counters, key0, key1):
+    return torch.empty_like(counters, memory_format=torch.contiguous_format)
+
+
 def _setup_context(ctx, inputs, output):
     (input, lengths, h0, c0, weights, has_biases, num_layers, bidirectional, dropout, train,
      seed) = inputs
@@ -89,3 +94,8 @@ def canonical_unary(x: torch.Tensor, fn: str) -> torch.Tensor:
 def set_cpu_variant(name: str = "") -> str:
     """Select the CPU kernel build ('generic', 'avx2', 'default'); '' only asks. Returns the previous."""
     return _C.set_cpu_variant(name)
+
+
+def philox4x32_10(counters: torch.Tensor, key0: int, key1: int) -> torch.Tensor:
+    """Philox4x32-10 blocks for an (N, 4) int64 tensor of 32-bit counter words and a 2-word key."""
+    return ops.philox4x32_10(counters, key0, key1)

@@ -108,7 +108,7 @@ DETLSTM_HD float canonical_tanh(float x) {
     p = fma_rn(p, z, -0x1.ba1a88p-5f);
     p = fma_rn(p, z, 0x1.11110ep-3f);
     p = fma_rn(p, z, -0x1.555556p-2f);
-    return fma_rn(x * z, p, x);
+    return copysign_exact(fma_rn(x * z, p, x), x);  // tanh(-0) = -0
   }
   const float e = canonical_exp(ax + ax);  // +inf for large |x| gives exactly 1 below
   const float t = 1.0f - 2.0f / (e + 1.0f);

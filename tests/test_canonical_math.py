@@ -1,0 +1,120 @@
+"""ARITHMETIC.md rules 6 and 7: the canonical exp/sigmoid/tanh within 2 ulp over the whole float32
+range, Philox4x32-10 against Random123's known-answer vectors, and both CPU kernel builds agreeing."""
+
+import numpy as np
+import pytest
+import torch
+
+import detlstm
+from detlstm._ops import philox4x32_10
+
+SPECIALS = np.array(
+    [0.0, -0.0, np.inf, -np.inf, np.nan, 1.0, -1.0, 0.5, -0.5, 0.55, -0.55,
+     np.finfo(np.float32).max, -np.finfo(np.float32).max, np.finfo(np.float32).tiny,
+     -np.finfo(np.float32).tiny, np.finfo(np.float32).smallest_subnormal,
+     -np.finfo(np.float32).smallest_subnormal, 88.72283, 88.72284, -87.33655, -103.27893,
+     -103.97208, -104.0, 100.0, 100.5, -110.0, -110.5, 9.01, -9.01, 44.0, -44.0],
+    dtype=np.float32)
+
+
+def _inputs(n_random=10_000_000):
+    g = np.random.default_rng(20261122)
+    # uniform over bit patterns = spread over every binade of the whole range, both signs
+    bits = g.integers(0, 2**32, size=n_random, dtype=np.uint64).astype(np.uint32)
+    spread = bits.view(np.float32)
+    dense = g.uniform(-30.0, 30.0, 2_000_000).astype(np.float32)  # where the functions bend
+    around_zero = g.uniform(-1.0, 1.0, 1_000_000).astype(np.float32)
+    return np.concatenate([SPECIALS, spread, dense, around_zero])
+
+
+def _ordered(a):
+    """float32 -> integers that count ulps (monotone across zero)."""
+    i = a.view(np.int32).astype(np.int64)
+    return np.where(i < 0, -(i & 0x7FFFFFFF), i)
+
+
+def _reference(fn, x64):
+    with np.errstate(all="ignore"):
+        if fn == "exp":
+            return np.exp(x64)
+        if fn == "tanh":
+            return np.tanh(x64)
+        e = np.exp(-np.abs(x64))
+        return np.where(x64 >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    return _inputs()
+
+
+@pytest.mark.parametrize("fn", ["exp", "sigmoid", "tanh"])
+def test_within_two_ulp_of_correctly_rounded(fn, inputs):
+    y = detlstm.canonical_unary(torch.from_numpy(inputs), fn).numpy()
+    with np.errstate(all="ignore"):
+        ref = _reference(fn, inputs.astype(np.float64)).astype(np.float32)
+    nan_in = np.isnan(inputs)
+    assert np.all(np.isnan(y[nan_in])), "NaN in must give NaN out"
+    assert not np.any(np.isnan(y[~nan_in])), "finite or infinite input gave NaN"
+    finite = ~nan_in
+    ulps = np.abs(_ordered(y[finite]) - _ordered(ref[finite]))
+    worst = int(ulps.argmax())
+    assert ulps.max() <= 2, (f"{fn}: {ulps.max()} ulp at x={inputs[finite][worst]!r}: "
+                            f"{y[finite][worst]!r} vs {ref[finite][worst]!r}")
+    # saturation as the true functions: exp overflows to inf and underflows to 0, tanh and sigmoid
+    # reach their limits exactly
+    if fn == "exp":
+        assert y[inputs == np.inf][0] == np.inf and y[inputs == -np.inf][0] == 0.0
+        assert y[inputs == np.float32(100.0)][0] == np.inf
+    else:
+        lo = 0.0 if fn == "sigmoid" else -1.0
+        assert y[inputs == np.inf][0] == 1.0 and y[inputs == -np.inf][0] == lo
+
+
+def test_tanh_keeps_signed_zero_and_subnormals():
+    x = torch.tensor([0.0, -0.0, 1e-45, -1e-45, 1e-40], dtype=torch.float32)
+    y = detlstm.canonical_unary(x, "tanh")
+    assert y.numpy().tobytes() == x.numpy().tobytes()
+    # sigmoid's subnormal tail is kept, not flushed
+    s = detlstm.canonical_unary(torch.tensor([-100.0]), "sigmoid")
+    assert 0 < s.item() < 1.2e-38
+
+
+@pytest.mark.parametrize(
+    "counter,key,expected",
+    [
+        ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+        ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+        ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+         (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+    ],
+)
+def test_philox_known_answers(counter, key, expected):
+    out = philox4x32_10(torch.tensor([counter], dtype=torch.int64), key[0], key[1])
+    assert tuple(out[0].tolist()) == expected
+
+
+def test_cpu_builds_agree_bitwise():
+    """The AVX2 build and the portable build produce the same bits (math and whole LSTM)."""
+    if detlstm.set_cpu_variant() != "avx2":
+        pytest.skip("this processor runs only the portable build")
+    from helpers import assert_bitwise_equal, make_pair, run_with_grads
+
+    x = torch.from_numpy(_inputs(200_000))
+    _, model = make_pair(19, 37, num_layers=2, bidirectional=True, dropout=0.5)
+    model.train()
+    g = torch.Generator().manual_seed(3)
+    inp = torch.randn(9, 7, 19, generator=g)
+    results = {}
+    try:
+        for variant in ("avx2", "generic"):
+            detlstm.set_cpu_variant(variant)
+            math = [detlstm.canonical_unary(x, fn) for fn in ("exp", "sigmoid", "tanh")]
+            xin = inp.clone().requires_grad_()
+            out, h, c, grads = run_with_grads(model, (xin,), lengths=[9, 3, 7, 1, 9, 4, 6],
+                                              dropout_seed=11)
+            results[variant] = math + [out, h, c] + grads
+    finally:
+        detlstm.set_cpu_variant("default")
+    for a, b in zip(results["avx2"], results["generic"]):
+        assert_bitwise_equal(a, b, "avx2 vs generic")
