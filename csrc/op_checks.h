@@ -8,19 +8,14 @@
 #include <cstdint>
 #include <vector>
 
-namespace detlstm {
+#include "common/lstm_args.h"
 
-struct LstmDropout {
-  bool active = false;
-  uint64_t seed = 0;
-  uint64_t threshold = 0;
-  double scale = 1.0;
-};
+namespace detlstm {
 
 struct LstmCall {
   int64_t steps, batch, input_size, hidden_size, num_layers, directions;
   bool has_bias;
-  LstmDropout dropout;
+  DropoutParams dropout{false, 0, 0, 1.0};
 };
 
 inline std::vector<int64_t> expected_weight_shape(int64_t index_in_layer, int64_t gate_rows,
@@ -120,6 +115,41 @@ struct LstmOutputs {
   at::Tensor output, h_n, c_n, layer_out, gates, cells;
 };
 
+inline LstmShape lstm_shape(const LstmCall& c) {
+  return {c.steps, c.batch, c.input_size, c.hidden_size, c.num_layers, c.directions, c.has_bias};
+}
+
+// The kernels' view of one call: shape, pointers into the (contiguous) tensors, dropout. Used by the
+// CPU and the CUDA bindings alike; lengths is always a host pointer.
+template <typename T>
+LstmForwardArgs<T> lstm_forward_args(const LstmCall& call, const at::Tensor& input,
+                                     const at::Tensor& lengths, const at::Tensor& h0,
+                                     const at::Tensor& c0, const std::vector<at::Tensor>& weights,
+                                     T* output, T* h_n, T* c_n, const at::Tensor& layer_out,
+                                     const at::Tensor& gates, const at::Tensor& cells) {
+  LstmForwardArgs<T> a;
+  a.shape = lstm_shape(call);
+  a.x = input.data_ptr<T>();
+  a.lengths = lengths.data_ptr<int64_t>();
+  a.h0 = h0.data_ptr<T>();
+  a.c0 = c0.data_ptr<T>();
+  const int64_t per = call.has_bias ? 4 : 2;
+  for (int64_t w = 0; w < call.num_layers * call.directions; ++w) {
+    a.weights.w_ih.push_back(weights[w * per].data_ptr<T>());
+    a.weights.w_hh.push_back(weights[w * per + 1].data_ptr<T>());
+    a.weights.b_ih.push_back(call.has_bias ? weights[w * per + 2].data_ptr<T>() : nullptr);
+    a.weights.b_hh.push_back(call.has_bias ? weights[w * per + 3].data_ptr<T>() : nullptr);
+  }
+  a.dropout = call.dropout;
+  a.y = output;
+  a.h_n = h_n;
+  a.c_n = c_n;
+  a.layer_out = layer_out.numel() ? layer_out.data_ptr<T>() : nullptr;
+  a.gates = gates.data_ptr<T>();
+  a.cells = cells.data_ptr<T>();
+  return a;
+}
+
 inline LstmOutputs allocate_lstm_outputs(const LstmCall& c, const at::Tensor& input) {
   const auto opts = input.options();
   const int64_t LD = c.num_layers * c.directions, DH = c.directions * c.hidden_size;
@@ -158,6 +188,29 @@ struct LstmGrads {
   at::Tensor grad_input, grad_h0, grad_c0;
   std::vector<at::Tensor> grad_weights;
 };
+
+// Adds the gradient pointers to the forward's view for the backward kernels.
+template <typename T>
+LstmBackwardArgs<T> lstm_backward_args(const LstmForwardArgs<T>& fwd, const at::Tensor& grad_output,
+                                       const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
+                                       const LstmGrads& g, bool has_bias) {
+  LstmBackwardArgs<T> a;
+  a.fwd = fwd;
+  a.dy = grad_output.data_ptr<T>();
+  a.dh_n = grad_h_n.data_ptr<T>();
+  a.dc_n = grad_c_n.data_ptr<T>();
+  a.dx = g.grad_input.data_ptr<T>();
+  a.dh0 = g.grad_h0.data_ptr<T>();
+  a.dc0 = g.grad_c0.data_ptr<T>();
+  const size_t per = has_bias ? 4 : 2;
+  for (size_t w = 0; w * per < g.grad_weights.size(); ++w) {
+    a.dw_ih.push_back(g.grad_weights[w * per].data_ptr<T>());
+    a.dw_hh.push_back(g.grad_weights[w * per + 1].data_ptr<T>());
+    a.db_ih.push_back(has_bias ? g.grad_weights[w * per + 2].data_ptr<T>() : nullptr);
+    a.db_hh.push_back(has_bias ? g.grad_weights[w * per + 3].data_ptr<T>() : nullptr);
+  }
+  return a;
+}
 
 inline LstmGrads allocate_lstm_grads(const at::Tensor& input, const at::Tensor& h0,
                                      const at::Tensor& c0, const std::vector<at::Tensor>& weights) {

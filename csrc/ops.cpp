@@ -57,37 +57,6 @@ const cpu::ParallelFor& torch_parallel_for() {
   return pf;
 }
 
-template <typename T>
-cpu::LstmForwardArgs<T> forward_args(const LstmCall& call, const at::Tensor& input,
-                                     const at::Tensor& lengths, const at::Tensor& h0,
-                                     const at::Tensor& c0, const std::vector<at::Tensor>& weights,
-                                     const at::Tensor& output, const at::Tensor& h_n,
-                                     const at::Tensor& c_n, const at::Tensor& layer_out,
-                                     const at::Tensor& gates, const at::Tensor& cells) {
-  cpu::LstmForwardArgs<T> a;
-  a.shape = {call.steps, call.batch, call.input_size, call.hidden_size,
-             call.num_layers, call.directions, call.has_bias};
-  a.x = input.data_ptr<T>();
-  a.lengths = lengths.data_ptr<int64_t>();
-  a.h0 = h0.data_ptr<T>();
-  a.c0 = c0.data_ptr<T>();
-  const int64_t per = call.has_bias ? 4 : 2;
-  for (int64_t w = 0; w < call.num_layers * call.directions; ++w) {
-    a.weights.w_ih.push_back(weights[w * per].data_ptr<T>());
-    a.weights.w_hh.push_back(weights[w * per + 1].data_ptr<T>());
-    a.weights.b_ih.push_back(call.has_bias ? weights[w * per + 2].data_ptr<T>() : nullptr);
-    a.weights.b_hh.push_back(call.has_bias ? weights[w * per + 3].data_ptr<T>() : nullptr);
-  }
-  a.dropout = {call.dropout.active, call.dropout.seed, call.dropout.threshold, call.dropout.scale};
-  a.y = output.data_ptr<T>();
-  a.h_n = h_n.data_ptr<T>();
-  a.c_n = c_n.data_ptr<T>();
-  a.layer_out = layer_out.numel() ? layer_out.data_ptr<T>() : nullptr;
-  a.gates = gates.data_ptr<T>();
-  a.cells = cells.data_ptr<T>();
-  return a;
-}
-
 std::vector<at::Tensor> contiguous_all(const at::TensorList& list) {
   std::vector<at::Tensor> out;
   out.reserve(list.size());
@@ -108,13 +77,17 @@ lstm_forward_cpu(const at::Tensor& input_, const at::Tensor& lengths_, const at:
   LstmOutputs out = allocate_lstm_outputs(call, input);
   const KernelVariant& kernels = *current_variant();
   if (input.scalar_type() == at::kFloat) {
-    kernels.forward_f32(forward_args<float>(call, input, lengths, h0, c0, weights, out.output,
-                                            out.h_n, out.c_n, out.layer_out, out.gates, out.cells),
-                        torch_parallel_for());
+    kernels.forward_f32(
+        lstm_forward_args<float>(call, input, lengths, h0, c0, weights, out.output.data_ptr<float>(),
+                                 out.h_n.data_ptr<float>(), out.c_n.data_ptr<float>(),
+                                 out.layer_out, out.gates, out.cells),
+        torch_parallel_for());
   } else {
-    kernels.forward_f64(forward_args<double>(call, input, lengths, h0, c0, weights, out.output,
-                                             out.h_n, out.c_n, out.layer_out, out.gates, out.cells),
-                        torch_parallel_for());
+    kernels.forward_f64(
+        lstm_forward_args<double>(call, input, lengths, h0, c0, weights,
+                                  out.output.data_ptr<double>(), out.h_n.data_ptr<double>(),
+                                  out.c_n.data_ptr<double>(), out.layer_out, out.gates, out.cells),
+        torch_parallel_for());
   }
   return {out.output, out.h_n, out.c_n, out.layer_out, out.gates, out.cells};
 }
@@ -137,24 +110,11 @@ void backward_typed(const LstmCall& call, const at::Tensor& grad_output, const a
                     const std::vector<at::Tensor>& weights, const at::Tensor& output,
                     const at::Tensor& layer_out, const at::Tensor& gates, const at::Tensor& cells,
                     const LstmGrads& g) {
-  cpu::LstmBackwardArgs<T> a;
-  a.fwd = forward_args<T>(call, input, lengths, h0, c0, weights, output, at::Tensor(output),
-                          at::Tensor(output), layer_out, gates, cells);
-  a.fwd.h_n = nullptr;
-  a.fwd.c_n = nullptr;
-  a.dy = grad_output.data_ptr<T>();
-  a.dh_n = grad_h_n.data_ptr<T>();
-  a.dc_n = grad_c_n.data_ptr<T>();
-  a.dx = g.grad_input.data_ptr<T>();
-  a.dh0 = g.grad_h0.data_ptr<T>();
-  a.dc0 = g.grad_c0.data_ptr<T>();
-  const int64_t per = call.has_bias ? 4 : 2;
-  for (int64_t w = 0; w < call.num_layers * call.directions; ++w) {
-    a.dw_ih.push_back(g.grad_weights[w * per].data_ptr<T>());
-    a.dw_hh.push_back(g.grad_weights[w * per + 1].data_ptr<T>());
-    a.db_ih.push_back(call.has_bias ? g.grad_weights[w * per + 2].data_ptr<T>() : nullptr);
-    a.db_hh.push_back(call.has_bias ? g.grad_weights[w * per + 3].data_ptr<T>() : nullptr);
-  }
+  const LstmForwardArgs<T> fwd =
+      lstm_forward_args<T>(call, input, lengths, h0, c0, weights, output.data_ptr<T>(), nullptr,
+                           nullptr, layer_out, gates, cells);
+  const LstmBackwardArgs<T> a = lstm_backward_args<T>(fwd, grad_output, grad_h_n, grad_c_n, g,
+                                                      call.has_bias);
   run_backward<T>(*current_variant(), a);
 }
 

@@ -10,6 +10,7 @@
 #include <vector>
 #include <immintrin.h>
 
+#include "../common/schedule.h"
 #include "lstm_cpu.h"
 
 #pragma GCC push_options

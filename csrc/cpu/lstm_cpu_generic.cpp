@@ -11,6 +11,7 @@
 #include <immintrin.h>
 #endif
 
+#include "../common/schedule.h"
 #include "lstm_cpu.h"
 
 #define DETLSTM_CPU_VARIANT generic

@@ -14,24 +14,7 @@ namespace math = ::DETLSTM_MATH_NS;
 
 #include "gemm_chain.h"
 
-// Which rows run at each processing step. Rows are ordered by length, longest first (ties keep batch
-// order), so the rows still running at step s are the first active[s] of `order`. The order only
-// schedules work; no value depends on it.
-struct StepSchedule {
-  std::vector<int64_t> order;
-  std::vector<int64_t> active;   // active[s] = number of rows with length > s; active[T] = 0
-  std::vector<int64_t> valid;    // valid (t, b) as t * B + b, in storage order
-  StepSchedule(const int64_t* lengths, int64_t T, int64_t B) : order(B), active(T + 1, 0) {
-    for (int64_t b = 0; b < B; ++b) order[b] = b;
-    std::stable_sort(order.begin(), order.end(),
-                     [&](int64_t x, int64_t y) { return lengths[x] > lengths[y]; });
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t s = 0; s < lengths[b]; ++s) active[s] += 1;
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t b = 0; b < B; ++b)
-        if (t < lengths[b]) valid.push_back(t * B + b);
-  }
-};
+using ::detlstm::StepSchedule;
 
 // Time index of processing step s of row b: forward runs t = s, reverse runs t = len-1-s.
 inline int64_t step_time(int64_t direction, int64_t s, int64_t length) {

@@ -1,0 +1,72 @@
+// The LSTM kernels' arguments: plain pointers and sizes, no torch types. The CPU kernels get host
+// pointers; the CUDA kernels get device pointers (lengths stays a host pointer: the schedule is made
+// on the host).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace detlstm {
+
+// Dropout between layers (ARITHMETIC.md rule 7), decided on the host: an element is kept when its
+// Philox draw is >= threshold (round(p * 2^32), so p = 1 keeps nothing); kept values are scaled.
+struct DropoutParams {
+  bool active;
+  uint64_t seed;
+  uint64_t threshold;
+  double scale;  // 1/(1-p); rounded once to the kernel's dtype
+};
+
+struct LstmShape {
+  int64_t steps;        // T, the padded length
+  int64_t batch;        // B
+  int64_t input_size;   // I
+  int64_t hidden_size;  // H
+  int64_t num_layers;   // L
+  int64_t directions;   // D, 1 or 2
+  bool has_bias;
+};
+
+// Weights of one (layer, direction), indexed layer * D + direction, nn.LSTM layouts:
+// w_ih (4H, K), w_hh (4H, H), b_ih and b_hh (4H) or null without bias.
+template <typename T>
+struct LstmWeights {
+  std::vector<const T*> w_ih, w_hh, b_ih, b_hh;
+};
+
+// Tensors are contiguous and time-major: x (T, B, I); y (T, B, D*H); h0, c0, h_n, c_n (L*D, B, H);
+// layer_out (L-1, T, B, D*H): outputs of the layers below the last, before dropout;
+// gates (L, D, T, B, 4H): activated gates i, f, g, o; cells (L, D, T, B, H).
+// lengths: B values in [1, T]. Padding rows of y, layer_out, gates and cells are written as 0.
+template <typename T>
+struct LstmForwardArgs {
+  LstmShape shape;
+  const T* x;
+  const int64_t* lengths;
+  const T* h0;
+  const T* c0;
+  LstmWeights<T> weights;
+  DropoutParams dropout;
+  T* y;
+  T* h_n;
+  T* c_n;
+  T* layer_out;
+  T* gates;
+  T* cells;
+};
+
+// Gradients in: dy (T, B, D*H), dh_n, dc_n (L*D, B, H). Out: dx (T, B, I) with zero padding rows,
+// dh0, dc0 (L*D, B, H), and per (layer, direction) the weight gradients, laid out as the weights.
+template <typename T>
+struct LstmBackwardArgs {
+  LstmForwardArgs<T> fwd;  // the forward's inputs and saved outputs (y, layer_out, gates, cells)
+  const T* dy;
+  const T* dh_n;
+  const T* dc_n;
+  T* dx;
+  T* dh0;
+  T* dc0;
+  std::vector<T*> dw_ih, dw_hh, db_ih, db_hh;
+};
+
+}  // namespace detlstm
