@@ -13,6 +13,24 @@ import sys
 
 from setuptools import find_packages, setup
 
+def _locate_cuda_home():
+    """CUDA_HOME for torch's extension builder: the folder whose include/ has the CUDA runtime
+    headers. torch guesses from the nvcc on PATH, which is wrong when that nvcc is a wrapper script."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    candidates = []
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    candidates.append("/usr/local/cuda")
+    for home in candidates:
+        if os.path.isfile(os.path.join(home, "include", "cuda_runtime_api.h")):
+            os.environ["CUDA_HOME"] = home
+            return
+
+
+_locate_cuda_home()
+
 try:
     import torch
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
@@ -66,6 +84,18 @@ def cuda_sources():
     return [os.path.join("csrc", "cuda", n) for n in names]
 
 
+def wheel_header_flags():
+    """pip's CUDA build of torch carries headers a bare toolkit may lack (cusparse.h and others, which
+    torch's CUDA headers include). Searched after every other folder, so they only fill gaps."""
+    site = os.path.dirname(os.path.dirname(torch.__file__))
+    flags = []
+    for sub in ("cu13", "cu12"):
+        extra = os.path.join(site, "nvidia", sub, "include")
+        if os.path.isdir(extra):
+            flags += ["-idirafter", extra]
+    return flags
+
+
 ext_modules = [
     CppExtension(
         "detlstm._C",
@@ -81,7 +111,7 @@ if want_cuda() and cuda_sources():
             "detlstm._C_cuda",
             cuda_sources(),
             include_dirs=[os.path.join(HERE, "csrc")],
-            extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS + gencode},
+            extra_compile_args={"cxx": CXX_FLAGS + wheel_header_flags(), "nvcc": NVCC_FLAGS + gencode},
         )
     )
 

@@ -91,6 +91,14 @@ def canonical_unary(x: torch.Tensor, fn: str) -> torch.Tensor:
     return ops.canonical_unary(x, codes[fn])
 
 
+def set_cuda_launch_variant(variant: int) -> int:
+    """Force the CUDA kernels' launch shapes (0 default, 1, 2); returns the previous one. Results
+    must not change with it: the tests use it as a stand-in for GPUs of other sizes."""
+    if not HAS_CUDA_KERNELS:
+        raise RuntimeError("detlstm was built without its CUDA kernels")
+    return _C_cuda.set_launch_variant(variant)
+
+
 def set_cpu_variant(name: str = "") -> str:
     """Select the CPU kernel build ('generic', 'avx2', 'default'); '' only asks. Returns the previous."""
     return _C.set_cpu_variant(name)

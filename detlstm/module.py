@@ -209,6 +209,11 @@ class LSTM(nn.Module):
             raise ValueError(f"detlstm.LSTM supports float32 and float64 inputs, got {input.dtype}")
         if input.device != weights[0].device:
             raise ValueError(f"input is on {input.device} but the LSTM's weights are on {weights[0].device}")
+        if input.is_cuda and not _ops.HAS_CUDA_KERNELS:
+            raise RuntimeError(
+                "detlstm was built without its CUDA kernels (no nvcc or no CUDA build of torch at "
+                "build time): rebuild with `pip install --no-build-isolation .` where nvcc is available"
+            )
         if input.size(-1) != self.input_size:
             raise RuntimeError(
                 f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {input.size(-1)}"

@@ -53,12 +53,16 @@ DETLSTM_HD float copysign_exact(float magnitude, float sign) {
   return bits_float((float_bits(magnitude) & 0x7fffffffu) | (float_bits(sign) & 0x80000000u));
 }
 
+// The one NaN the canonical functions return. NaN payloads are not portable (x86 keeps the input's,
+// NVIDIA GPUs return their own canonical NaN), so NaN inputs are answered with this fixed pattern.
+DETLSTM_HD float canonical_nan() { return bits_float(0x7fc00000u); }
+
 // exp(x) = 2^m * 2^(j/32) * exp(r), k = 32m + j = round(x * 32/ln2), |r| <= ln2/64.
 // Because |r| is tiny, its own rounding costs ~0.01 ulp; the table's hi + lo carries the rest, and the
 // one visible rounding is the final add, so the result is within ~0.51 ulp. The power of two is applied
 // as two exact-or-once-rounded multiplications so results in the subnormal range are rounded once.
 DETLSTM_HD float canonical_exp(float x) {
-  if (!(x == x)) return x + x;                        // NaN in, NaN out
+  if (!(x == x)) return canonical_nan();
   if (x > 100.0f) return bits_float(0x7f800000u);     // exp(x) > FLT_MAX: +inf, as the true function
   if (x < -110.0f) return 0.0f;                       // exp(x) < half the smallest subnormal: +0
   const float k = round_to_int(x * 0x1.715476p+5f);   // 32 / ln2
@@ -85,10 +89,11 @@ DETLSTM_HD float canonical_exp(float x) {
 // num - q*d, so the add's rounding never reaches the result: only e's own error and one final
 // rounding remain (worst case measured below 1.5 ulp).
 DETLSTM_HD float canonical_sigmoid(float x) {
+  if (!(x == x)) return canonical_nan();
   const float e = canonical_exp(-abs_exact(x));
   const float d = 1.0f + e;
   const float d_err = e - (d - 1.0f);
-  const float num = x >= 0.0f ? 1.0f : e;  // NaN fails the compare: e is NaN and so is the result
+  const float num = x >= 0.0f ? 1.0f : e;
   const float q = num / d;
   const float rem = fma_rn(-q, d, num);    // exact
   return q + fma_rn(-q, d_err, rem) / d;
@@ -98,6 +103,7 @@ DETLSTM_HD float canonical_sigmoid(float x) {
 // above, where the result is >= 0.5 and the subtraction loses nothing. P is a weighted least-squares
 // fit of (tanh(x) - x)/x^3 on [0, 0.55], coefficients rounded to float (approximation error < 0.1 ulp).
 DETLSTM_HD float canonical_tanh(float x) {
+  if (!(x == x)) return canonical_nan();
   const float ax = abs_exact(x);
   if (ax < 0.55f) {
     const float z = x * x;
@@ -112,7 +118,7 @@ DETLSTM_HD float canonical_tanh(float x) {
   }
   const float e = canonical_exp(ax + ax);  // +inf for large |x| gives exactly 1 below
   const float t = 1.0f - 2.0f / (e + 1.0f);
-  return copysign_exact(t, x);  // NaN stays NaN
+  return copysign_exact(t, x);
 }
 
 // float64 is the reference and gradcheck dtype; G4 is promised for float32 only (ARITHMETIC.md), so

@@ -1,0 +1,243 @@
+// The LSTM backward on the GPU, the same chains as csrc/cpu/lstm_cpu_impl.h (ARITHMETIC.md rule 8):
+// per layer, steps in reverse processing order (one launch per step, both directions in grid z),
+// each thread continuing dh as a chain over the gate rows of da(next step) . W_hh and running the
+// cell's backward; then the input gradient and the weight gradients as fixed-order GEMMs.
+#include "gemm_chain.cuh"
+
+namespace detlstm {
+namespace cuda {
+
+template <typename T>
+struct BackwardStepParams {
+  const int64_t* lengths;
+  const int64_t* order;
+  int64_t batch, hidden, layer, step, active;
+  bool final_mode;  // true: write dh0 = chain over da(step 0) from 0, no cell
+  const T* dy;      // gradient w.r.t. this layer's output (T, B, D*H)
+  const T* dh_n;    // (L*D, B, H)
+  const T* dc_n;
+  const T* c0;
+  const T* gates[2];  // activated gates (T, B, 4H)
+  const T* cells[2];
+  const T* w_hh[2];   // (4H, H): consecutive threads read consecutive columns
+  T* da[2];           // gate pre-activation gradients (T, B, 4H)
+  T* dc;              // (D, B, H): gradient reaching c_prev, carried between launches
+  T* dh0;             // (L*D, B, H)
+};
+
+template <typename T, int RB>
+__global__ void backward_step_kernel(BackwardStepParams<T> p) {
+  const int d = blockIdx.z, D = gridDim.z;
+  const int64_t H = p.hidden, G = 4 * H, B = p.batch, DH = D * H;
+  const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int64_t i0 = blockIdx.y * int64_t(RB);
+  if (j >= H) return;
+  const T* src[RB];
+  bool live[RB], chain[RB], last[RB];
+  int64_t row_b[RB], row_t[RB];
+  T acc[RB];
+#pragma unroll
+  for (int r = 0; r < RB; ++r) {
+    live[r] = i0 + r < p.active;
+    const int64_t b = p.order[live[r] ? i0 + r : i0];
+    const int64_t len = p.lengths[b];
+    row_b[r] = b;
+    const int64_t state = ((p.layer * D + d) * B + b) * H + j;
+    if (p.final_mode) {
+      last[r] = false;
+      chain[r] = live[r];
+      row_t[r] = step_time(d, 0, len);
+      src[r] = pick(p.da, d) + (row_t[r] * B + b) * G;
+      acc[r] = T(0);
+    } else {
+      const int64_t t = step_time(d, p.step, len);
+      row_t[r] = t;
+      last[r] = p.step == len - 1;
+      chain[r] = live[r] && !last[r];
+      const T dy = p.dy[(t * B + b) * DH + d * H + j];
+      acc[r] = last[r] ? dy + p.dh_n[state] : dy;
+      src[r] = chain[r] ? pick(p.da, d) + (step_time(d, p.step + 1, len) * B + b) * G : nullptr;
+    }
+  }
+  const T* w = pick(p.w_hh, d) + j;
+  for (int64_t n = 0; n < G; ++n) {
+    const T wv = w[n * H];
+#pragma unroll
+    for (int r = 0; r < RB; ++r)
+      if (chain[r]) acc[r] = fma_rn(src[r][n], wv, acc[r]);
+  }
+#pragma unroll
+  for (int r = 0; r < RB; ++r) {
+    if (!live[r]) continue;
+    const int64_t b = row_b[r], t = row_t[r];
+    const int64_t state = ((p.layer * D + d) * B + b) * H + j;
+    if (p.final_mode) {
+      p.dh0[state] = acc[r];
+      continue;
+    }
+    const T* g = pick(p.gates, d) + (t * B + b) * G;
+    const T c_prev = p.step == 0 ? p.c0[state] : pick(p.cells, d)[(prev_time(d, t) * B + b) * H + j];
+    const T dc_next = last[r] ? p.dc_n[state] : p.dc[(d * B + b) * H + j];
+    const CellGrad<T> cg = lstm_cell_backward(acc[r], dc_next, g[j], g[H + j], g[2 * H + j],
+                                              g[3 * H + j], pick(p.cells, d)[(t * B + b) * H + j], c_prev);
+    T* da = pick(p.da, d) + (t * B + b) * G;
+    da[j] = cg.da_i;
+    da[H + j] = cg.da_f;
+    da[2 * H + j] = cg.da_g;
+    da[3 * H + j] = cg.da_o;
+    p.dc[(d * B + b) * H + j] = cg.dc_prev;
+  }
+}
+
+template <typename T, int RB>
+void launch_backward_step(const BackwardStepParams<T>& p, int directions, int threads,
+                          cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.hidden, threads)),
+                  static_cast<unsigned>(ceil_div(p.active, RB)), directions);
+  backward_step_kernel<T, RB><<<grid, threads, 0, stream>>>(p);
+  check_launch("backward_step_kernel");
+}
+
+template <typename T>
+void backward_step(const BackwardStepParams<T>& p, int directions, cudaStream_t stream) {
+  switch (launch_variant()) {
+    case 1: launch_backward_step<T, 1>(p, directions, 32, stream); break;
+    case 2: launch_backward_step<T, 8>(p, directions, 256, stream); break;
+    default: launch_backward_step<T, 4>(p, directions, 128, stream); break;
+  }
+}
+
+// h_prev of the valid row v in direction d: what multiplied W_hh at that step.
+template <typename T>
+struct HPrevRows {
+  const T* h0;
+  const T* y;
+  const int64_t* valid;
+  const int64_t* lengths;
+  int64_t batch, hidden, width, direction, layer_direction;
+  __device__ const T* operator()(int64_t v) const {
+    const int64_t r = valid[v], t = r / batch, b = r % batch;
+    const bool first = direction == 0 ? t == 0 : t == lengths[b] - 1;
+    if (first) return h0 + (layer_direction * batch + b) * hidden;
+    return y + (prev_time(direction, t) * batch + b) * width + direction * hidden;
+  }
+};
+
+// db[n] = chain of adds over the valid rows in storage order, from 0; b_ih and b_hh get the same.
+template <typename T>
+__global__ void bias_grad_kernel(const T* da, const int64_t* valid, int64_t rows, int64_t G,
+                                 T* db_ih, T* db_hh) {
+  const int64_t n = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (n >= G) return;
+  T acc = T(0);
+  for (int64_t v = 0; v < rows; ++v) acc = acc + da[valid[v] * G + n];
+  db_ih[n] = acc;
+  db_hh[n] = acc;
+}
+
+template <typename T>
+void backward_impl(const LstmBackwardArgs<T>& a, const ScratchAlloc& scratch, cudaStream_t stream) {
+  const LstmForwardArgs<T>& f = a.fwd;
+  const LstmShape& S = f.shape;
+  const int64_t Tn = S.steps, B = S.batch, H = S.hidden_size, L = S.num_layers, D = S.directions;
+  const int64_t DH = D * H, G = 4 * H;
+  const StepSchedule sched(f.lengths, Tn, B);
+  const DeviceSchedule ds = upload_schedule(sched, f.lengths, B, scratch, stream);
+  const int64_t R = ds.rows;
+
+  launch_zero_padding(a.dx, S.input_size, ds.lengths, Tn, B, stream);
+  T* dropped = (f.dropout.active && L > 1) ? scratch_array<T>(scratch, Tn * B * DH) : nullptr;
+  T* grad_buf[2] = {nullptr, nullptr};
+  if (L > 1)
+    for (auto& buf : grad_buf) buf = scratch_array<T>(scratch, Tn * B * DH);
+  T* da[2];
+  for (int64_t d = 0; d < D; ++d) da[d] = scratch_array<T>(scratch, Tn * B * G);
+  T* dc = scratch_array<T>(scratch, D * B * H);
+
+  const T* dY = a.dy;
+  for (int64_t l = L - 1; l >= 0; --l) {
+    const int64_t K = l == 0 ? S.input_size : DH;
+    const T* X = f.x;
+    if (l > 0) {
+      X = f.layer_out + (l - 1) * Tn * B * DH;
+      if (f.dropout.active) {
+        launch_apply_dropout(f.dropout, l - 1, X, dropped, DH, ds, B, stream);
+        X = dropped;
+      }
+    }
+    const T* Y = l == L - 1 ? f.y : f.layer_out + l * Tn * B * DH;
+
+    BackwardStepParams<T> p{};
+    p.lengths = ds.lengths;
+    p.order = ds.order;
+    p.batch = B;
+    p.hidden = H;
+    p.layer = l;
+    p.dy = dY;
+    p.dh_n = a.dh_n;
+    p.dc_n = a.dc_n;
+    p.c0 = f.c0;
+    p.dc = dc;
+    p.dh0 = a.dh0;
+    for (int64_t d = 0; d < D; ++d) {
+      p.gates[d] = f.gates + (l * D + d) * Tn * B * G;
+      p.cells[d] = f.cells + (l * D + d) * Tn * B * H;
+      p.w_hh[d] = f.weights.w_hh[l * D + d];
+      p.da[d] = da[d];
+    }
+    for (int64_t s = Tn - 1; s >= 0; --s) {
+      p.step = s;
+      p.active = sched.active[s];
+      p.final_mode = false;
+      backward_step(p, static_cast<int>(D), stream);
+    }
+    p.step = 0;
+    p.active = B;
+    p.final_mode = true;
+    backward_step(p, static_cast<int>(D), stream);
+    for (int64_t d = 0; d < D; ++d)
+      check_cuda(cudaMemcpyAsync(a.dc0 + (l * D + d) * B * H, dc + d * B * H, B * H * sizeof(T),
+                                 cudaMemcpyDeviceToDevice, stream),
+                 "copy dc0");
+
+    // Input gradient: forward direction's gate rows, then the reverse's, one chain from 0.
+    T* dX = l == 0 ? a.dx : grad_buf[l % 2];
+    for (int64_t d = 0; d < D; ++d)
+      gemm_chain<T, false>(R, K, G, Rows<const T>{da[d], ds.valid, G, 0},
+                           Rows<const T>{f.weights.w_ih[l * D + d], nullptr, K, 0},
+                           Rows<T>{dX, ds.valid, K, 0}, d == 0 ? GemmInit::kZero : GemmInit::kFromC,
+                           static_cast<const T*>(nullptr), stream);
+
+    // Weight gradients: chains over the valid (t, b) in storage order, from 0.
+    for (int64_t d = 0; d < D; ++d) {
+      const int64_t w = l * D + d;
+      gemm_chain<T, true>(G, K, R, Rows<const T>{da[d], ds.valid, G, 0},
+                          Rows<const T>{X, ds.valid, K, 0}, Rows<T>{a.dw_ih[w], nullptr, K, 0},
+                          GemmInit::kZero, static_cast<const T*>(nullptr), stream);
+      gemm_chain<T, true>(G, H, R, Rows<const T>{da[d], ds.valid, G, 0},
+                          HPrevRows<T>{f.h0, Y, ds.valid, ds.lengths, B, H, DH, d, w},
+                          Rows<T>{a.dw_hh[w], nullptr, H, 0}, GemmInit::kZero,
+                          static_cast<const T*>(nullptr), stream);
+      if (S.has_bias) {
+        bias_grad_kernel<T><<<static_cast<unsigned>(ceil_div(G, 128)), 128, 0, stream>>>(
+            da[d], ds.valid, R, G, a.db_ih[w], a.db_hh[w]);
+        check_launch("bias_grad_kernel");
+      }
+    }
+
+    if (l > 0) {
+      if (f.dropout.active) launch_apply_dropout(f.dropout, l - 1, dX, dX, DH, ds, B, stream);
+      dY = dX;
+    }
+  }
+}
+
+void lstm_backward(const LstmBackwardArgs<float>& a, const ScratchAlloc& s, cudaStream_t st) {
+  backward_impl<float>(a, s, st);
+}
+void lstm_backward(const LstmBackwardArgs<double>& a, const ScratchAlloc& s, cudaStream_t st) {
+  backward_impl<double>(a, s, st);
+}
+
+}  // namespace cuda
+}  // namespace detlstm

@@ -1,0 +1,135 @@
+// The CUDA implementations of the detlstm operators: argument checks (shared with the CPU binding),
+// output allocation through torch's caching allocator, then the torch-free kernels on the current
+// stream.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/extension.h>
+
+#include <vector>
+
+#include "../op_checks.h"
+#include "lstm_cuda.h"
+
+namespace detlstm {
+namespace {
+
+// Scratch memory for one call, from torch's caching allocator; freed (stream-ordered) on return.
+class ScratchPool {
+ public:
+  explicit ScratchPool(const at::Tensor& like) : options_(like.options().dtype(at::kByte)) {}
+  cuda::ScratchAlloc allocator() {
+    return [this](size_t bytes) {
+      keep_.push_back(at::empty({static_cast<int64_t>(bytes)}, options_));
+      return keep_.back().data_ptr();
+    };
+  }
+
+ private:
+  at::TensorOptions options_;
+  std::vector<at::Tensor> keep_;
+};
+
+std::vector<at::Tensor> contiguous_all(const at::TensorList& list) {
+  std::vector<at::Tensor> out;
+  for (const auto& t : list) out.push_back(t.contiguous());
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lstm_forward_cuda(const at::Tensor& input_, const at::Tensor& lengths_, const at::Tensor& h0_,
+                  const at::Tensor& c0_, at::TensorList weights_, bool has_biases,
+                  int64_t num_layers, bool bidirectional, double dropout, bool train,
+                  const at::Tensor& seed) {
+  const LstmCall call = check_lstm_call(input_, lengths_, h0_, c0_, weights_, has_biases,
+                                        num_layers, bidirectional, dropout, train, seed);
+  const c10::cuda::CUDAGuard guard(input_.device());
+  const at::Tensor input = input_.contiguous(), h0 = h0_.contiguous(), c0 = c0_.contiguous();
+  const at::Tensor lengths = lengths_.to(at::kLong).contiguous();
+  const std::vector<at::Tensor> weights = contiguous_all(weights_);
+  LstmOutputs out = allocate_lstm_outputs(call, input);
+  ScratchPool pool(input);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "detlstm_lstm_forward_cuda", [&] {
+    cuda::lstm_forward(
+        lstm_forward_args<scalar_t>(call, input, lengths, h0, c0, weights,
+                                    out.output.data_ptr<scalar_t>(), out.h_n.data_ptr<scalar_t>(),
+                                    out.c_n.data_ptr<scalar_t>(), out.layer_out, out.gates,
+                                    out.cells),
+        pool.allocator(), stream);
+  });
+  return {out.output, out.h_n, out.c_n, out.layer_out, out.gates, out.cells};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> lstm_backward_cuda(
+    const at::Tensor& grad_output_, const at::Tensor& grad_h_n_, const at::Tensor& grad_c_n_,
+    const at::Tensor& input_, const at::Tensor& lengths_, const at::Tensor& h0_,
+    const at::Tensor& c0_, at::TensorList weights_, const at::Tensor& output_,
+    const at::Tensor& layer_out_, const at::Tensor& gates_, const at::Tensor& cells_,
+    bool has_biases, int64_t num_layers, bool bidirectional, double dropout, bool train,
+    const at::Tensor& seed) {
+  const LstmCall call = check_lstm_call(input_, lengths_, h0_, c0_, weights_, has_biases,
+                                        num_layers, bidirectional, dropout, train, seed);
+  check_lstm_backward_call(call, grad_output_, grad_h_n_, grad_c_n_, input_, output_, layer_out_,
+                           gates_, cells_);
+  const c10::cuda::CUDAGuard guard(input_.device());
+  const at::Tensor input = input_.contiguous(), h0 = h0_.contiguous(), c0 = c0_.contiguous();
+  const at::Tensor lengths = lengths_.to(at::kLong).contiguous();
+  const std::vector<at::Tensor> weights = contiguous_all(weights_);
+  const at::Tensor grad_output = grad_output_.contiguous(), grad_h_n = grad_h_n_.contiguous(),
+                   grad_c_n = grad_c_n_.contiguous(), output = output_.contiguous(),
+                   layer_out = layer_out_.contiguous(), gates = gates_.contiguous(),
+                   cells = cells_.contiguous();
+  LstmGrads g = allocate_lstm_grads(input, h0, c0, weights);
+  ScratchPool pool(input);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "detlstm_lstm_backward_cuda", [&] {
+    const LstmForwardArgs<scalar_t> fwd = lstm_forward_args<scalar_t>(
+        call, input, lengths, h0, c0, weights, output.data_ptr<scalar_t>(), nullptr, nullptr,
+        layer_out, gates, cells);
+    cuda::lstm_backward(
+        lstm_backward_args<scalar_t>(fwd, grad_output, grad_h_n, grad_c_n, g, call.has_bias),
+        pool.allocator(), stream);
+  });
+  return {g.grad_input, g.grad_h0, g.grad_c0, g.grad_weights};
+}
+
+at::Tensor canonical_unary_cuda(const at::Tensor& x_, int64_t fn) {
+  TORCH_CHECK(x_.scalar_type() == at::kFloat, "detlstm.canonical_unary: x must be float32, got ",
+              x_.scalar_type());
+  TORCH_CHECK(fn >= 0 && fn <= 2, "detlstm.canonical_unary: fn must be 0, 1 or 2, got ", fn);
+  const c10::cuda::CUDAGuard guard(x_.device());
+  const at::Tensor x = x_.contiguous();
+  at::Tensor y = at::empty_like(x);
+  cuda::canonical_unary(static_cast<int>(fn), x.data_ptr<float>(), y.data_ptr<float>(), x.numel(),
+                        at::cuda::getCurrentCUDAStream());
+  return y;
+}
+
+// f(x) for the float32 bit patterns first .. first+count-1, on the current CUDA device.
+at::Tensor canonical_unary_bits_cuda(int64_t fn, int64_t first, int64_t count) {
+  TORCH_CHECK(fn >= 0 && fn <= 2, "fn must be 0, 1 or 2, got ", fn);
+  TORCH_CHECK(first >= 0 && count >= 0 && first + count <= (int64_t(1) << 32),
+              "bit patterns must lie in [0, 2^32)");
+  at::Tensor y = at::empty({count}, at::TensorOptions().device(at::kCUDA).dtype(at::kFloat));
+  cuda::canonical_unary_bits(static_cast<int>(fn), static_cast<uint32_t>(first),
+                             y.data_ptr<float>(), count, at::cuda::getCurrentCUDAStream());
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(detlstm, CUDA, m) {
+  m.impl("lstm_forward", &lstm_forward_cuda);
+  m.impl("lstm_backward", &lstm_backward_cuda);
+  m.impl("canonical_unary", &canonical_unary_cuda);
+}
+
+}  // namespace detlstm
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("set_launch_variant", &detlstm::cuda::set_launch_variant,
+        "Force the CUDA kernels' launch shapes (0 default, 1, 2); returns the previous variant. "
+        "Results must not change: tests use it as a stand-in for other GPUs.");
+  m.def("canonical_unary_bits", &detlstm::canonical_unary_bits_cuda,
+        "The canonical exp (0) / sigmoid (1) / tanh (2) of count float32 bit patterns from first.");
+}

@@ -1,0 +1,136 @@
+// Elementwise CUDA kernels: padding, transposes, dropout, the canonical functions.
+#include "kernels_common.cuh"
+
+namespace detlstm {
+namespace cuda {
+
+namespace {
+int g_launch_variant = 0;
+constexpr int kThreads = 256;
+
+unsigned blocks_for(int64_t n) {
+  const int64_t b = ceil_div(n, kThreads);
+  return static_cast<unsigned>(b < 65535 * 64 ? (b > 0 ? b : 1) : 65535 * 64);
+}
+}  // namespace
+
+int launch_variant() { return g_launch_variant; }
+
+int set_launch_variant(int variant) {
+  if (variant < 0 || variant >= kLaunchVariants)
+    throw std::invalid_argument("detlstm CUDA: launch variant must be in [0, " +
+                                std::to_string(kLaunchVariants) + "), got " + std::to_string(variant));
+  const int previous = g_launch_variant;
+  g_launch_variant = variant;
+  return previous;
+}
+
+const char* last_error() {
+  const cudaError_t err = cudaGetLastError();
+  return err == cudaSuccess ? "" : cudaGetErrorString(err);
+}
+
+template <typename T>
+__global__ void zero_padding_kernel(T* base, int64_t width, const int64_t* lengths, int64_t steps,
+                                    int64_t batch) {
+  const int64_t total = steps * batch * width;
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total;
+       e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t row = e / width, t = row / batch, b = row % batch;
+    if (t >= lengths[b]) base[e] = T(0);
+  }
+}
+
+template <typename T>
+void launch_zero_padding(T* base, int64_t width, const int64_t* lengths, int64_t steps,
+                         int64_t batch, cudaStream_t stream) {
+  zero_padding_kernel<T><<<blocks_for(steps * batch * width), kThreads, 0, stream>>>(
+      base, width, lengths, steps, batch);
+  check_launch("zero_padding_kernel");
+}
+
+template <typename T>
+__global__ void transpose_kernel(const T* in, T* out, int64_t rows, int64_t cols) {
+  const int64_t total = rows * cols;
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total;
+       e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t c = e / rows, r = e % rows;  // coalesced writes
+    out[e] = in[r * cols + c];
+  }
+}
+
+template <typename T>
+void launch_transpose(const T* in, T* out, int64_t rows, int64_t cols, cudaStream_t stream) {
+  transpose_kernel<T><<<blocks_for(rows * cols), kThreads, 0, stream>>>(in, out, rows, cols);
+  check_launch("transpose_kernel");
+}
+
+// One thread per (valid row, group of four features): one Philox block gives the four draws.
+template <typename T>
+__global__ void dropout_kernel(uint64_t seed, uint64_t threshold, T scale, uint32_t layer,
+                               const T* y, T* out, int64_t width, const int64_t* valid, int64_t rows,
+                               int64_t batch) {
+  const int64_t groups = (width + 3) / 4;
+  const int64_t total = rows * groups;
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total;
+       e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = valid[e / groups], group = e % groups;
+    const int64_t t = r / batch, b = r % batch;
+    const Philox4x32 draws = dropout_draws(seed, layer, static_cast<uint32_t>(t),
+                                           static_cast<uint32_t>(b), static_cast<uint32_t>(group));
+    for (int q = 0; q < 4 && group * 4 + q < width; ++q) {
+      const int64_t f = r * width + group * 4 + q;
+      out[f] = dropout_apply(y[f], draws.v[q], threshold, scale);
+    }
+  }
+}
+
+template <typename T>
+void launch_apply_dropout(const DropoutParams& dp, int64_t layer, const T* y, T* out, int64_t width,
+                          const DeviceSchedule& sched, int64_t batch, cudaStream_t stream) {
+  dropout_kernel<T><<<blocks_for(sched.rows * ((width + 3) / 4)), kThreads, 0, stream>>>(
+      dp.seed, dp.threshold, static_cast<T>(dp.scale), static_cast<uint32_t>(layer), y, out, width,
+      sched.valid, sched.rows, batch);
+  check_launch("dropout_kernel");
+}
+
+__device__ inline float unary_apply(int fn, float x) {
+  return fn == 0 ? canonical_exp(x) : (fn == 1 ? canonical_sigmoid(x) : canonical_tanh(x));
+}
+
+__global__ void unary_kernel(int fn, const float* x, float* y, int64_t n) {
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n;
+       e += int64_t(gridDim.x) * blockDim.x)
+    y[e] = unary_apply(fn, x[e]);
+}
+
+__global__ void unary_bits_kernel(int fn, uint32_t first, float* y, int64_t n) {
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n;
+       e += int64_t(gridDim.x) * blockDim.x)
+    y[e] = unary_apply(fn, bits_float(first + static_cast<uint32_t>(e)));
+}
+
+void canonical_unary(int fn, const float* x, float* y, int64_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  unary_kernel<<<blocks_for(n), kThreads, 0, stream>>>(fn, x, y, n);
+  check_launch("unary_kernel");
+}
+
+void canonical_unary_bits(int fn, uint32_t first, float* y, int64_t count, cudaStream_t stream) {
+  if (count == 0) return;
+  unary_bits_kernel<<<blocks_for(count), kThreads, 0, stream>>>(fn, first, y, count);
+  check_launch("unary_bits_kernel");
+}
+
+#define DETLSTM_INSTANTIATE(T)                                                                    \
+  template void launch_zero_padding<T>(T*, int64_t, const int64_t*, int64_t, int64_t,           \
+                                       cudaStream_t);                                            \
+  template void launch_transpose<T>(const T*, T*, int64_t, int64_t, cudaStream_t);              \
+  template void launch_apply_dropout<T>(const DropoutParams&, int64_t, const T*, T*, int64_t,   \
+                                        const DeviceSchedule&, int64_t, cudaStream_t);
+DETLSTM_INSTANTIATE(float)
+DETLSTM_INSTANTIATE(double)
+#undef DETLSTM_INSTANTIATE
+
+}  // namespace cuda
+}  // namespace detlstm

@@ -1,0 +1,205 @@
+// The LSTM forward on the GPU: per layer, the input projection of every valid step as one
+// fixed-order GEMM (the head of each pre-activation chain), then one launch per step that continues
+// the chains with h_prev . W_hh^T and runs the cell (csrc/common/lstm_cell.h). Both directions share
+// each launch (grid z). Same chains and same cell as the CPU kernels, so the same bits.
+#include "gemm_chain.cuh"
+
+namespace detlstm {
+namespace cuda {
+
+template <typename T>
+struct ForwardStepParams {
+  const int64_t* lengths;
+  const int64_t* order;
+  int64_t batch, hidden, layer, step, active;
+  const T* h0;  // (L*D, B, H)
+  const T* c0;
+  T* y;         // this layer's output (T, B, D*H)
+  T* gates[2];  // per direction: pre-activations in, activated gates out (T, B, 4H)
+  T* cells[2];  // (T, B, H)
+  const T* wt_hh[2];  // W_hh^T (H, 4H): consecutive threads read consecutive gate rows
+};
+
+// Thread (unit j, RB rows) of direction blockIdx.z. Each of its 4*RB pre-activations continues as
+// one fma chain over k = 0 .. H-1 (ARITHMETIC.md rule 4), then the cell runs in the same thread.
+template <typename T, int RB>
+__global__ void forward_step_kernel(ForwardStepParams<T> p) {
+  const int d = blockIdx.z, D = gridDim.z;
+  const int64_t H = p.hidden, G = 4 * H, B = p.batch, DH = D * H;
+  const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int64_t i0 = blockIdx.y * int64_t(RB);
+  if (j >= H) return;
+  const T* hprev[RB];
+  const T* cprev[RB];
+  T* grow[RB];
+  int64_t out_row[RB];
+  bool live[RB];
+  T acc[RB][4];
+#pragma unroll
+  for (int r = 0; r < RB; ++r) {
+    live[r] = i0 + r < p.active;  // row 0 of a block is always live
+    const int64_t i = live[r] ? i0 + r : i0;
+    const int64_t b = p.order[i];
+    const int64_t t = step_time(d, p.step, p.lengths[b]);
+    if (p.step == 0) {
+      hprev[r] = p.h0 + ((p.layer * D + d) * B + b) * H;
+      cprev[r] = p.c0 + ((p.layer * D + d) * B + b) * H;
+    } else {
+      const int64_t tp = prev_time(d, t);
+      hprev[r] = p.y + (tp * B + b) * DH + d * H;
+      cprev[r] = pick(p.cells, d) + (tp * B + b) * H;
+    }
+    out_row[r] = t * B + b;
+    grow[r] = pick(p.gates, d) + out_row[r] * G;
+#pragma unroll
+    for (int g = 0; g < 4; ++g) acc[r][g] = grow[r][g * H + j];
+  }
+  const T* wt = pick(p.wt_hh, d) + j;
+  for (int64_t k = 0; k < H; ++k) {
+    T w[4];
+#pragma unroll
+    for (int g = 0; g < 4; ++g) w[g] = wt[k * G + g * H];
+#pragma unroll
+    for (int r = 0; r < RB; ++r) {
+      const T hv = hprev[r][k];
+#pragma unroll
+      for (int g = 0; g < 4; ++g) acc[r][g] = fma_rn(hv, w[g], acc[r][g]);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < RB; ++r) {
+    if (!live[r]) continue;
+    const CellState<T> st = lstm_cell_forward(acc[r][0], acc[r][1], acc[r][2], acc[r][3], cprev[r][j]);
+    grow[r][j] = st.i;
+    grow[r][H + j] = st.f;
+    grow[r][2 * H + j] = st.g;
+    grow[r][3 * H + j] = st.o;
+    pick(p.cells, d)[out_row[r] * H + j] = st.c;
+    p.y[out_row[r] * DH + d * H + j] = st.h;
+  }
+}
+
+template <typename T, int RB>
+void launch_forward_step(const ForwardStepParams<T>& p, int directions, int threads,
+                         cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.hidden, threads)),
+                  static_cast<unsigned>(ceil_div(p.active, RB)), directions);
+  forward_step_kernel<T, RB><<<grid, threads, 0, stream>>>(p);
+  check_launch("forward_step_kernel");
+}
+
+template <typename T>
+void forward_step(const ForwardStepParams<T>& p, int directions, cudaStream_t stream) {
+  switch (launch_variant()) {
+    case 1: launch_forward_step<T, 1>(p, directions, 32, stream); break;
+    case 2: launch_forward_step<T, 8>(p, directions, 256, stream); break;
+    default: launch_forward_step<T, 4>(p, directions, 128, stream); break;
+  }
+}
+
+template <typename T>
+__global__ void bias_sum_kernel(const T* b_ih, const T* b_hh, T* out, int64_t n) {
+  const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (e < n) out[e] = b_ih[e] + b_hh[e];  // the chain's head (rule 4)
+}
+
+// h_n after step len-1 (forward) or step 0 (reverse); c_n likewise.
+template <typename T>
+__global__ void final_state_kernel(const int64_t* lengths, const T* y, const T* cells_fwd,
+                                   const T* cells_rev, T* h_n, T* c_n, int64_t layer, int64_t D,
+                                   int64_t B, int64_t H) {
+  const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (e >= D * B * H) return;
+  const int64_t d = e / (B * H), b = (e / H) % B, j = e % H;
+  const int64_t t = d == 0 ? lengths[b] - 1 : 0;
+  const T* cells = d == 0 ? cells_fwd : cells_rev;
+  const int64_t dst = ((layer * D + d) * B + b) * H + j;
+  h_n[dst] = y[(t * B + b) * D * H + d * H + j];
+  c_n[dst] = cells[(t * B + b) * H + j];
+}
+
+template <typename T>
+void forward_impl(const LstmForwardArgs<T>& a, const ScratchAlloc& scratch, cudaStream_t stream) {
+  const LstmShape& S = a.shape;
+  const int64_t Tn = S.steps, B = S.batch, H = S.hidden_size, L = S.num_layers, D = S.directions;
+  const int64_t DH = D * H, G = 4 * H;
+  const StepSchedule sched(a.lengths, Tn, B);
+  const DeviceSchedule ds = upload_schedule(sched, a.lengths, B, scratch, stream);
+  const int64_t R = ds.rows;
+
+  launch_zero_padding(a.y, DH, ds.lengths, Tn, B, stream);
+  for (int64_t l = 0; l + 1 < L; ++l)
+    launch_zero_padding(a.layer_out + l * Tn * B * DH, DH, ds.lengths, Tn, B, stream);
+  for (int64_t ld = 0; ld < L * D; ++ld) {
+    launch_zero_padding(a.gates + ld * Tn * B * G, G, ds.lengths, Tn, B, stream);
+    launch_zero_padding(a.cells + ld * Tn * B * H, H, ds.lengths, Tn, B, stream);
+  }
+
+  const int64_t k_max = S.input_size > DH ? S.input_size : DH;
+  T* dropped = (a.dropout.active && L > 1) ? scratch_array<T>(scratch, Tn * B * DH) : nullptr;
+  T* wt_ih[2];
+  T* wt_hh[2];
+  T* bias[2];
+  for (int64_t d = 0; d < D; ++d) {
+    wt_ih[d] = scratch_array<T>(scratch, k_max * G);
+    wt_hh[d] = scratch_array<T>(scratch, H * G);
+    bias[d] = scratch_array<T>(scratch, G);
+  }
+
+  for (int64_t l = 0; l < L; ++l) {
+    const int64_t K = l == 0 ? S.input_size : DH;
+    const T* X = a.x;
+    if (l > 0) {
+      X = a.layer_out + (l - 1) * Tn * B * DH;
+      if (a.dropout.active) {
+        launch_apply_dropout(a.dropout, l - 1, X, dropped, DH, ds, B, stream);
+        X = dropped;
+      }
+    }
+    T* Y = l == L - 1 ? a.y : a.layer_out + l * Tn * B * DH;
+    ForwardStepParams<T> p{};
+    p.lengths = ds.lengths;
+    p.order = ds.order;
+    p.batch = B;
+    p.hidden = H;
+    p.layer = l;
+    p.h0 = a.h0;
+    p.c0 = a.c0;
+    p.y = Y;
+    for (int64_t d = 0; d < D; ++d) {
+      const int64_t w = l * D + d;
+      launch_transpose(a.weights.w_ih[w], wt_ih[d], G, K, stream);
+      launch_transpose(a.weights.w_hh[w], wt_hh[d], G, H, stream);
+      if (S.has_bias) {
+        bias_sum_kernel<T><<<static_cast<unsigned>(ceil_div(G, 256)), 256, 0, stream>>>(
+            a.weights.b_ih[w], a.weights.b_hh[w], bias[d], G);
+        check_launch("bias_sum_kernel");
+      }
+      p.gates[d] = a.gates + w * Tn * B * G;
+      p.cells[d] = a.cells + w * Tn * B * H;
+      p.wt_hh[d] = wt_hh[d];
+      gemm_chain<T, false>(R, G, K, Rows<const T>{X, ds.valid, K, 0},
+                           Rows<const T>{wt_ih[d], nullptr, G, 0},
+                           Rows<T>{p.gates[d], ds.valid, G, 0},
+                           S.has_bias ? GemmInit::kVector : GemmInit::kZero, bias[d], stream);
+    }
+    for (int64_t s = 0; s < Tn; ++s) {
+      p.step = s;
+      p.active = sched.active[s];
+      forward_step(p, static_cast<int>(D), stream);
+    }
+    final_state_kernel<T><<<static_cast<unsigned>(ceil_div(D * B * H, 256)), 256, 0, stream>>>(
+        ds.lengths, Y, p.cells[0], p.cells[D - 1], a.h_n, a.c_n, l, D, B, H);
+    check_launch("final_state_kernel");
+  }
+}
+
+void lstm_forward(const LstmForwardArgs<float>& a, const ScratchAlloc& s, cudaStream_t st) {
+  forward_impl<float>(a, s, st);
+}
+void lstm_forward(const LstmForwardArgs<double>& a, const ScratchAlloc& s, cudaStream_t st) {
+  forward_impl<double>(a, s, st);
+}
+
+}  // namespace cuda
+}  // namespace detlstm

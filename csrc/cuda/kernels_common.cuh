@@ -1,0 +1,92 @@
+// Shared pieces of the CUDA kernels: launch checks, the step/time arithmetic, row addressing.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "../common/lstm_cell.h"
+#include "../common/schedule.h"
+#include "lstm_cuda.h"
+
+namespace detlstm {
+namespace cuda {
+
+inline void check_cuda(cudaError_t err, const char* what) {
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string("detlstm CUDA: ") + what + ": " + cudaGetErrorString(err));
+}
+inline void check_launch(const char* kernel) { check_cuda(cudaGetLastError(), kernel); }
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+int launch_variant();
+
+// Time index of processing step s for a row of this length: forward t = s, reverse t = len-1-s.
+__host__ __device__ inline int64_t step_time(int64_t direction, int64_t s, int64_t length) {
+  return direction == 0 ? s : length - 1 - s;
+}
+__host__ __device__ inline int64_t prev_time(int64_t direction, int64_t t) {
+  return direction == 0 ? t - 1 : t + 1;
+}
+
+// One of a pair of per-direction pointers. A kernel parameter array indexed at run time is copied to
+// local memory; a select keeps it in the parameter space.
+template <typename P>
+__device__ __forceinline__ P pick(P const (&pair)[2], int d) {
+  return d == 0 ? pair[0] : pair[1];
+}
+
+// Row r of a matrix whose rows are picked by an index array (or taken in order when index is null).
+template <typename T>
+struct Rows {
+  T* base;
+  const int64_t* index;
+  int64_t ld;
+  int64_t offset;
+  __device__ T* operator()(int64_t r) const { return base + (index ? index[r] : r) * ld + offset; }
+};
+
+// Device copies of the call's schedule.
+struct DeviceSchedule {
+  const int64_t* lengths;
+  const int64_t* order;
+  const int64_t* valid;
+  int64_t rows;  // number of valid (t, b)
+};
+
+template <typename T>
+T* scratch_array(const ScratchAlloc& scratch, int64_t count) {
+  return static_cast<T*>(scratch(static_cast<size_t>(count > 0 ? count : 1) * sizeof(T)));
+}
+
+inline DeviceSchedule upload_schedule(const StepSchedule& sched, const int64_t* lengths, int64_t B,
+                                      const ScratchAlloc& scratch, cudaStream_t stream) {
+  const int64_t R = static_cast<int64_t>(sched.valid.size());
+  int64_t* buf = scratch_array<int64_t>(scratch, 2 * B + R);
+  std::vector<int64_t> host(static_cast<size_t>(2 * B + R));
+  std::copy(lengths, lengths + B, host.begin());
+  std::copy(sched.order.begin(), sched.order.end(), host.begin() + B);
+  std::copy(sched.valid.begin(), sched.valid.end(), host.begin() + 2 * B);
+  // pageable source: the copy has read `host` before cudaMemcpyAsync returns
+  check_cuda(cudaMemcpyAsync(buf, host.data(), host.size() * sizeof(int64_t), cudaMemcpyHostToDevice,
+                             stream),
+             "upload schedule");
+  return {buf, buf + B, buf + 2 * B, R};
+}
+
+// Shared elementwise launches (elementwise.cu).
+template <typename T>
+void launch_zero_padding(T* base, int64_t width, const int64_t* lengths_device, int64_t steps,
+                         int64_t batch, cudaStream_t stream);
+template <typename T>
+void launch_transpose(const T* in, T* out, int64_t rows, int64_t cols, cudaStream_t stream);
+template <typename T>
+void launch_apply_dropout(const DropoutParams& dp, int64_t layer, const T* y, T* out, int64_t width,
+                          const DeviceSchedule& sched, int64_t batch, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace detlstm

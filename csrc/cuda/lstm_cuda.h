@@ -1,0 +1,39 @@
+// The CUDA kernels' host interface: pure C++ with the CUDA runtime, no torch types. The binding
+// (binding.cpp) hands in device pointers, a scratch allocator and the stream to run on.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+
+#include "../common/lstm_args.h"
+
+namespace detlstm {
+namespace cuda {
+
+// Device memory that lives until the call returns; stream-ordered with the call's stream.
+using ScratchAlloc = std::function<void*(size_t bytes)>;
+
+// Launch shapes. They decide which thread computes which value, never the order of a value's
+// operations, so every variant gives the same bits (tests force each one as a stand-in for GPUs of
+// other sizes). 0 is the default.
+int set_launch_variant(int variant);  // returns the previous one
+constexpr int kLaunchVariants = 3;
+
+void lstm_forward(const LstmForwardArgs<float>& args, const ScratchAlloc& scratch, cudaStream_t stream);
+void lstm_forward(const LstmForwardArgs<double>& args, const ScratchAlloc& scratch, cudaStream_t stream);
+void lstm_backward(const LstmBackwardArgs<float>& args, const ScratchAlloc& scratch, cudaStream_t stream);
+void lstm_backward(const LstmBackwardArgs<double>& args, const ScratchAlloc& scratch, cudaStream_t stream);
+
+// exp (0), sigmoid (1) or tanh (2) elementwise: the canonical functions, for the bitwise tests.
+void canonical_unary(int fn, const float* x, float* y, int64_t n, cudaStream_t stream);
+// Every float32 bit pattern from `first` on, `count` of them: y[k] = f(bits_float(first + k)).
+void canonical_unary_bits(int fn, uint32_t first, float* y, int64_t count, cudaStream_t stream);
+
+// The CUDA error of the last launch, as an exception-ready message, or empty.
+const char* last_error();
+
+}  // namespace cuda
+}  // namespace detlstm

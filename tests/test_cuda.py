@@ -1,0 +1,177 @@
+"""GPU tests (skipped without a CUDA GPU): CPU vs CUDA bitwise equality (G4), agreement with cuDNN,
+reproducibility and batch invariance on the GPU, launch shapes that must not change a bit, and the
+exhaustive check of the canonical functions over all 2^32 float32 bit patterns."""
+
+import copy
+import itertools
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import detlstm
+from helpers import assert_bitwise_equal, digest, make_pair
+
+pytestmark = pytest.mark.cuda
+HERE = os.path.dirname(os.path.abspath(__file__))
+T, B, I, H = 6, 4, 5, 7
+LENGTHS = [6, 2, 5, 3]
+
+
+def _results(model, x, hx, form, batch_first, device, seed):
+    """Forward + backward on `device`; returns every result tensor on the CPU."""
+    model = model.to(device)
+    x = x.detach().to(device).requires_grad_()
+    leaves = [x]
+    if hx is not None:
+        hx = tuple(t.detach().to(device).requires_grad_() for t in hx)
+        leaves += list(hx)
+    kwargs = {"dropout_seed": seed}
+    if form == "packed_unsorted":
+        out, (h, c) = model(pack_padded_sequence(x, LENGTHS, batch_first=batch_first,
+                                                 enforce_sorted=False), hx, **kwargs)
+        out = out.data
+    elif form == "lengths":
+        out, (h, c) = model(x, hx, lengths=LENGTHS, **kwargs)
+    else:
+        out, (h, c) = model(x, hx, **kwargs)
+    g = torch.Generator().manual_seed(3)
+    loss = sum((t * torch.randn(t.shape, generator=g, dtype=t.dtype).to(device)).sum() for t in (out, h, c))
+    grads = torch.autograd.grad(loss, leaves + list(model.parameters()))
+    return [t.detach().cpu() for t in [out, h, c, *grads]]
+
+
+CASES = list(itertools.product([1, 2, 3], [False, True], [True, False], [False, True], [False, True],
+                               ["padded", "unbatched", "packed_unsorted", "lengths"], [0.0, 0.5]))
+
+
+@pytest.mark.parametrize("layers,bidir,bias,batch_first,with_hx,form,dropout", CASES)
+def test_cpu_and_cuda_give_identical_bits(layers, bidir, bias, batch_first, with_hx, form, dropout):
+    _, model = make_pair(I, H, num_layers=layers, bias=bias, batch_first=batch_first,
+                         bidirectional=bidir, dropout=dropout)
+    model.train()
+    g = torch.Generator().manual_seed(11)
+    shape = (T, I) if form == "unbatched" else ((B, T, I) if batch_first else (T, B, I))
+    x = torch.randn(shape, generator=g)
+    d = layers * (2 if bidir else 1)
+    sshape = (d, H) if form == "unbatched" else (d, B, H)
+    hx = (torch.randn(sshape, generator=g), torch.randn(sshape, generator=g)) if with_hx else None
+    cpu = _results(copy.deepcopy(model), x, hx, form, batch_first, "cpu", 1234)
+    gpu = _results(copy.deepcopy(model), x, hx, form, batch_first, "cuda", 1234)
+    for k, (a, b) in enumerate(zip(cpu, gpu)):
+        assert_bitwise_equal(a, b, f"CPU vs CUDA, result {k}")
+
+
+def _large_case(device, variant=None):
+    torch.manual_seed(0)
+    model = detlstm.LSTM(256, 512, num_layers=2, bidirectional=True, dropout=0.5).to(device)
+    model.train()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(100, 64, 256, generator=g).to(device).requires_grad_()
+    lengths = torch.randint(25, 101, (64,), generator=g)
+    out, (h, c) = model(x, lengths=lengths, dropout_seed=99)
+    loss = (out * torch.randn(out.shape, generator=g).to(device)).sum() + h.sum() + c.sum()
+    grads = torch.autograd.grad(loss, [x] + list(model.parameters()))
+    return [t.detach().cpu() for t in [out, h, c, *grads]]
+
+
+@pytest.mark.slow
+def test_large_shape_cpu_equals_cuda():
+    cpu, gpu = _large_case("cpu"), _large_case("cuda")
+    for k, (a, b) in enumerate(zip(cpu, gpu)):
+        assert_bitwise_equal(a, b, f"large shape, result {k}")
+
+
+@pytest.mark.parametrize("variant", [1, 2])
+def test_launch_shapes_do_not_change_bits(variant):
+    reference = _large_case("cuda")
+    previous = detlstm.set_cuda_launch_variant(variant)
+    try:
+        forced = _large_case("cuda")
+    finally:
+        detlstm.set_cuda_launch_variant(previous)
+    for k, (a, b) in enumerate(zip(reference, forced)):
+        assert_bitwise_equal(a, b, f"launch variant {variant}, result {k}")
+
+
+@pytest.mark.parametrize("form", ["padded", "packed"])
+@pytest.mark.parametrize("bidir,layers", [(False, 1), (True, 2), (True, 3)])
+def test_agrees_with_cudnn(form, bidir, layers):
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    ref, ours = make_pair(32, 48, num_layers=layers, bidirectional=bidir)
+    ref, ours = ref.cuda(), ours.cuda()
+    g = torch.Generator().manual_seed(2)
+    x0 = torch.randn(20, 8, 32, generator=g).cuda()
+    lengths = torch.randint(5, 21, (8,), generator=g)
+    results = []
+    for model, is_ref in ((ref, True), (ours, False)):
+        x = x0.clone().requires_grad_()
+        if form == "packed":
+            out, (h, c) = model(pack_padded_sequence(x, lengths, enforce_sorted=False))
+            out, _ = pad_packed_sequence(out, total_length=20)
+        else:
+            out, (h, c) = model(x)
+        gl = torch.Generator().manual_seed(4)
+        loss = sum((t * torch.randn(t.shape, generator=gl).cuda()).sum() for t in (out, h, c))
+        results.append([out, h, c, *torch.autograd.grad(loss, [x] + list(model.parameters()))])
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, rtol=2e-4, atol=2e-5)
+
+
+def test_run_to_run_and_process_to_process_on_gpu():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, os.path.dirname(HERE)]))
+    code = ("import sys; sys.argv=['x']; import torch, test_cuda as t; "
+            "from helpers import digest; print(digest(t._large_case('cuda')))")
+    digests = [digest(_large_case("cuda")), digest(_large_case("cuda"))]
+    for _ in range(2):
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                             cwd=HERE, timeout=600)
+        assert run.returncode == 0, run.stderr
+        digests.append(run.stdout.strip().splitlines()[-1])
+    assert len(set(digests)) == 1, digests
+
+
+def test_batch_invariance_on_gpu():
+    _, model = make_pair(I, H, num_layers=2, bidirectional=True)
+    model = model.cuda().eval()
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(T, B, I, generator=g).cuda()
+    out, (h, c) = model(x, lengths=LENGTHS)
+    for b in range(B):
+        n = LENGTHS[b]
+        o1, (h1, c1) = model(x[:n, b:b + 1])
+        assert_bitwise_equal(o1[:, 0], out[:n, b], f"row {b} output")
+        assert_bitwise_equal(h1[:, 0], h[:, b], f"row {b} h_n")
+        assert_bitwise_equal(c1[:, 0], c[:, b], f"row {b} c_n")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fn", [0, 1, 2])
+def test_canonical_math_all_float32_bit_patterns(fn):
+    """All 2^32 inputs: the GPU's exp/sigmoid/tanh bits equal the CPU's."""
+    from detlstm._ops import _C_cuda
+
+    name = ["exp", "sigmoid", "tanh"][fn]
+    chunk = 1 << 27
+    for first in range(0, 1 << 32, chunk):
+        gpu = _C_cuda.canonical_unary_bits(fn, first, chunk).cpu()
+        bits = torch.arange(first, first + chunk, dtype=torch.int64).to(torch.int32)  # wraps as uint32
+        cpu = detlstm.canonical_unary(bits.view(torch.float32), name)
+        if not torch.equal(cpu.view(torch.int32), gpu.view(torch.int32)):
+            bad = (cpu.view(torch.int32) != gpu.view(torch.int32)).nonzero()[0].item()
+            raise AssertionError(f"{name}: bit pattern {first + bad:#010x}: CPU {cpu[bad].item()!r} "
+                                 f"vs GPU {gpu[bad].item()!r}")
+
+
+def test_opcheck_on_cuda():
+    _, model = make_pair(3, 4, num_layers=2, bidirectional=True)
+    g = torch.Generator().manual_seed(0)
+    args = (torch.randn(5, 3, 3, generator=g).cuda().requires_grad_(), torch.tensor([5, 2, 4]),
+            torch.zeros(4, 3, 4).cuda().requires_grad_(), torch.zeros(4, 3, 4).cuda().requires_grad_(),
+            [w.detach().cuda().requires_grad_() for w in model._flat_weights], True, 2, True, 0.5,
+            True, torch.tensor(5))
+    torch.library.opcheck(torch.ops.detlstm.lstm_forward.default, args)
