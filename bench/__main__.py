@@ -1,0 +1,270 @@
+"""python -m bench: detlstm against torch.nn.LSTM (CPU native, cuDNN in three settings) and the
+two-one-way-LSTMs workaround, on the same work, in one run.
+
+Reports valid tokens per second (sum of lengths / time), ms per call, peak memory and each
+competitor's throughput relative to detlstm, as a Markdown table (stdout), a JSON file with every
+number and the environment, and PNG plots. See bench/RESULTS.md for measured numbers.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import sys
+
+import torch
+
+from bench.competitors import all_competitors
+from bench.core import (SHAPES, Spec, cpu_peak_mib, cuda_peak_mib, environment, make_inputs,
+                        median_ms, parse_custom, step_fn)
+
+MODES = ("forward", "forward+backward")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["cpu", "cuda"],
+                   default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--shapes", default=None,
+                   help=f"comma-separated reference shapes ({', '.join(SHAPES)}); "
+                        "default: cpu on the CPU, tagger,large,stream on the GPU")
+    p.add_argument("--custom", action="append", default=[],
+                   help="extra shape T,B,I,H,layers,bidir(0/1),dropout,lengths(all|uniform:LO)")
+    p.add_argument("--modes", default=",".join(MODES), help="forward, forward+backward")
+    p.add_argument("--dtypes", default="float32", help="float32, float64")
+    p.add_argument("--competitors", default=None, help="comma-separated names (default: all)")
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--out", default=os.path.join("bench", "out"), help="folder for JSON and plots")
+    p.add_argument("--quick", action="store_true", help="small repeats and sweeps (<2 min on 2 CPUs)")
+    p.add_argument("--no-studies", action="store_true", help="skip the sweeps and studies")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--results-md", default=None,
+                   help="also write the report into this Markdown file, replacing its section for "
+                        "this device")
+    return p.parse_args(argv)
+
+
+def measure(competitor, spec, device, dtype, mode, warmup, repeats, memory=False):
+    torch.manual_seed(0)
+    with competitor.context():
+        model = competitor.build(spec, device, dtype)
+        model.train()
+        inputs = make_inputs(spec, device, dtype, 3)
+        tokens = sum(int(lengths.sum()) for _, lengths in inputs) / len(inputs)
+        step = step_fn(competitor, model, mode)
+        try:
+            ms, samples = median_ms(step, inputs, device, warmup, repeats)
+        except RuntimeError as err:  # e.g. a setting the library refuses
+            return {"error": str(err).splitlines()[0]}
+        row = {"ms": ms, "tokens_per_s": tokens / (ms / 1e3), "samples_ms": samples}
+        if memory and mode == "forward+backward":
+            row["peak_mib"] = cuda_peak_mib(step, inputs) if device == "cuda" else \
+                cpu_peak_mib(competitor.name, spec, str(dtype).split(".")[1])
+        return row
+
+
+def fmt(v, digits=1):
+    return "-" if v is None else f"{v:,.{digits}f}"
+
+
+def table(rows, title):
+    lines = [f"**{title}**", "",
+             "| shape | mode | dtype | competitor | ms/call | tokens/s | vs detlstm | peak MiB |",
+             "|---|---|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['shape']} | {r['mode']} | {r['dtype']} | {r['competitor']} | "
+                         f"error: {r['error'][:60]} | | | |")
+            continue
+        lines.append(f"| {r['shape']} | {r['mode']} | {r['dtype']} | {r['competitor']} | "
+                     f"{fmt(r['ms'], 2)} | {fmt(r['tokens_per_s'], 0)} | {fmt(r.get('vs_detlstm'), 2)}x | "
+                     f"{fmt(r.get('peak_mib'))} |")
+    return "\n".join(lines)
+
+
+def add_ratios(rows):
+    base = {(r["shape"], r["mode"], r["dtype"]): r for r in rows
+            if r["competitor"] == "detlstm" and "ms" in r}
+    for r in rows:
+        ref = base.get((r["shape"], r["mode"], r["dtype"]))
+        if ref and "ms" in r:
+            r["vs_detlstm"] = r["tokens_per_s"] / ref["tokens_per_s"]
+
+
+def sweep(competitors, base, field, values, device, dtype, warmup, repeats):
+    out = []
+    for v in values:
+        spec = dataclasses.replace(base, name=f"{base.name}-{field}{v}", **{field: v})
+        if field == "hidden":
+            spec = dataclasses.replace(spec, input=v)
+        for c in competitors:
+            row = measure(c, spec, device, dtype, "forward+backward", warmup, repeats)
+            out.append({"competitor": c.name, field: v, **row})
+    return out
+
+
+def variable_length_study(competitors, base, device, dtype, warmup, repeats):
+    """Same total tokens, all sequences length T vs lengths spread over [T/4, T]: time should track
+    the sum of lengths, not batch x T."""
+    T = base.T
+    equal = dataclasses.replace(base, name="equal", lengths="all")
+    # 1.6x the rows, lengths uniform in [T/4, T] (mean 5T/8): the same tokens on average
+    spread = dataclasses.replace(base, name="spread", B=round(base.B * 1.6), lengths=f"uniform:{T // 4}")
+    out = []
+    for c in competitors:
+        a = measure(c, equal, device, dtype, "forward+backward", warmup, repeats)
+        b = measure(c, spread, device, dtype, "forward+backward", warmup, repeats)
+        if "ms" in a and "ms" in b:
+            out.append({"competitor": c.name, "equal_ms": a["ms"], "spread_ms": b["ms"],
+                        "equal_tokens_per_s": a["tokens_per_s"], "spread_tokens_per_s": b["tokens_per_s"],
+                        "time_ratio": b["ms"] / a["ms"],
+                        "throughput_ratio": b["tokens_per_s"] / a["tokens_per_s"]})
+    return out
+
+
+def plots(result, out_dir):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+    for key, field, label in (("batch_sweep", "B", "batch size"), ("hidden_sweep", "hidden", "hidden size")):
+        rows = [r for r in result.get(key, []) if "tokens_per_s" in r]
+        if not rows:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name in dict.fromkeys(r["competitor"] for r in rows):
+            pts = [(r[field], r["tokens_per_s"]) for r in rows if r["competitor"] == name]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(label)
+        ax.set_ylabel("valid tokens / s (forward + backward)")
+        ax.set_title(f"{result['env']['device']}: throughput vs {label}")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        path = os.path.join(out_dir, f"{key}.png")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    for shape in dict.fromkeys(r["shape"] for r in result["rows"]):
+        rows = [r for r in result["rows"] if r["shape"] == shape and "tokens_per_s" in r]
+        if not rows:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4))
+        labels = [f"{r['competitor']}\n{r['mode']}" for r in rows]
+        ax.bar(range(len(rows)), [r["tokens_per_s"] for r in rows],
+               color=["C0" if r["competitor"] == "detlstm" else "C7" for r in rows])
+        ax.set_xticks(range(len(rows)), labels, rotation=45, ha="right", fontsize=7)
+        ax.set_ylabel("valid tokens / s")
+        ax.set_title(f"{shape} on {result['env']['device']}")
+        fig.tight_layout()
+        path = os.path.join(out_dir, f"shape_{shape}.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def report(result):
+    env = result["env"]
+    head = (f"Measured {env['date']} on {env.get('gpu', env['cpu'])} ({env['device']}), "
+            f"torch {env['torch']}" + (f", CUDA {env['cuda']}, cuDNN {env['cudnn']}" if 'cuda' in env else "")
+            + f", {env['threads']} threads, git {env['git']}, `python -m bench {' '.join(result['argv'])}`.")
+    parts = [head, "", table(result["rows"], "Reference shapes (median of repeats; vs detlstm = "
+                             "competitor tokens/s / detlstm tokens/s)")]
+    if result.get("variable_length"):
+        parts += ["", "**Variable lengths, same total tokens** (forward+backward): time with lengths "
+                  "uniform in [T/4, T] over time with all lengths T, at 1.6x the rows", "",
+                  "| competitor | all T: ms | spread: ms | time ratio | tokens/s ratio |", "|---|---:|---:|---:|---:|"]
+        for r in result["variable_length"]:
+            parts.append(f"| {r['competitor']} | {fmt(r['equal_ms'], 2)} | {fmt(r['spread_ms'], 2)} | "
+                         f"{r['time_ratio']:.2f} | {r['throughput_ratio']:.2f} |")
+    for key, field in (("batch_sweep", "B"), ("hidden_sweep", "hidden")):
+        rows = result.get(key)
+        if rows:
+            parts += ["", f"**Sweep over {field}** (forward+backward, tokens/s)", "",
+                      "| competitor | " + " | ".join(str(v) for v in dict.fromkeys(r[field] for r in rows)) + " |",
+                      "|---|" + "---:|" * len(dict.fromkeys(r[field] for r in rows))]
+            for name in dict.fromkeys(r["competitor"] for r in rows):
+                vals = [fmt(r.get("tokens_per_s"), 0) for r in rows if r["competitor"] == name]
+                parts.append(f"| {name} | " + " | ".join(vals) + " |")
+    return "\n".join(parts)
+
+
+def write_results_md(path, device, text):
+    start, end = f"<!-- bench:{device}:start -->", f"<!-- bench:{device}:end -->"
+    body = open(path).read() if os.path.exists(path) else "# Bench results\n"
+    block = f"{start}\n{text}\n{end}"
+    if start in body:
+        body = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, body, flags=re.S)
+    else:
+        body = body.rstrip() + "\n\n" + block + "\n"
+    with open(path, "w") as f:
+        f.write(body)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    device = args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA GPU here")
+    quick = args.quick
+    warmup = args.warmup if args.warmup is not None else (1 if quick else 3)
+    repeats = args.repeats if args.repeats is not None else (3 if quick else 15)
+    names = args.shapes or ("cpu" if device == "cpu" else "tagger,large,stream")
+    specs = [SHAPES[n] for n in names.split(",") if n] + [parse_custom(c) for c in args.custom]
+    modes = [m for m in args.modes.split(",") if m]
+    dtypes = [getattr(torch, d) for d in args.dtypes.split(",") if d]
+    competitors = all_competitors(device)
+    if args.competitors:
+        wanted = args.competitors.split(",")
+        competitors = [c for c in competitors if c.name in wanted]
+    os.makedirs(args.out, exist_ok=True)
+
+    result = {"env": environment(device), "argv": argv, "rows": [],
+              "competitors": {c.name: c.note for c in competitors}}
+    for spec in specs:
+        for dtype in dtypes:
+            for mode in modes:
+                for c in competitors:
+                    row = measure(c, spec, device, dtype, mode, warmup, repeats, memory=True)
+                    row.update(shape=spec.name, mode=mode, dtype=str(dtype).split(".")[1], competitor=c.name)
+                    result["rows"].append(row)
+                    print(f"  {spec.name:10s} {mode:17s} {c.name:12s} "
+                          f"{fmt(row.get('ms'), 2):>10s} ms {row.get('error', '')}", file=sys.stderr)
+    add_ratios(result["rows"])
+
+    if not args.no_studies:
+        base = specs[0]
+        small = dataclasses.replace(base, T=min(base.T, 30 if quick else base.T))
+        batches = [4, 16] if quick else [4, 16, 64, 256]
+        hiddens = [64, 128] if quick else [64, 128, 256, 512, 1024]
+        study_repeats = max(2, repeats // 2) if quick else repeats
+        result["batch_sweep"] = sweep(competitors, small, "B", batches, device, dtypes[0], warmup, study_repeats)
+        result["hidden_sweep"] = sweep(competitors, small, "hidden", hiddens, device, dtypes[0], warmup, study_repeats)
+        result["variable_length"] = variable_length_study(competitors, small, device, dtypes[0], warmup,
+                                                          study_repeats)
+
+    with open(os.path.join(args.out, f"results_{device}.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    if not args.no_plots:
+        result["plots"] = plots(result, args.out)
+    text = report(result)
+    with open(os.path.join(args.out, f"report_{device}.md"), "w") as f:
+        f.write(text + "\n")
+    if args.results_md:
+        write_results_md(args.results_md, device, text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
