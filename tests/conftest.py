@@ -1,5 +1,11 @@
+import os
+import sys
+
 import pytest
 import torch
+
+# the bench package lives at the repository root, beside the tests
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -61,15 +61,6 @@ DETLSTM_HD float bits_float(uint32_t u) {
 #endif
 }
 
-// Exact: round to the nearest integer, ties to even (the default rounding mode on both sides).
-DETLSTM_HD float round_to_int(float x) {
-#if defined(__CUDA_ARCH__)
-  return rintf(x);
-#else
-  return std::nearbyint(x);
-#endif
-}
-
 // 2^e as a float, for -126 <= e <= 127, built from the exponent bits (exact).
 DETLSTM_HD float exp2_int(int e) { return bits_float(static_cast<uint32_t>(e + 127) << 23); }
 
