@@ -16,7 +16,11 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import _ops
 
-_SUPPORTED_DTYPES = (torch.float32, torch.float64)
+_KERNEL_DTYPES = (torch.float32, torch.float64)
+# Half-precision parameters and inputs are widened to float32 for the kernels and the results
+# rounded back, the same conversions on CPU and GPU, so G4 holds for them too.
+_WIDENED_DTYPES = (torch.float16, torch.bfloat16)
+_SUPPORTED_DTYPES = _KERNEL_DTYPES + _WIDENED_DTYPES
 _UINT64_RANGE = 1 << 64
 
 
@@ -56,7 +60,8 @@ def _check_lengths(lengths, batch: int, steps: int) -> torch.Tensor:
         raise ValueError(f"lengths must be 1-D, got a {lengths.dim()}-D tensor")
     if lengths.numel() != batch:
         raise ValueError(f"lengths must have one entry per sequence: expected {batch}, got {lengths.numel()}")
-    if batch and (int(lengths.min()) < 1 or int(lengths.max()) > steps):
+    # Reading the values would break a torch.compile graph; the operator checks them when it runs.
+    if not torch.compiler.is_compiling() and batch and (int(lengths.min()) < 1 or int(lengths.max()) > steps):
         raise ValueError(
             f"every length must lie in [1, {steps}] (the padded length), got values in "
             f"[{int(lengths.min())}, {int(lengths.max())}]"
@@ -133,7 +138,8 @@ class LSTM(nn.Module):
         if proj_size != 0:
             raise NotImplementedError("detlstm.LSTM does not support proj_size > 0 yet")
         if dtype is not None and dtype not in _SUPPORTED_DTYPES:
-            raise ValueError(f"detlstm.LSTM supports dtype float32 and float64, got {dtype}")
+            raise ValueError(
+                f"detlstm.LSTM supports dtypes float32, float64, float16 and bfloat16, got {dtype}")
 
         self.mode = "LSTM"
         self.input_size = input_size
@@ -200,13 +206,14 @@ class LSTM(nn.Module):
         return s.format(**self.__dict__)
 
     def _check_input_tensor(self, input: torch.Tensor, weights) -> None:
-        if input.dtype != weights[0].dtype:
+        if input.dtype != weights[0].dtype and not torch.is_autocast_enabled(input.device.type):
             raise ValueError(
                 f"LSTM input dtype ({input.dtype}) does not match weight dtype ({weights[0].dtype}). "
                 f"Convert input: input.to({weights[0].dtype}), or convert model: model.to({input.dtype})"
             )
         if input.dtype not in _SUPPORTED_DTYPES:
-            raise ValueError(f"detlstm.LSTM supports float32 and float64 inputs, got {input.dtype}")
+            raise ValueError(
+                f"detlstm.LSTM supports float32, float64, float16 and bfloat16 inputs, got {input.dtype}")
         if input.device != weights[0].device:
             raise ValueError(f"input is on {input.device} but the LSTM's weights are on {weights[0].device}")
         if input.is_cuda and not _ops.HAS_CUDA_KERNELS:
@@ -225,10 +232,25 @@ class LSTM(nn.Module):
         for tensor, which in ((hx[0], 0), (hx[1], 1)):
             if tuple(tensor.shape) != expected:
                 raise RuntimeError(f"Expected hidden[{which}] size {expected}, got {list(tensor.shape)}")
-            if tensor.dtype != input.dtype:
+            if tensor.dtype != input.dtype and not torch.is_autocast_enabled(input.device.type):
                 raise ValueError(f"hx[{which}] has dtype {tensor.dtype} but input has dtype {input.dtype}")
             if tensor.device != input.device:
                 raise ValueError(f"hx[{which}] is on {tensor.device} but input is on {input.device}")
+
+    @staticmethod
+    def _compute_dtypes(x, hx, weights):
+        """Under autocast, inputs, states and weights are rounded to the autocast dtype first (as
+        autocast does for nn.LSTM); half-precision values are then widened to float32 for the
+        kernels. Returns the tensors to run and the dtype to round the results to (or None)."""
+        device_type = x.device.type
+        if torch.is_autocast_enabled(device_type) and x.is_floating_point():
+            amp = torch.get_autocast_dtype(device_type)
+            x, weights = x.to(amp), [w.to(amp) for w in weights]
+            hx = (hx[0].to(amp), hx[1].to(amp))
+        if x.dtype not in _WIDENED_DTYPES:
+            return x, hx, weights, None
+        low = x.dtype
+        return (x.float(), (hx[0].float(), hx[1].float()), [w.float() for w in weights], low)
 
     def forward(self, input, hx=None, *, lengths=None, dropout_seed=None):
         weights = self._flat_weights
@@ -288,6 +310,8 @@ class LSTM(nn.Module):
             hx = (h0, c0)
             self._check_hidden(hx, batch, x)
 
+        x, hx, weights, result_dtype = self._compute_dtypes(x, hx, weights)
+
         train = self.training and self.dropout > 0 and self.num_layers > 1
         if dropout_seed is not None:
             seed = _seed_tensor(dropout_seed)
@@ -299,6 +323,8 @@ class LSTM(nn.Module):
         output, h_n, c_n, *_ = _ops.ops.lstm_forward(
             x, seq_lengths, hx[0], hx[1], weights, self.bias, self.num_layers, self.bidirectional,
             self.dropout, self.training, seed)
+        if result_dtype is not None:
+            output, h_n, c_n = output.to(result_dtype), h_n.to(result_dtype), c_n.to(result_dtype)
 
         if packed:
             flat = output.reshape(steps * batch, output.size(-1))
