@@ -23,7 +23,10 @@ def make_pair(input_size, hidden_size, num_layers=1, bias=True, batch_first=Fals
 
 
 def tensor_bytes(t: torch.Tensor) -> bytes:
-    return t.detach().contiguous().cpu().numpy().tobytes()
+    t = t.detach().contiguous().cpu()
+    if t.dtype in (torch.bfloat16, torch.float16):  # numpy has no bfloat16: compare the raw words
+        t = t.view(torch.int16)
+    return t.numpy().tobytes()
 
 
 def assert_bitwise_equal(a, b, what=""):

@@ -1,0 +1,159 @@
+"""nn.LSTM parity beyond the basics: half precision and autocast, torch.compile, DDP, serialization."""
+
+import copy
+import io
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import detlstm
+from helpers import assert_bitwise_equal, make_pair
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 2e-2), (torch.float16, 2e-3)])
+def test_half_precision_modules_compute_in_float32(dtype, tol):
+    ref, ours = make_pair(6, 8, num_layers=2, bidirectional=True, dtype=torch.float64)
+    low = copy.deepcopy(ours).to(dtype)
+    x = torch.randn(5, 3, 6, dtype=torch.float64)
+    out, (h, c) = low(x.to(dtype), lengths=[5, 2, 4])
+    assert out.dtype == h.dtype == c.dtype == dtype
+    # the same numbers as float32 on the rounded inputs and weights, rounded once at the end
+    mid = copy.deepcopy(ours).to(dtype).float()
+    out32, (h32, c32) = mid(x.to(dtype).float(), lengths=[5, 2, 4])
+    assert_bitwise_equal(out, out32.to(dtype), "output")
+    assert_bitwise_equal(h, h32.to(dtype), "h_n")
+    # and close to nn.LSTM in float64 within the dtype's precision
+    ref_out, _ = ref(x)
+    mask = torch.ones_like(ref_out, dtype=torch.bool)
+    mask[2:, 1] = False
+    mask[4:, 2] = False
+    assert (out.double() - (ours(x, lengths=[5, 2, 4])[0]))[mask].abs().max() < tol * 4
+    xg = x.to(dtype).requires_grad_()
+    low(xg)[0].float().sum().backward()
+    assert xg.grad.dtype == dtype and low.weight_ih_l0.grad.dtype == dtype
+
+
+def test_autocast_cpu_matches_nn_lstm_dtype_and_values():
+    ref, ours = make_pair(6, 8, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 3, 6, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        r, (rh, rc) = ref(x)
+        o, (h, c) = ours(x)
+    assert o.dtype == r.dtype == torch.bfloat16 and h.dtype == rh.dtype
+    torch.testing.assert_close(o.float(), r.float(), atol=3e-2, rtol=3e-2)
+    o.float().sum().backward()
+    assert x.grad is not None and x.grad.dtype == torch.float32
+
+
+class _Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = detlstm.LSTM(6, 8, num_layers=2, bidirectional=True, dropout=0.5)
+
+    def forward(self, x, lengths):
+        out, (h, c) = self.lstm(x, lengths=lengths, dropout_seed=7)
+        return out, h, c
+
+
+def test_torch_compile_fullgraph_gives_eager_bits():
+    torch.manual_seed(0)
+    model = _Model().train()
+    compiled = torch.compile(model, fullgraph=True)
+    x0 = torch.randn(5, 3, 6)
+    lengths = torch.tensor([5, 2, 4])
+    results = []
+    for fn in (model, compiled):
+        x = x0.clone().requires_grad_()
+        out, h, c = fn(x, lengths)
+        g = torch.Generator().manual_seed(1)
+        grads = [torch.randn(t.shape, generator=g) for t in (out, h, c)]
+        torch.autograd.backward([out, h, c], grads)
+        results.append([out.detach(), h.detach(), c.detach(), x.grad] +
+                       [p.grad.clone() for p in model.parameters()])
+        model.zero_grad()
+    for k, (a, b) in enumerate(zip(*results)):
+        assert_bitwise_equal(a, b, f"compiled vs eager, result {k}")
+
+
+def _ddp_worker(rank, world, init_file, out_file):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = nn.parallel.DistributedDataParallel(_Model())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(100 + rank)
+    for _ in range(3):
+        x = torch.randn(5, 4, 6, generator=g)
+        out, h, c = model(x, torch.tensor([5, 3, 1, 4]))
+        loss = out.square().mean() + h.mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    if rank == 0:
+        torch.save({k: v.clone() for k, v in model.module.state_dict().items()}, out_file)
+    dist.destroy_process_group()
+
+
+def test_ddp_trains_and_two_runs_are_identical(tmp_path):
+    states = []
+    for run in range(2):
+        out_file = str(tmp_path / f"state{run}.pt")
+        mp.spawn(_ddp_worker, args=(2, str(tmp_path / f"init{run}"), out_file), nprocs=2, join=True)
+        states.append(torch.load(out_file))
+    torch.manual_seed(0)
+    initial = _Model().state_dict()
+    for k in states[0]:
+        assert_bitwise_equal(states[0][k], states[1][k], f"DDP run 1 vs 2: {k}")
+    assert any(not torch.equal(states[0][k], initial[k]) for k in initial), "DDP did not train"
+
+
+def _same_module(a, b):
+    for (na, pa), (nb, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert na == nb
+        assert_bitwise_equal(pa, pb, na)
+    x = torch.randn(4, 2, a.input_size)
+    assert_bitwise_equal(a(x)[0], b(x)[0], "output after round trip")
+
+
+def test_save_load_deepcopy_pickle(tmp_path):
+    _, m = make_pair(5, 6, num_layers=2, bidirectional=True)
+    m.eval()
+    path = tmp_path / "m.pt"
+    torch.save(m, path)
+    _same_module(m, torch.load(path, weights_only=False))
+    torch.save(m.state_dict(), tmp_path / "sd.pt")
+    fresh = detlstm.LSTM(5, 6, num_layers=2, bidirectional=True)
+    fresh.load_state_dict(torch.load(tmp_path / "sd.pt"))
+    _same_module(m, fresh.eval())
+    _same_module(m, copy.deepcopy(m))
+    _same_module(m, pickle.loads(pickle.dumps(m)))
+    model = nn.Sequential(nn.Linear(5, 5), m)
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    assert isinstance(loaded[1], detlstm.LSTM)
+    _same_module(m, loaded[1])
+
+
+def test_checkpoint_from_another_program_both_ways(tmp_path):
+    code = ("import torch; torch.manual_seed(3); "
+            "m = torch.nn.LSTM(5, 6, num_layers=2, bidirectional=True); "
+            f"torch.save(m.state_dict(), {str(tmp_path / 'nn.pt')!r})")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    ours = detlstm.LSTM(5, 6, num_layers=2, bidirectional=True)
+    ours.load_state_dict(torch.load(tmp_path / "nn.pt"))
+    ref = nn.LSTM(5, 6, num_layers=2, bidirectional=True)
+    ref.load_state_dict(torch.load(tmp_path / "nn.pt"))
+    x = torch.randn(4, 2, 5)
+    torch.testing.assert_close(ours(x)[0], ref(x)[0], rtol=2e-4, atol=2e-5)
+    torch.save(ours.state_dict(), tmp_path / "ours.pt")
+    back = nn.LSTM(5, 6, num_layers=2, bidirectional=True)
+    back.load_state_dict(torch.load(tmp_path / "ours.pt"))
+    torch.testing.assert_close(back(x)[0], ref(x)[0])
