@@ -13,18 +13,23 @@
 namespace detlstm {
 
 struct LstmCall {
-  int64_t steps, batch, input_size, hidden_size, num_layers, directions;
+  int64_t steps, batch, input_size, hidden_size, proj_size, num_layers, directions;
   bool has_bias;
   DropoutParams dropout{false, 0, 0, 1.0};
 };
 
-inline std::vector<int64_t> expected_weight_shape(int64_t index_in_layer, int64_t gate_rows,
-                                                  int64_t layer_input, int64_t hidden) {
-  switch (index_in_layer) {
-    case 0: return {gate_rows, layer_input};
-    case 1: return {gate_rows, hidden};
-    default: return {gate_rows};
-  }
+// nn.LSTM's per-(layer, direction) order: w_ih, w_hh, [b_ih, b_hh], [w_hr].
+inline std::vector<int64_t> expected_weight_shape(int64_t index_in_layer, bool has_bias,
+                                                  int64_t hidden, int64_t real_hidden,
+                                                  int64_t layer_input) {
+  if (index_in_layer == 0) return {4 * hidden, layer_input};
+  if (index_in_layer == 1) return {4 * hidden, real_hidden};
+  if (has_bias && index_in_layer < 4) return {4 * hidden};
+  return {real_hidden, hidden};  // w_hr
+}
+
+inline int64_t weights_per_layer(bool has_bias, bool has_proj) {
+  return (has_bias ? 4 : 2) + (has_proj ? 1 : 0);
 }
 
 inline LstmCall check_lstm_call(const at::Tensor& input, const at::Tensor& lengths,
@@ -62,20 +67,29 @@ inline LstmCall check_lstm_call(const at::Tensor& input, const at::Tensor& lengt
                 "], got values in [", lo, ", ", hi, "]");
   }
 
-  const int64_t per = has_biases ? 4 : 2;
-  const int64_t expected = per * num_layers * call.directions;
-  TORCH_CHECK(static_cast<int64_t>(weights.size()) == expected, "detlstm: expected ", expected,
-              " weight tensors for ", num_layers, " layer(s), ", call.directions,
-              " direction(s), bias=", has_biases, ", got ", weights.size());
-  TORCH_CHECK(weights[1].dim() == 2 && weights[1].size(1) >= 1 && weights[1].size(0) % 4 == 0,
-              "detlstm: weight_hh_l0 must have shape (4*hidden_size, hidden_size), got ",
+  // With projections each (layer, direction) has one more weight, w_hr: the count tells.
+  const int64_t groups = num_layers * call.directions;
+  const bool has_proj = static_cast<int64_t>(weights.size()) == weights_per_layer(has_biases, true) * groups;
+  const int64_t per = weights_per_layer(has_biases, has_proj);
+  TORCH_CHECK(static_cast<int64_t>(weights.size()) == per * groups, "detlstm: expected ",
+              weights_per_layer(has_biases, false) * groups, " (or, with projections, ",
+              weights_per_layer(has_biases, true) * groups, ") weight tensors for ", num_layers,
+              " layer(s), ", call.directions, " direction(s), bias=", has_biases, ", got ",
+              weights.size());
+  TORCH_CHECK(weights[1].dim() == 2 && weights[1].size(1) >= 1 && weights[1].size(0) % 4 == 0 &&
+                  weights[1].size(0) >= 4,
+              "detlstm: weight_hh_l0 must have shape (4*hidden_size, hidden_size or proj_size), got ",
               weights[1].sizes());
-  call.hidden_size = weights[1].size(1);
+  call.hidden_size = weights[1].size(0) / 4;
+  call.proj_size = has_proj ? weights[1].size(1) : 0;
   const int64_t H = call.hidden_size;
+  const int64_t RH = has_proj ? call.proj_size : H;
+  TORCH_CHECK(has_proj || weights[1].size(1) == H, "detlstm: weight_hh_l0 must have shape ",
+              "(4*hidden_size, hidden_size) without projections, got ", weights[1].sizes());
   for (int64_t w = 0; w < static_cast<int64_t>(weights.size()); ++w) {
     const int64_t layer = w / (per * call.directions);
-    const int64_t layer_input = layer == 0 ? call.input_size : call.directions * H;
-    const auto shape = expected_weight_shape(w % per, 4 * H, layer_input, H);
+    const int64_t layer_input = layer == 0 ? call.input_size : call.directions * RH;
+    const auto shape = expected_weight_shape(w % per, has_biases, H, RH, layer_input);
     const at::Tensor& t = weights[w];
     TORCH_CHECK(t.sizes() == at::IntArrayRef(shape), "detlstm: weight ", w, " (layer ", layer,
                 ") must have shape ", at::IntArrayRef(shape), ", got ", t.sizes());
@@ -84,9 +98,10 @@ inline LstmCall check_lstm_call(const at::Tensor& input, const at::Tensor& lengt
     TORCH_CHECK(t.device() == input.device(), "detlstm: weight ", w, " is on ", t.device(),
                 " but input is on ", input.device());
   }
-  const std::vector<int64_t> state_shape{num_layers * call.directions, call.batch, H};
   for (const auto* pair : {&h0, &c0}) {
     const char* name = pair == &h0 ? "h0" : "c0";
+    const std::vector<int64_t> state_shape{num_layers * call.directions, call.batch,
+                                           pair == &h0 ? RH : H};
     TORCH_CHECK(pair->sizes() == at::IntArrayRef(state_shape), "detlstm: ", name,
                 " must have shape ", at::IntArrayRef(state_shape), ", got ", pair->sizes());
     TORCH_CHECK(pair->scalar_type() == input.scalar_type(), "detlstm: ", name, " has dtype ",
@@ -116,7 +131,8 @@ struct LstmOutputs {
 };
 
 inline LstmShape lstm_shape(const LstmCall& c) {
-  return {c.steps, c.batch, c.input_size, c.hidden_size, c.num_layers, c.directions, c.has_bias};
+  return {c.steps,      c.batch,      c.input_size, c.hidden_size,
+          c.proj_size,  c.num_layers, c.directions, c.has_bias};
 }
 
 // The kernels' view of one call: shape, pointers into the (contiguous) tensors, dropout. Used by the
@@ -133,12 +149,13 @@ LstmForwardArgs<T> lstm_forward_args(const LstmCall& call, const at::Tensor& inp
   a.lengths = lengths.data_ptr<int64_t>();
   a.h0 = h0.data_ptr<T>();
   a.c0 = c0.data_ptr<T>();
-  const int64_t per = call.has_bias ? 4 : 2;
+  const int64_t per = weights_per_layer(call.has_bias, call.proj_size > 0);
   for (int64_t w = 0; w < call.num_layers * call.directions; ++w) {
     a.weights.w_ih.push_back(weights[w * per].data_ptr<T>());
     a.weights.w_hh.push_back(weights[w * per + 1].data_ptr<T>());
     a.weights.b_ih.push_back(call.has_bias ? weights[w * per + 2].data_ptr<T>() : nullptr);
     a.weights.b_hh.push_back(call.has_bias ? weights[w * per + 3].data_ptr<T>() : nullptr);
+    a.weights.w_hr.push_back(call.proj_size > 0 ? weights[w * per + per - 1].data_ptr<T>() : nullptr);
   }
   a.dropout = call.dropout;
   a.y = output;
@@ -152,10 +169,11 @@ LstmForwardArgs<T> lstm_forward_args(const LstmCall& call, const at::Tensor& inp
 
 inline LstmOutputs allocate_lstm_outputs(const LstmCall& c, const at::Tensor& input) {
   const auto opts = input.options();
-  const int64_t LD = c.num_layers * c.directions, DH = c.directions * c.hidden_size;
+  const int64_t RH = c.proj_size > 0 ? c.proj_size : c.hidden_size;
+  const int64_t LD = c.num_layers * c.directions, DH = c.directions * RH;
   LstmOutputs o;
   o.output = at::empty({c.steps, c.batch, DH}, opts);
-  o.h_n = at::empty({LD, c.batch, c.hidden_size}, opts);
+  o.h_n = at::empty({LD, c.batch, RH}, opts);
   o.c_n = at::empty({LD, c.batch, c.hidden_size}, opts);
   o.layer_out = at::empty({c.num_layers - 1, c.steps, c.batch, DH}, opts);
   o.gates = at::empty({c.num_layers, c.directions, c.steps, c.batch, 4 * c.hidden_size}, opts);
@@ -168,7 +186,8 @@ inline void check_lstm_backward_call(const LstmCall& c, const at::Tensor& grad_o
                                      const at::Tensor& input, const at::Tensor& output,
                                      const at::Tensor& layer_out, const at::Tensor& gates,
                                      const at::Tensor& cells) {
-  const int64_t LD = c.num_layers * c.directions, DH = c.directions * c.hidden_size;
+  const int64_t RH = c.proj_size > 0 ? c.proj_size : c.hidden_size;
+  const int64_t LD = c.num_layers * c.directions, DH = c.directions * RH;
   const auto check = [&](const at::Tensor& t, const char* name, at::IntArrayRef shape) {
     TORCH_CHECK(t.sizes() == shape, "detlstm backward: ", name, " must have shape ", shape,
                 ", got ", t.sizes());
@@ -176,7 +195,7 @@ inline void check_lstm_backward_call(const LstmCall& c, const at::Tensor& grad_o
                 "detlstm backward: ", name, " must match input's dtype and device");
   };
   check(grad_output, "grad_output", {c.steps, c.batch, DH});
-  check(grad_h_n, "grad_h_n", {LD, c.batch, c.hidden_size});
+  check(grad_h_n, "grad_h_n", {LD, c.batch, RH});
   check(grad_c_n, "grad_c_n", {LD, c.batch, c.hidden_size});
   check(output, "output", {c.steps, c.batch, DH});
   check(layer_out, "layer_out", {c.num_layers - 1, c.steps, c.batch, DH});
@@ -202,12 +221,14 @@ LstmBackwardArgs<T> lstm_backward_args(const LstmForwardArgs<T>& fwd, const at::
   a.dx = g.grad_input.data_ptr<T>();
   a.dh0 = g.grad_h0.data_ptr<T>();
   a.dc0 = g.grad_c0.data_ptr<T>();
-  const size_t per = has_bias ? 4 : 2;
+  const bool has_proj = fwd.shape.proj_size > 0;
+  const size_t per = static_cast<size_t>(weights_per_layer(has_bias, has_proj));
   for (size_t w = 0; w * per < g.grad_weights.size(); ++w) {
     a.dw_ih.push_back(g.grad_weights[w * per].data_ptr<T>());
     a.dw_hh.push_back(g.grad_weights[w * per + 1].data_ptr<T>());
     a.db_ih.push_back(has_bias ? g.grad_weights[w * per + 2].data_ptr<T>() : nullptr);
     a.db_hh.push_back(has_bias ? g.grad_weights[w * per + 3].data_ptr<T>() : nullptr);
+    a.dw_hr.push_back(has_proj ? g.grad_weights[w * per + per - 1].data_ptr<T>() : nullptr);
   }
   return a;
 }

@@ -23,13 +23,13 @@ ops = torch.ops.detlstm
 def _lstm_forward_fake(input, lengths, h0, c0, weights, has_biases, num_layers, bidirectional,
                        dropout, train, seed):
     steps, batch, _ = input.shape
-    hidden = h0.shape[-1]
+    hidden, real_hidden = c0.shape[-1], h0.shape[-1]  # real_hidden: proj_size with projections
     directions = 2 if bidirectional else 1
     return (
-        input.new_empty((steps, batch, directions * hidden)),
+        input.new_empty((steps, batch, directions * real_hidden)),
         h0.new_empty(h0.shape),
         c0.new_empty(c0.shape),
-        input.new_empty((num_layers - 1, steps, batch, directions * hidden)),
+        input.new_empty((num_layers - 1, steps, batch, directions * real_hidden)),
         input.new_empty((num_layers, directions, steps, batch, 4 * hidden)),
         input.new_empty((num_layers, directions, steps, batch, hidden)),
     )

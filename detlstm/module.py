@@ -135,8 +135,6 @@ class LSTM(nn.Module):
             raise ValueError("proj_size should be a positive integer or zero to disable projections")
         if proj_size >= hidden_size:
             raise ValueError("proj_size has to be smaller than hidden_size")
-        if proj_size != 0:
-            raise NotImplementedError("detlstm.LSTM does not support proj_size > 0 yet")
         if dtype is not None and dtype not in _SUPPORTED_DTYPES:
             raise ValueError(
                 f"detlstm.LSTM supports dtypes float32, float64, float16 and bfloat16, got {dtype}")
@@ -155,17 +153,20 @@ class LSTM(nn.Module):
         gate_size = 4 * hidden_size
         self._flat_weights_names = []
         self._all_weights = []
+        real_hidden = proj_size if proj_size > 0 else hidden_size
         for layer in range(num_layers):
             for direction in range(directions):
-                layer_input = input_size if layer == 0 else hidden_size * directions
+                layer_input = input_size if layer == 0 else real_hidden * directions
                 suffix = "_reverse" if direction == 1 else ""
                 shapes = {
                     f"weight_ih_l{layer}{suffix}": (gate_size, layer_input),
-                    f"weight_hh_l{layer}{suffix}": (gate_size, hidden_size),
+                    f"weight_hh_l{layer}{suffix}": (gate_size, real_hidden),
                 }
                 if bias:
                     shapes[f"bias_ih_l{layer}{suffix}"] = (gate_size,)
                     shapes[f"bias_hh_l{layer}{suffix}"] = (gate_size,)
+                if proj_size > 0:
+                    shapes[f"weight_hr_l{layer}{suffix}"] = (proj_size, hidden_size)
                 for name, shape in shapes.items():
                     setattr(self, name, nn.Parameter(torch.empty(shape, **factory)))
                 self._flat_weights_names.extend(shapes)
@@ -226,10 +227,14 @@ class LSTM(nn.Module):
                 f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {input.size(-1)}"
             )
 
+    def _state_shapes(self, batch: int):
+        """(h_0 shape, c_0 shape): h has proj_size features with projections, c has hidden_size."""
+        layers = self.num_layers * (2 if self.bidirectional else 1)
+        real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
+        return (layers, batch, real_hidden), (layers, batch, self.hidden_size)
+
     def _check_hidden(self, hx, batch: int, input: torch.Tensor):
-        directions = 2 if self.bidirectional else 1
-        expected = (self.num_layers * directions, batch, self.hidden_size)
-        for tensor, which in ((hx[0], 0), (hx[1], 1)):
+        for tensor, which, expected in zip(hx, (0, 1), self._state_shapes(batch)):
             if tuple(tensor.shape) != expected:
                 raise RuntimeError(f"Expected hidden[{which}] size {expected}, got {list(tensor.shape)}")
             if tensor.dtype != input.dtype and not torch.is_autocast_enabled(input.device.type):
@@ -254,7 +259,6 @@ class LSTM(nn.Module):
 
     def forward(self, input, hx=None, *, lengths=None, dropout_seed=None):
         weights = self._flat_weights
-        directions = 2 if self.bidirectional else 1
         packed = isinstance(input, PackedSequence)
         if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
             raise ValueError("hx must be a tuple (h_0, c_0) of two tensors")
@@ -290,8 +294,8 @@ class LSTM(nn.Module):
             raise ValueError(f"input must have at least one time step and one sequence, got shape {tuple(x.shape)}")
 
         if hx is None:
-            zeros = x.new_zeros((self.num_layers * directions, batch, self.hidden_size))
-            hx = (zeros, zeros)
+            h_shape, c_shape = self._state_shapes(batch)
+            hx = (x.new_zeros(h_shape), x.new_zeros(c_shape))
         else:
             h0, c0 = hx
             if not packed:

@@ -10,14 +10,12 @@ import detlstm
 
 
 def make_pair(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-              bidirectional=False, dtype=torch.float32, seed=0):
+              bidirectional=False, dtype=torch.float32, seed=0, proj_size=0):
     torch.manual_seed(seed)
-    ref = torch.nn.LSTM(input_size, hidden_size, num_layers=num_layers, bias=bias,
-                        batch_first=batch_first, dropout=dropout, bidirectional=bidirectional,
-                        dtype=dtype)
-    ours = detlstm.LSTM(input_size, hidden_size, num_layers=num_layers, bias=bias,
-                        batch_first=batch_first, dropout=dropout, bidirectional=bidirectional,
-                        dtype=dtype)
+    kwargs = dict(num_layers=num_layers, bias=bias, batch_first=batch_first, dropout=dropout,
+                  bidirectional=bidirectional, dtype=dtype, proj_size=proj_size)
+    ref = torch.nn.LSTM(input_size, hidden_size, **kwargs)
+    ours = detlstm.LSTM(input_size, hidden_size, **kwargs)
     ours.load_state_dict(ref.state_dict())
     return ref, ours
 

@@ -33,8 +33,7 @@ def model():
         (dict(batch_first=None), TypeError, "batch_first should be of type bool"),
         (dict(proj_size=-1), ValueError, "proj_size should be a positive integer"),
         (dict(proj_size=6), ValueError, "proj_size has to be smaller than hidden_size"),
-        (dict(proj_size=2), NotImplementedError, "proj_size"),
-        (dict(dtype=torch.float16), ValueError, "float32 and float64"),
+        (dict(dtype=torch.int32), ValueError, "float32, float64, float16 and bfloat16"),
     ],
 )
 def test_constructor_rejects(kwargs, exc, match):

@@ -21,21 +21,23 @@ struct LstmShape {
   int64_t steps;        // T, the padded length
   int64_t batch;        // B
   int64_t input_size;   // I
-  int64_t hidden_size;  // H
+  int64_t hidden_size;  // H: the cell state's width
+  int64_t proj_size;    // P: width of h with projections (h = W_hr (o * tanh c)); 0 = none
   int64_t num_layers;   // L
   int64_t directions;   // D, 1 or 2
   bool has_bias;
 };
 
 // Weights of one (layer, direction), indexed layer * D + direction, nn.LSTM layouts:
-// w_ih (4H, K), w_hh (4H, H), b_ih and b_hh (4H) or null without bias.
+// w_ih (4H, K), w_hh (4H, R), b_ih and b_hh (4H) or null without bias, w_hr (P, H) or null without
+// projections; R, the width of h, is P with projections and H without.
 template <typename T>
 struct LstmWeights {
-  std::vector<const T*> w_ih, w_hh, b_ih, b_hh;
+  std::vector<const T*> w_ih, w_hh, b_ih, b_hh, w_hr;
 };
 
-// Tensors are contiguous and time-major: x (T, B, I); y (T, B, D*H); h0, c0, h_n, c_n (L*D, B, H);
-// layer_out (L-1, T, B, D*H): outputs of the layers below the last, before dropout;
+// Tensors are contiguous and time-major: x (T, B, I); y (T, B, D*R); h0, h_n (L*D, B, R);
+// c0, c_n (L*D, B, H); layer_out (L-1, T, B, D*R): outputs of the layers below the last, before dropout;
 // gates (L, D, T, B, 4H): activated gates i, f, g, o; cells (L, D, T, B, H).
 // lengths: B values in [1, T]. Padding rows of y, layer_out, gates and cells are written as 0.
 template <typename T>
@@ -55,8 +57,8 @@ struct LstmForwardArgs {
   T* cells;
 };
 
-// Gradients in: dy (T, B, D*H), dh_n, dc_n (L*D, B, H). Out: dx (T, B, I) with zero padding rows,
-// dh0, dc0 (L*D, B, H), and per (layer, direction) the weight gradients, laid out as the weights.
+// Gradients in: dy (T, B, D*R), dh_n (L*D, B, R), dc_n (L*D, B, H). Out: dx (T, B, I) with zero
+// padding rows, dh0 and dc0 shaped as h0 and c0, and per (layer, direction) the weight gradients, laid out as the weights.
 template <typename T>
 struct LstmBackwardArgs {
   LstmForwardArgs<T> fwd;  // the forward's inputs and saved outputs (y, layer_out, gates, cells)
@@ -66,7 +68,7 @@ struct LstmBackwardArgs {
   T* dx;
   T* dh0;
   T* dc0;
-  std::vector<T*> dw_ih, dw_hh, db_ih, db_hh;
+  std::vector<T*> dw_ih, dw_hh, db_ih, db_hh, dw_hr;
 };
 
 }  // namespace detlstm

@@ -64,7 +64,10 @@ template <typename T>
 void lstm_forward(const LstmForwardArgs<T>& a, const ParallelFor& parallel_for) {
   const LstmShape& S = a.shape;
   const int64_t Tn = S.steps, B = S.batch, H = S.hidden_size, L = S.num_layers, D = S.directions;
-  const int64_t DH = D * H, G = 4 * H;
+  // R (here RH): the width of h, proj_size with projections (h = W_hr (o * tanh c)), else H.
+  const bool proj = S.proj_size > 0;
+  const int64_t RH = proj ? S.proj_size : H;
+  const int64_t DH = D * RH, G = 4 * H;
   const int64_t* len = a.lengths;
   const StepSchedule sched(len, Tn, B);
   const int64_t R = static_cast<int64_t>(sched.valid.size());
@@ -94,14 +97,15 @@ void lstm_forward(const LstmForwardArgs<T>& a, const ParallelFor& parallel_for) 
     }
     T* Y = l == L - 1 ? a.y : a.layer_out + l * Tn * B * DH;
 
-    // Per direction: W_ih^T (K, 4H), W_hh^T (H, 4H) so a row of B is contiguous over gate rows,
-    // and the chain's head b_ih + b_hh (rule 4).
-    std::vector<std::vector<T>> wt_ih(D), wt_hh(D), bias(D);
+    // Per direction: W_ih^T (K, 4H), W_hh^T (R, 4H) so a row of B is contiguous over gate rows,
+    // W_hr^T (H, P), and the chain's head b_ih + b_hh (rule 4).
+    std::vector<std::vector<T>> wt_ih(D), wt_hh(D), wt_hr(D), bias(D);
     std::vector<T*> gates(D), cells(D);
     for (int64_t d = 0; d < D; ++d) {
       const int64_t w = l * D + d;
       wt_ih[d] = transposed(a.weights.w_ih[w], G, K);
-      wt_hh[d] = transposed(a.weights.w_hh[w], G, H);
+      wt_hh[d] = transposed(a.weights.w_hh[w], G, RH);
+      if (proj) wt_hr[d] = transposed(a.weights.w_hr[w], RH, H);
       bias[d].assign(static_cast<size_t>(G), T(0));
       if (S.has_bias)
         for (int64_t n = 0; n < G; ++n) bias[d][n] = a.weights.b_ih[w][n] + a.weights.b_hh[w][n];
@@ -126,12 +130,19 @@ void lstm_forward(const LstmForwardArgs<T>& a, const ParallelFor& parallel_for) 
     }
 
     // The recurrence: each step continues the chains with h_prev . W_hh^T, then runs the cell.
-    b_rows.resize(D * H);
+    b_rows.resize(D * RH);
     for (int64_t d = 0; d < D; ++d)
-      for (int64_t p = 0; p < H; ++p) b_rows[d * H + p] = wt_hh[d].data() + p * G;
+      for (int64_t p = 0; p < RH; ++p) b_rows[d * RH + p] = wt_hh[d].data() + p * G;
+    std::vector<const T*> hr_rows(proj ? D * H : 0);
+    for (int64_t d = 0; proj && d < D; ++d)
+      for (int64_t p = 0; p < H; ++p) hr_rows[d * H + p] = wt_hr[d].data() + p * RH;
     a_rows.resize(D * B);
     c_rows.resize(D * B);
     std::vector<const T*> c_prev_rows(D * B);
+    // With projections the cell's output m = o * tanh(c) goes here first, then h = W_hr m.
+    std::vector<T> m_buf(proj ? static_cast<size_t>(D * B * H) : 0);
+    std::vector<const T*> m_rows(proj ? D * B : 0);
+    std::vector<T*> h_rows(proj ? D * B : 0);
     for (int64_t s = 0; s < Tn; ++s) {
       const int64_t n = sched.active[s];
       std::vector<GemmGroup<T>> groups;
@@ -139,19 +150,19 @@ void lstm_forward(const LstmForwardArgs<T>& a, const ParallelFor& parallel_for) 
         for (int64_t i = 0; i < n; ++i) {
           const int64_t b = sched.order[i], t = step_time(d, s, len[b]);
           if (s == 0) {
-            a_rows[d * B + i] = a.h0 + ((l * D + d) * B + b) * H;
+            a_rows[d * B + i] = a.h0 + ((l * D + d) * B + b) * RH;
             c_prev_rows[d * B + i] = a.c0 + ((l * D + d) * B + b) * H;
           } else {
             const int64_t tp = prev_time(d, t);
-            a_rows[d * B + i] = Y + (tp * B + b) * DH + d * H;
+            a_rows[d * B + i] = Y + (tp * B + b) * DH + d * RH;
             c_prev_rows[d * B + i] = cells[d] + (tp * B + b) * H;
           }
           c_rows[d * B + i] = gates[d] + (t * B + b) * G;
         }
-        groups.push_back({n, a_rows.data() + d * B, b_rows.data() + d * H, c_rows.data() + d * B,
+        groups.push_back({n, a_rows.data() + d * B, b_rows.data() + d * RH, c_rows.data() + d * B,
                           Init::kFromC, nullptr});
       }
-      gemm_chain<T, false>(groups, G, H, parallel_for);
+      gemm_chain<T, false>(groups, G, RH, parallel_for);
 
       parallel_for(D * n, std::max<int64_t>(1, 2048 / H), [&](int64_t begin, int64_t end) {
         DenormalGuard guard;
@@ -161,7 +172,7 @@ void lstm_forward(const LstmForwardArgs<T>& a, const ParallelFor& parallel_for) 
           T* g = c_rows[d * B + i];
           const T* c_prev = c_prev_rows[d * B + i];
           T* c_out = cells[d] + (t * B + b) * H;
-          T* h_out = Y + (t * B + b) * DH + d * H;
+          T* h_out = proj ? m_buf.data() + (d * B + i) * H : Y + (t * B + b) * DH + d * RH;
           for (int64_t j = 0; j < H; ++j) {
             const math::CellState<T> st =
                 math::lstm_cell_forward(g[j], g[H + j], g[2 * H + j], g[3 * H + j], c_prev[j]);
@@ -174,15 +185,30 @@ void lstm_forward(const LstmForwardArgs<T>& a, const ParallelFor& parallel_for) 
           }
         }
       });
+      if (proj) {
+        // h = W_hr m: one chain per element over k = 0 .. H-1, from 0 (rule 4).
+        std::vector<GemmGroup<T>> projections;
+        for (int64_t d = 0; d < D; ++d) {
+          for (int64_t i = 0; i < n; ++i) {
+            const int64_t b = sched.order[i], t = step_time(d, s, len[b]);
+            m_rows[d * B + i] = m_buf.data() + (d * B + i) * H;
+            h_rows[d * B + i] = Y + (t * B + b) * DH + d * RH;
+          }
+          projections.push_back({n, m_rows.data() + d * B, hr_rows.data() + d * H,
+                                 h_rows.data() + d * B, Init::kZero, nullptr});
+        }
+        gemm_chain<T, false>(projections, RH, H, parallel_for);
+      }
     }
 
     // Final states: forward after step len-1, reverse after step 0.
     for (int64_t d = 0; d < D; ++d)
       for (int64_t b = 0; b < B; ++b) {
         const int64_t t = d == 0 ? len[b] - 1 : 0;
-        const int64_t dst = ((l * D + d) * B + b) * H;
-        std::copy(Y + (t * B + b) * DH + d * H, Y + (t * B + b) * DH + d * H + H, a.h_n + dst);
-        std::copy(cells[d] + (t * B + b) * H, cells[d] + (t * B + b) * H + H, a.c_n + dst);
+        const T* h = Y + (t * B + b) * DH + d * RH;
+        std::copy(h, h + RH, a.h_n + ((l * D + d) * B + b) * RH);
+        std::copy(cells[d] + (t * B + b) * H, cells[d] + (t * B + b) * H + H,
+                  a.c_n + ((l * D + d) * B + b) * H);
       }
   }
 }
@@ -192,7 +218,9 @@ void lstm_backward(const LstmBackwardArgs<T>& a, const ParallelFor& parallel_for
   const LstmForwardArgs<T>& f = a.fwd;
   const LstmShape& S = f.shape;
   const int64_t Tn = S.steps, B = S.batch, H = S.hidden_size, L = S.num_layers, D = S.directions;
-  const int64_t DH = D * H, G = 4 * H;
+  const bool proj = S.proj_size > 0;
+  const int64_t RH = proj ? S.proj_size : H;
+  const int64_t DH = D * RH, G = 4 * H;
   const int64_t* len = f.lengths;
   const StepSchedule sched(len, Tn, B);
   const int64_t R = static_cast<int64_t>(sched.valid.size());
@@ -206,7 +234,11 @@ void lstm_backward(const LstmBackwardArgs<T>& a, const ParallelFor& parallel_for
   if (L > 1)
     for (auto& buf : grad_buf) buf.assign(static_cast<size_t>(Tn * B * DH), T(0));
   std::vector<std::vector<T>> da(D, std::vector<T>(static_cast<size_t>(Tn * B * G), T(0)));
-  std::vector<T> dh(static_cast<size_t>(D * B * H)), dc(static_cast<size_t>(D * B * H));
+  // dh of every (t, b) (kept: the projection's weight gradient needs it), dc carried per row, and
+  // with projections dm = W_hr^T dh, the gradient reaching the cell's output.
+  std::vector<std::vector<T>> dh(D, std::vector<T>(static_cast<size_t>(Tn * B * RH), T(0)));
+  std::vector<T> dc(static_cast<size_t>(D * B * H)), dm(proj ? static_cast<size_t>(D * B * H) : 0);
+  std::vector<std::vector<T>> m_all(proj ? D : 0, std::vector<T>(static_cast<size_t>(Tn * B * H), T(0)));
 
   std::vector<const T*> a_rows, b_rows;
   std::vector<T*> c_rows;
@@ -230,15 +262,19 @@ void lstm_backward(const LstmBackwardArgs<T>& a, const ParallelFor& parallel_for
     // h_prev of (t, b) in direction d: what multiplied W_hh at that step.
     auto h_prev = [&](int64_t d, int64_t t, int64_t b) -> const T* {
       const bool first = d == 0 ? t == 0 : t == len[b] - 1;
-      if (first) return f.h0 + ((l * D + d) * B + b) * H;
-      return Y + (prev_time(d, t) * B + b) * DH + d * H;
+      if (first) return f.h0 + ((l * D + d) * B + b) * RH;
+      return Y + (prev_time(d, t) * B + b) * DH + d * RH;
     };
 
     // Steps in reverse processing order. dh of a row starts as its output gradient (plus dh_n at its
     // last step) and continues as one chain over the gate rows n = 0 .. 4H-1 of da(next step) * W_hh.
     b_rows.resize(D * G);
     for (int64_t d = 0; d < D; ++d)
-      for (int64_t p = 0; p < G; ++p) b_rows[d * G + p] = f.weights.w_hh[l * D + d] + p * H;
+      for (int64_t p = 0; p < G; ++p) b_rows[d * G + p] = f.weights.w_hh[l * D + d] + p * RH;
+    std::vector<const T*> hr_rows(proj ? D * RH : 0), dh_rows(proj ? D * B : 0);
+    std::vector<T*> dm_rows(proj ? D * B : 0);
+    for (int64_t d = 0; proj && d < D; ++d)
+      for (int64_t q = 0; q < RH; ++q) hr_rows[d * RH + q] = f.weights.w_hr[l * D + d] + q * H;
     a_rows.resize(D * B);
     c_rows.resize(D * B);
     for (int64_t s = Tn - 1; s >= 0; --s) {
@@ -246,15 +282,15 @@ void lstm_backward(const LstmBackwardArgs<T>& a, const ParallelFor& parallel_for
       for (int64_t d = 0; d < D; ++d)
         for (int64_t i = 0; i < n; ++i) {
           const int64_t b = sched.order[i], t = step_time(d, s, len[b]);
-          const T* dy_row = dY + (t * B + b) * DH + d * H;
-          T* dh_row = dh.data() + (d * B + b) * H;
+          const T* dy_row = dY + (t * B + b) * DH + d * RH;
+          T* dh_row = dh[d].data() + (t * B + b) * RH;
           if (s == len[b] - 1) {
-            const T* dh_n = a.dh_n + ((l * D + d) * B + b) * H;
+            const T* dh_n = a.dh_n + ((l * D + d) * B + b) * RH;
             const T* dc_n = a.dc_n + ((l * D + d) * B + b) * H;
-            for (int64_t j = 0; j < H; ++j) dh_row[j] = dy_row[j] + dh_n[j];
+            for (int64_t j = 0; j < RH; ++j) dh_row[j] = dy_row[j] + dh_n[j];
             std::copy(dc_n, dc_n + H, dc.data() + (d * B + b) * H);
           } else {
-            std::copy(dy_row, dy_row + H, dh_row);
+            std::copy(dy_row, dy_row + RH, dh_row);
             a_rows[d * B + i] = da[d].data() + (step_time(d, s + 1, len[b]) * B + b) * G;
             c_rows[d * B + i] = dh_row;
           }
@@ -264,7 +300,21 @@ void lstm_backward(const LstmBackwardArgs<T>& a, const ParallelFor& parallel_for
         for (int64_t d = 0; d < D; ++d)
           groups.push_back({n_next, a_rows.data() + d * B, b_rows.data() + d * G,
                             c_rows.data() + d * B, Init::kFromC, nullptr});
-        gemm_chain<T, false>(groups, H, G, parallel_for);
+        gemm_chain<T, false>(groups, RH, G, parallel_for);
+      }
+      if (proj) {
+        // dm = W_hr^T dh: one chain per element over q = 0 .. P-1, from 0.
+        std::vector<GemmGroup<T>> groups;
+        for (int64_t d = 0; d < D; ++d) {
+          for (int64_t i = 0; i < n; ++i) {
+            const int64_t b = sched.order[i], t = step_time(d, s, len[b]);
+            dh_rows[d * B + i] = dh[d].data() + (t * B + b) * RH;
+            dm_rows[d * B + i] = dm.data() + (d * B + b) * H;
+          }
+          groups.push_back({n, dh_rows.data() + d * B, hr_rows.data() + d * RH,
+                            dm_rows.data() + d * B, Init::kZero, nullptr});
+        }
+        gemm_chain<T, false>(groups, H, RH, parallel_for);
       }
       parallel_for(D * n, std::max<int64_t>(1, 2048 / H), [&](int64_t begin, int64_t end) {
         DenormalGuard guard;
@@ -275,7 +325,7 @@ void lstm_backward(const LstmBackwardArgs<T>& a, const ParallelFor& parallel_for
           const T* c = cells[d] + (t * B + b) * H;
           const T* c_prev = s == 0 ? f.c0 + ((l * D + d) * B + b) * H
                                    : cells[d] + (prev_time(d, t) * B + b) * H;
-          const T* dh_row = dh.data() + (d * B + b) * H;
+          const T* dh_row = proj ? dm.data() + (d * B + b) * H : dh[d].data() + (t * B + b) * RH;
           T* dc_row = dc.data() + (d * B + b) * H;
           T* da_row = da[d].data() + (t * B + b) * G;
           for (int64_t j = 0; j < H; ++j) {
@@ -297,12 +347,12 @@ void lstm_backward(const LstmBackwardArgs<T>& a, const ParallelFor& parallel_for
       for (int64_t d = 0; d < D; ++d) {
         for (int64_t b = 0; b < B; ++b) {
           a_rows[d * B + b] = da[d].data() + (step_time(d, 0, len[b]) * B + b) * G;
-          c_rows[d * B + b] = a.dh0 + ((l * D + d) * B + b) * H;
+          c_rows[d * B + b] = a.dh0 + ((l * D + d) * B + b) * RH;
         }
         groups.push_back({B, a_rows.data() + d * B, b_rows.data() + d * G, c_rows.data() + d * B,
                           Init::kZero, nullptr});
       }
-      gemm_chain<T, false>(groups, H, G, parallel_for);
+      gemm_chain<T, false>(groups, RH, G, parallel_for);
       for (int64_t d = 0; d < D; ++d)
         std::copy(dc.begin() + d * B * H, dc.begin() + (d + 1) * B * H,
                   a.dc0 + (l * D + d) * B * H);
@@ -341,7 +391,7 @@ void lstm_backward(const LstmBackwardArgs<T>& a, const ParallelFor& parallel_for
         }
         for (int64_t m = 0; m < G; ++m) {
           dwih_rows[d * G + m] = a.dw_ih[w] + m * K;
-          dwhh_rows[d * G + m] = a.dw_hh[w] + m * H;
+          dwhh_rows[d * G + m] = a.dw_hh[w] + m * RH;
         }
         ih_groups.push_back({G, da_rows.data() + d * R, x_rows.data(), dwih_rows.data() + d * G,
                              Init::kZero, nullptr});
@@ -349,7 +399,36 @@ void lstm_backward(const LstmBackwardArgs<T>& a, const ParallelFor& parallel_for
                              dwhh_rows.data() + d * G, Init::kZero, nullptr});
       }
       gemm_chain<T, true>(ih_groups, K, R, parallel_for);
-      gemm_chain<T, true>(hh_groups, H, R, parallel_for);
+      gemm_chain<T, true>(hh_groups, RH, R, parallel_for);
+      if (proj) {
+        // dW_hr[q][k] = chain over the valid (t, b) in storage order of dh[q] * m[k], from 0, with
+        // m = o * tanh(c) recomputed exactly as the forward's cell computed it.
+        parallel_for(R, std::max<int64_t>(1, 2048 / H), [&](int64_t begin, int64_t end) {
+          DenormalGuard guard;
+          for (int64_t v = begin; v < end; ++v) {
+            const int64_t r = sched.valid[v];
+            for (int64_t d = 0; d < D; ++d) {
+              const T* g = gates[d] + r * G;
+              const T* c = cells[d] + r * H;
+              T* m = m_all[d].data() + r * H;
+              for (int64_t j = 0; j < H; ++j) m[j] = g[3 * H + j] * math::canonical_tanh(c[j]);
+            }
+          }
+        });
+        std::vector<const T*> dh_valid(D * R), m_valid(D * R);
+        std::vector<T*> dwhr_rows(D * RH);
+        std::vector<GemmGroup<T>> hr_groups;
+        for (int64_t d = 0; d < D; ++d) {
+          for (int64_t v = 0; v < R; ++v) {
+            dh_valid[d * R + v] = dh[d].data() + sched.valid[v] * RH;
+            m_valid[d * R + v] = m_all[d].data() + sched.valid[v] * H;
+          }
+          for (int64_t q = 0; q < RH; ++q) dwhr_rows[d * RH + q] = a.dw_hr[l * D + d] + q * H;
+          hr_groups.push_back({RH, dh_valid.data() + d * R, m_valid.data() + d * R,
+                               dwhr_rows.data() + d * RH, Init::kZero, nullptr});
+        }
+        gemm_chain<T, true>(hr_groups, H, R, parallel_for);
+      }
       if (S.has_bias) {
         // db[n] = chain of adds over the valid (t, b) in storage order, from 0; b_ih and b_hh enter
         // the pre-activation the same way, so both get this one value.
