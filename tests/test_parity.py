@@ -97,6 +97,8 @@ def _ddp_worker(rank, world, init_file, out_file):
         opt.step()
     if rank == 0:
         torch.save({k: v.clone() for k, v in model.module.state_dict().items()}, out_file)
+    # both ranks leave together: a rank that tears gloo down while its peer still talks aborts
+    dist.barrier()
     dist.destroy_process_group()
 
 
