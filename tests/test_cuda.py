@@ -175,3 +175,38 @@ def test_opcheck_on_cuda():
             [w.detach().cuda().requires_grad_() for w in model._flat_weights], True, 2, True, 0.5,
             True, torch.tensor(5))
     torch.library.opcheck(torch.ops.detlstm.lstm_forward.default, args)
+
+
+@pytest.mark.parametrize("layers,bidir,form,dropout",
+                         list(itertools.product([1, 2], [False, True], ["padded", "lengths", "packed_unsorted"],
+                                                [0.0, 0.5])))
+def test_cpu_and_cuda_identical_with_projections(layers, bidir, form, dropout):
+    _, model = make_pair(I, H, num_layers=layers, bidirectional=bidir, dropout=dropout, proj_size=3)
+    model.train()
+    x = torch.randn(T, B, I, generator=torch.Generator().manual_seed(12))
+    cpu = _results(copy.deepcopy(model), x, None, form, False, "cpu", 77)
+    gpu = _results(copy.deepcopy(model), x, None, form, False, "cuda", 77)
+    for k, (a, b) in enumerate(zip(cpu, gpu)):
+        assert_bitwise_equal(a, b, f"projections, CPU vs CUDA, result {k}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_cpu_equals_cuda(dtype):
+    _, model = make_pair(I, H, num_layers=2, bidirectional=True, dropout=0.5)
+    model = model.to(dtype).train()
+    x = torch.randn(T, B, I, generator=torch.Generator().manual_seed(13)).to(dtype)
+    cpu = _results(copy.deepcopy(model), x, None, "lengths", False, "cpu", 5)
+    gpu = _results(copy.deepcopy(model), x, None, "lengths", False, "cuda", 5)
+    for k, (a, b) in enumerate(zip(cpu, gpu)):
+        assert_bitwise_equal(a, b, f"{dtype}, CPU vs CUDA, result {k}")
+
+
+def test_autocast_cuda_matches_cudnn_dtype():
+    ref, ours = make_pair(I, H, num_layers=2, bidirectional=True)
+    ref, ours = ref.cuda(), ours.cuda()
+    x = torch.randn(T, B, I, device="cuda")
+    with torch.autocast("cuda"):
+        r, (rh, _) = ref(x)
+        o, (h, _) = ours(x)
+    assert o.dtype == r.dtype and h.dtype == rh.dtype
+    torch.testing.assert_close(o.float(), r.float(), atol=5e-3, rtol=5e-3)

@@ -7,31 +7,38 @@
 namespace detlstm {
 namespace cuda {
 
+// What one step launch does. Without projections dh feeds the cell directly (kFused). With them a
+// step is three launches: kChainOnly writes dh, a GEMM makes dm = W_hr^T dh, kCellOnly runs the cell.
+enum class BackwardMode : int { kFused, kChainOnly, kCellOnly, kFinal };
+
 template <typename T>
 struct BackwardStepParams {
   const int64_t* lengths;
   const int64_t* order;
-  int64_t batch, hidden, layer, step, active;
-  bool final_mode;  // true: write dh0 = chain over da(step 0) from 0, no cell
-  const T* dy;      // gradient w.r.t. this layer's output (T, B, D*H)
-  const T* dh_n;    // (L*D, B, H)
-  const T* dc_n;
+  int64_t batch, hidden, real_hidden, layer, step, active;  // real_hidden: width of h (R)
+  BackwardMode mode;  // kFinal: dh0 = chain over da(step 0) from 0, no cell
+  const T* dy;        // gradient w.r.t. this layer's output (T, B, D*R)
+  const T* dh_n;      // (L*D, B, R)
+  const T* dc_n;      // (L*D, B, H)
   const T* c0;
   const T* gates[2];  // activated gates (T, B, 4H)
   const T* cells[2];
-  const T* w_hh[2];   // (4H, H): consecutive threads read consecutive columns
+  const T* w_hh[2];   // (4H, R): consecutive threads read consecutive columns
   T* da[2];           // gate pre-activation gradients (T, B, 4H)
   T* dc;              // (D, B, H): gradient reaching c_prev, carried between launches
-  T* dh0;             // (L*D, B, H)
+  T* dh0;             // (L*D, B, R)
+  T* dh_out[2];       // kChainOnly: dh of every (t, b) (T, B, R)
+  const T* dm_in[2];  // kCellOnly: dm of every (t, b) (T, B, H)
 };
 
 template <typename T, int RB>
 __global__ void backward_step_kernel(BackwardStepParams<T> p) {
   const int d = blockIdx.z, D = gridDim.z;
-  const int64_t H = p.hidden, G = 4 * H, B = p.batch, DH = D * H;
+  const int64_t H = p.hidden, G = 4 * H, B = p.batch, RH = p.real_hidden, DH = D * RH;
+  const bool cell = p.mode == BackwardMode::kFused || p.mode == BackwardMode::kCellOnly;
   const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   const int64_t i0 = blockIdx.y * int64_t(RB);
-  if (j >= H) return;
+  if (j >= (cell ? H : RH)) return;
   const T* src[RB];
   bool live[RB], chain[RB], last[RB];
   int64_t row_b[RB], row_t[RB];
@@ -42,8 +49,8 @@ __global__ void backward_step_kernel(BackwardStepParams<T> p) {
     const int64_t b = p.order[live[r] ? i0 + r : i0];
     const int64_t len = p.lengths[b];
     row_b[r] = b;
-    const int64_t state = ((p.layer * D + d) * B + b) * H + j;
-    if (p.final_mode) {
+    const int64_t state_h = ((p.layer * D + d) * B + b) * RH + j;
+    if (p.mode == BackwardMode::kFinal) {
       last[r] = false;
       chain[r] = live[r];
       row_t[r] = step_time(d, 0, len);
@@ -53,33 +60,46 @@ __global__ void backward_step_kernel(BackwardStepParams<T> p) {
       const int64_t t = step_time(d, p.step, len);
       row_t[r] = t;
       last[r] = p.step == len - 1;
-      chain[r] = live[r] && !last[r];
-      const T dy = p.dy[(t * B + b) * DH + d * H + j];
-      acc[r] = last[r] ? dy + p.dh_n[state] : dy;
-      src[r] = chain[r] ? pick(p.da, d) + (step_time(d, p.step + 1, len) * B + b) * G : nullptr;
+      if (p.mode == BackwardMode::kCellOnly) {
+        chain[r] = false;
+        src[r] = nullptr;
+        acc[r] = pick(p.dm_in, d)[(t * B + b) * H + j];
+      } else {
+        chain[r] = live[r] && !last[r];
+        const T dy = p.dy[(t * B + b) * DH + d * RH + j];
+        acc[r] = last[r] ? dy + p.dh_n[state_h] : dy;
+        src[r] = chain[r] ? pick(p.da, d) + (step_time(d, p.step + 1, len) * B + b) * G : nullptr;
+      }
     }
   }
-  const T* w = pick(p.w_hh, d) + j;
-  for (int64_t n = 0; n < G; ++n) {
-    const T wv = w[n * H];
+  if (p.mode != BackwardMode::kCellOnly) {
+    const T* w = pick(p.w_hh, d) + j;
+    for (int64_t n = 0; n < G; ++n) {
+      const T wv = w[n * RH];
 #pragma unroll
-    for (int r = 0; r < RB; ++r)
-      if (chain[r]) acc[r] = fma_rn(src[r][n], wv, acc[r]);
+      for (int r = 0; r < RB; ++r)
+        if (chain[r]) acc[r] = fma_rn(src[r][n], wv, acc[r]);
+    }
   }
 #pragma unroll
   for (int r = 0; r < RB; ++r) {
     if (!live[r]) continue;
     const int64_t b = row_b[r], t = row_t[r];
-    const int64_t state = ((p.layer * D + d) * B + b) * H + j;
-    if (p.final_mode) {
-      p.dh0[state] = acc[r];
+    if (p.mode == BackwardMode::kFinal) {
+      p.dh0[((p.layer * D + d) * B + b) * RH + j] = acc[r];
       continue;
     }
+    if (p.mode == BackwardMode::kChainOnly) {
+      pick(p.dh_out, d)[(t * B + b) * RH + j] = acc[r];
+      continue;
+    }
+    const int64_t state_c = ((p.layer * D + d) * B + b) * H + j;
     const T* g = pick(p.gates, d) + (t * B + b) * G;
-    const T c_prev = p.step == 0 ? p.c0[state] : pick(p.cells, d)[(prev_time(d, t) * B + b) * H + j];
-    const T dc_next = last[r] ? p.dc_n[state] : p.dc[(d * B + b) * H + j];
-    const CellGrad<T> cg = lstm_cell_backward(acc[r], dc_next, g[j], g[H + j], g[2 * H + j],
-                                              g[3 * H + j], pick(p.cells, d)[(t * B + b) * H + j], c_prev);
+    const T c_prev =
+        p.step == 0 ? p.c0[state_c] : pick(p.cells, d)[(prev_time(d, t) * B + b) * H + j];
+    const T dc_next = last[r] ? p.dc_n[state_c] : p.dc[(d * B + b) * H + j];
+    const CellGrad<T> cg = lstm_cell_backward(acc[r], dc_next, g[j], g[H + j], g[2 * H + j], g[3 * H + j],
+                                              pick(p.cells, d)[(t * B + b) * H + j], c_prev);
     T* da = pick(p.da, d) + (t * B + b) * G;
     da[j] = cg.da_i;
     da[H + j] = cg.da_f;
@@ -92,7 +112,8 @@ __global__ void backward_step_kernel(BackwardStepParams<T> p) {
 template <typename T, int RB>
 void launch_backward_step(const BackwardStepParams<T>& p, int directions, int threads,
                           cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(ceil_div(p.hidden, threads)),
+  const bool cell = p.mode == BackwardMode::kFused || p.mode == BackwardMode::kCellOnly;
+  const dim3 grid(static_cast<unsigned>(ceil_div(cell ? p.hidden : p.real_hidden, threads)),
                   static_cast<unsigned>(ceil_div(p.active, RB)), directions);
   backward_step_kernel<T, RB><<<grid, threads, 0, stream>>>(p);
   check_launch("backward_step_kernel");
@@ -135,15 +156,29 @@ __global__ void bias_grad_kernel(const T* da, const int64_t* valid, int64_t rows
   db_hh[n] = acc;
 }
 
+// m = o * tanh(c) of every valid (t, b), as the forward's cell computed it (for dW_hr).
+template <typename T>
+__global__ void cell_output_kernel(const T* gates, const T* cells, const int64_t* valid,
+                                   int64_t rows, int64_t H, T* m) {
+  const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (e >= rows * H) return;
+  const int64_t r = valid[e / H], j = e % H;
+  m[r * H + j] = gates[r * 4 * H + 3 * H + j] * canonical_tanh(cells[r * H + j]);
+}
+
 template <typename T>
 void backward_impl(const LstmBackwardArgs<T>& a, const ScratchAlloc& scratch, cudaStream_t stream) {
   const LstmForwardArgs<T>& f = a.fwd;
   const LstmShape& S = f.shape;
   const int64_t Tn = S.steps, B = S.batch, H = S.hidden_size, L = S.num_layers, D = S.directions;
-  const int64_t DH = D * H, G = 4 * H;
+  const bool proj = S.proj_size > 0;
+  const int64_t RH = proj ? S.proj_size : H;
+  const int64_t DH = D * RH, G = 4 * H;
   const StepSchedule sched(f.lengths, Tn, B);
   const DeviceSchedule ds = upload_schedule(sched, f.lengths, B, scratch, stream);
   const int64_t R = ds.rows;
+  const StepRows step_rows =
+      proj ? upload_step_rows(sched, f.lengths, B, D, scratch, stream) : StepRows{};
 
   launch_zero_padding(a.dx, S.input_size, ds.lengths, Tn, B, stream);
   T* dropped = (f.dropout.active && L > 1) ? scratch_array<T>(scratch, Tn * B * DH) : nullptr;
@@ -153,6 +188,15 @@ void backward_impl(const LstmBackwardArgs<T>& a, const ScratchAlloc& scratch, cu
   T* da[2];
   for (int64_t d = 0; d < D; ++d) da[d] = scratch_array<T>(scratch, Tn * B * G);
   T* dc = scratch_array<T>(scratch, D * B * H);
+  // with projections: dh and dm = W_hr^T dh of every (t, b), and the cell outputs m for dW_hr
+  T* dh_all[2] = {nullptr, nullptr};
+  T* dm_all[2] = {nullptr, nullptr};
+  T* m_all[2] = {nullptr, nullptr};
+  for (int64_t d = 0; proj && d < D; ++d) {
+    dh_all[d] = scratch_array<T>(scratch, Tn * B * RH);
+    dm_all[d] = scratch_array<T>(scratch, Tn * B * H);
+    m_all[d] = scratch_array<T>(scratch, Tn * B * H);
+  }
 
   const T* dY = a.dy;
   for (int64_t l = L - 1; l >= 0; --l) {
@@ -172,6 +216,7 @@ void backward_impl(const LstmBackwardArgs<T>& a, const ScratchAlloc& scratch, cu
     p.order = ds.order;
     p.batch = B;
     p.hidden = H;
+    p.real_hidden = RH;
     p.layer = l;
     p.dy = dY;
     p.dh_n = a.dh_n;
@@ -184,16 +229,33 @@ void backward_impl(const LstmBackwardArgs<T>& a, const ScratchAlloc& scratch, cu
       p.cells[d] = f.cells + (l * D + d) * Tn * B * H;
       p.w_hh[d] = f.weights.w_hh[l * D + d];
       p.da[d] = da[d];
+      p.dh_out[d] = dh_all[d];
+      p.dm_in[d] = dm_all[d];
     }
     for (int64_t s = Tn - 1; s >= 0; --s) {
       p.step = s;
       p.active = sched.active[s];
-      p.final_mode = false;
+      if (!proj) {
+        p.mode = BackwardMode::kFused;
+        backward_step(p, static_cast<int>(D), stream);
+        continue;
+      }
+      p.mode = BackwardMode::kChainOnly;
+      backward_step(p, static_cast<int>(D), stream);
+      // dm = W_hr^T dh: one chain per element over q = 0 .. P-1, from 0.
+      for (int64_t d = 0; d < D; ++d) {
+        const int64_t* rows = step_rows.rows + step_rows.offset(d, s);
+        gemm_chain<T, false>(p.active, H, RH, Rows<const T>{dh_all[d], rows, RH, 0},
+                             Rows<const T>{f.weights.w_hr[l * D + d], nullptr, H, 0},
+                             Rows<T>{dm_all[d], rows, H, 0}, GemmInit::kZero,
+                             static_cast<const T*>(nullptr), stream);
+      }
+      p.mode = BackwardMode::kCellOnly;
       backward_step(p, static_cast<int>(D), stream);
     }
     p.step = 0;
     p.active = B;
-    p.final_mode = true;
+    p.mode = BackwardMode::kFinal;
     backward_step(p, static_cast<int>(D), stream);
     for (int64_t d = 0; d < D; ++d)
       check_cuda(cudaMemcpyAsync(a.dc0 + (l * D + d) * B * H, dc + d * B * H, B * H * sizeof(T),
@@ -214,10 +276,20 @@ void backward_impl(const LstmBackwardArgs<T>& a, const ScratchAlloc& scratch, cu
       gemm_chain<T, true>(G, K, R, Rows<const T>{da[d], ds.valid, G, 0},
                           Rows<const T>{X, ds.valid, K, 0}, Rows<T>{a.dw_ih[w], nullptr, K, 0},
                           GemmInit::kZero, static_cast<const T*>(nullptr), stream);
-      gemm_chain<T, true>(G, H, R, Rows<const T>{da[d], ds.valid, G, 0},
-                          HPrevRows<T>{f.h0, Y, ds.valid, ds.lengths, B, H, DH, d, w},
-                          Rows<T>{a.dw_hh[w], nullptr, H, 0}, GemmInit::kZero,
+      gemm_chain<T, true>(G, RH, R, Rows<const T>{da[d], ds.valid, G, 0},
+                          HPrevRows<T>{f.h0, Y, ds.valid, ds.lengths, B, RH, DH, d, w},
+                          Rows<T>{a.dw_hh[w], nullptr, RH, 0}, GemmInit::kZero,
                           static_cast<const T*>(nullptr), stream);
+      if (proj) {
+        // dW_hr[q][k] = chain over the valid (t, b) in storage order of dh[q] * m[k], from 0.
+        cell_output_kernel<T><<<static_cast<unsigned>(ceil_div(R * H, 256)), 256, 0, stream>>>(
+            p.gates[d], p.cells[d], ds.valid, R, H, m_all[d]);
+        check_launch("cell_output_kernel");
+        gemm_chain<T, true>(RH, H, R, Rows<const T>{dh_all[d], ds.valid, RH, 0},
+                            Rows<const T>{m_all[d], ds.valid, H, 0},
+                            Rows<T>{a.dw_hr[w], nullptr, H, 0}, GemmInit::kZero,
+                            static_cast<const T*>(nullptr), stream);
+      }
       if (S.has_bias) {
         bias_grad_kernel<T><<<static_cast<unsigned>(ceil_div(G, 128)), 128, 0, stream>>>(
             da[d], ds.valid, R, G, a.db_ih[w], a.db_hh[w]);

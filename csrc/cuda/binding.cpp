@@ -29,12 +29,6 @@ class ScratchPool {
   std::vector<at::Tensor> keep_;
 };
 
-void check_supported(const LstmCall& call) {
-  TORCH_CHECK_NOT_IMPLEMENTED(call.proj_size == 0,
-                              "detlstm: proj_size > 0 runs on the CPU only for now; the CUDA kernels "
-                              "do not implement projections yet");
-}
-
 std::vector<at::Tensor> contiguous_all(const at::TensorList& list) {
   std::vector<at::Tensor> out;
   for (const auto& t : list) out.push_back(t.contiguous());
@@ -48,7 +42,6 @@ lstm_forward_cuda(const at::Tensor& input_, const at::Tensor& lengths_, const at
                   const at::Tensor& seed) {
   const LstmCall call = check_lstm_call(input_, lengths_, h0_, c0_, weights_, has_biases,
                                         num_layers, bidirectional, dropout, train, seed);
-  check_supported(call);
   const c10::cuda::CUDAGuard guard(input_.device());
   const at::Tensor input = input_.contiguous(), h0 = h0_.contiguous(), c0 = c0_.contiguous();
   const at::Tensor lengths = lengths_.to(at::kLong).contiguous();
@@ -78,7 +71,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> lstm_bac
                                         num_layers, bidirectional, dropout, train, seed);
   check_lstm_backward_call(call, grad_output_, grad_h_n_, grad_c_n_, input_, output_, layer_out_,
                            gates_, cells_);
-  check_supported(call);
   const c10::cuda::CUDAGuard guard(input_.device());
   const at::Tensor input = input_.contiguous(), h0 = h0_.contiguous(), c0 = c0_.contiguous();
   const at::Tensor lengths = lengths_.to(at::kLong).contiguous();

@@ -1,7 +1,9 @@
 // The LSTM forward on the GPU: per layer, the input projection of every valid step as one
 // fixed-order GEMM (the head of each pre-activation chain), then one launch per step that continues
 // the chains with h_prev . W_hh^T and runs the cell (csrc/common/lstm_cell.h). Both directions share
-// each launch (grid z). Same chains and same cell as the CPU kernels, so the same bits.
+// each launch (grid z). Same chains and same cell as the CPU kernels, so the same bits. With
+// projections the cell's output m = o * tanh(c) goes to a buffer and h = W_hr m is one more
+// fixed-order GEMM per step.
 #include "gemm_chain.cuh"
 
 namespace detlstm {
@@ -11,21 +13,22 @@ template <typename T>
 struct ForwardStepParams {
   const int64_t* lengths;
   const int64_t* order;
-  int64_t batch, hidden, layer, step, active;
-  const T* h0;  // (L*D, B, H)
-  const T* c0;
-  T* y;         // this layer's output (T, B, D*H)
+  int64_t batch, hidden, real_hidden, layer, step, active;  // real_hidden: width of h (R)
+  const T* h0;  // (L*D, B, R)
+  const T* c0;  // (L*D, B, H)
+  T* y;         // this layer's output (T, B, D*R)
+  T* m_out[2];  // with projections: the cell outputs (T, B, H) per direction; else null
   T* gates[2];  // per direction: pre-activations in, activated gates out (T, B, 4H)
   T* cells[2];  // (T, B, H)
-  const T* wt_hh[2];  // W_hh^T (H, 4H): consecutive threads read consecutive gate rows
+  const T* wt_hh[2];  // W_hh^T (R, 4H): consecutive threads read consecutive gate rows
 };
 
 // Thread (unit j, RB rows) of direction blockIdx.z. Each of its 4*RB pre-activations continues as
-// one fma chain over k = 0 .. H-1 (ARITHMETIC.md rule 4), then the cell runs in the same thread.
+// one fma chain over k = 0 .. R-1 (ARITHMETIC.md rule 4), then the cell runs in the same thread.
 template <typename T, int RB>
 __global__ void forward_step_kernel(ForwardStepParams<T> p) {
   const int d = blockIdx.z, D = gridDim.z;
-  const int64_t H = p.hidden, G = 4 * H, B = p.batch, DH = D * H;
+  const int64_t H = p.hidden, G = 4 * H, B = p.batch, RH = p.real_hidden, DH = D * RH;
   const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   const int64_t i0 = blockIdx.y * int64_t(RB);
   if (j >= H) return;
@@ -42,11 +45,11 @@ __global__ void forward_step_kernel(ForwardStepParams<T> p) {
     const int64_t b = p.order[i];
     const int64_t t = step_time(d, p.step, p.lengths[b]);
     if (p.step == 0) {
-      hprev[r] = p.h0 + ((p.layer * D + d) * B + b) * H;
+      hprev[r] = p.h0 + ((p.layer * D + d) * B + b) * RH;
       cprev[r] = p.c0 + ((p.layer * D + d) * B + b) * H;
     } else {
       const int64_t tp = prev_time(d, t);
-      hprev[r] = p.y + (tp * B + b) * DH + d * H;
+      hprev[r] = p.y + (tp * B + b) * DH + d * RH;
       cprev[r] = pick(p.cells, d) + (tp * B + b) * H;
     }
     out_row[r] = t * B + b;
@@ -55,7 +58,7 @@ __global__ void forward_step_kernel(ForwardStepParams<T> p) {
     for (int g = 0; g < 4; ++g) acc[r][g] = grow[r][g * H + j];
   }
   const T* wt = pick(p.wt_hh, d) + j;
-  for (int64_t k = 0; k < H; ++k) {
+  for (int64_t k = 0; k < RH; ++k) {
     T w[4];
 #pragma unroll
     for (int g = 0; g < 4; ++g) w[g] = wt[k * G + g * H];
@@ -75,7 +78,11 @@ __global__ void forward_step_kernel(ForwardStepParams<T> p) {
     grow[r][2 * H + j] = st.g;
     grow[r][3 * H + j] = st.o;
     pick(p.cells, d)[out_row[r] * H + j] = st.c;
-    p.y[out_row[r] * DH + d * H + j] = st.h;
+    T* m_out = pick(p.m_out, d);
+    if (m_out)
+      m_out[out_row[r] * H + j] = st.h;
+    else
+      p.y[out_row[r] * DH + d * H + j] = st.h;
   }
 }
 
@@ -103,29 +110,42 @@ __global__ void bias_sum_kernel(const T* b_ih, const T* b_hh, T* out, int64_t n)
   if (e < n) out[e] = b_ih[e] + b_hh[e];  // the chain's head (rule 4)
 }
 
-// h_n after step len-1 (forward) or step 0 (reverse); c_n likewise.
+// A final state after step len-1 (forward) or step 0 (reverse): h_n from the layer output (rows of
+// D*width, this direction's slice at d*width), c_n from the cells (rows of width).
 template <typename T>
-__global__ void final_state_kernel(const int64_t* lengths, const T* y, const T* cells_fwd,
-                                   const T* cells_rev, T* h_n, T* c_n, int64_t layer, int64_t D,
-                                   int64_t B, int64_t H) {
+__global__ void final_state_kernel(const int64_t* lengths, const T* src_fwd, const T* src_rev,
+                                   int64_t row_width, int64_t width, bool sliced, T* dst,
+                                   int64_t layer, int64_t D, int64_t B) {
   const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (e >= D * B * H) return;
-  const int64_t d = e / (B * H), b = (e / H) % B, j = e % H;
+  if (e >= D * B * width) return;
+  const int64_t d = e / (B * width), b = (e / width) % B, j = e % width;
   const int64_t t = d == 0 ? lengths[b] - 1 : 0;
-  const T* cells = d == 0 ? cells_fwd : cells_rev;
-  const int64_t dst = ((layer * D + d) * B + b) * H + j;
-  h_n[dst] = y[(t * B + b) * D * H + d * H + j];
-  c_n[dst] = cells[(t * B + b) * H + j];
+  const T* src = d == 0 ? src_fwd : src_rev;
+  dst[((layer * D + d) * B + b) * width + j] =
+      src[(t * B + b) * row_width + (sliced ? d * width : 0) + j];
+}
+
+template <typename T>
+void launch_final_state(const int64_t* lengths, const T* fwd, const T* rev, int64_t row_width,
+                        int64_t width, bool sliced, T* dst, int64_t layer, int64_t D, int64_t B,
+                        cudaStream_t stream) {
+  final_state_kernel<T><<<static_cast<unsigned>(ceil_div(D * B * width, 256)), 256, 0, stream>>>(
+      lengths, fwd, rev, row_width, width, sliced, dst, layer, D, B);
+  check_launch("final_state_kernel");
 }
 
 template <typename T>
 void forward_impl(const LstmForwardArgs<T>& a, const ScratchAlloc& scratch, cudaStream_t stream) {
   const LstmShape& S = a.shape;
   const int64_t Tn = S.steps, B = S.batch, H = S.hidden_size, L = S.num_layers, D = S.directions;
-  const int64_t DH = D * H, G = 4 * H;
+  const bool proj = S.proj_size > 0;
+  const int64_t RH = proj ? S.proj_size : H;
+  const int64_t DH = D * RH, G = 4 * H;
   const StepSchedule sched(a.lengths, Tn, B);
   const DeviceSchedule ds = upload_schedule(sched, a.lengths, B, scratch, stream);
   const int64_t R = ds.rows;
+  const StepRows step_rows =
+      proj ? upload_step_rows(sched, a.lengths, B, D, scratch, stream) : StepRows{};
 
   launch_zero_padding(a.y, DH, ds.lengths, Tn, B, stream);
   for (int64_t l = 0; l + 1 < L; ++l)
@@ -139,11 +159,17 @@ void forward_impl(const LstmForwardArgs<T>& a, const ScratchAlloc& scratch, cuda
   T* dropped = (a.dropout.active && L > 1) ? scratch_array<T>(scratch, Tn * B * DH) : nullptr;
   T* wt_ih[2];
   T* wt_hh[2];
+  T* wt_hr[2] = {nullptr, nullptr};
+  T* m_buf[2] = {nullptr, nullptr};
   T* bias[2];
   for (int64_t d = 0; d < D; ++d) {
     wt_ih[d] = scratch_array<T>(scratch, k_max * G);
-    wt_hh[d] = scratch_array<T>(scratch, H * G);
+    wt_hh[d] = scratch_array<T>(scratch, RH * G);
     bias[d] = scratch_array<T>(scratch, G);
+    if (proj) {
+      wt_hr[d] = scratch_array<T>(scratch, H * RH);
+      m_buf[d] = scratch_array<T>(scratch, Tn * B * H);
+    }
   }
 
   for (int64_t l = 0; l < L; ++l) {
@@ -162,6 +188,7 @@ void forward_impl(const LstmForwardArgs<T>& a, const ScratchAlloc& scratch, cuda
     p.order = ds.order;
     p.batch = B;
     p.hidden = H;
+    p.real_hidden = RH;
     p.layer = l;
     p.h0 = a.h0;
     p.c0 = a.c0;
@@ -169,7 +196,9 @@ void forward_impl(const LstmForwardArgs<T>& a, const ScratchAlloc& scratch, cuda
     for (int64_t d = 0; d < D; ++d) {
       const int64_t w = l * D + d;
       launch_transpose(a.weights.w_ih[w], wt_ih[d], G, K, stream);
-      launch_transpose(a.weights.w_hh[w], wt_hh[d], G, H, stream);
+      launch_transpose(a.weights.w_hh[w], wt_hh[d], G, RH, stream);
+      if (proj) launch_transpose(a.weights.w_hr[w], wt_hr[d], RH, H, stream);
+      p.m_out[d] = m_buf[d];
       if (S.has_bias) {
         bias_sum_kernel<T><<<static_cast<unsigned>(ceil_div(G, 256)), 256, 0, stream>>>(
             a.weights.b_ih[w], a.weights.b_hh[w], bias[d], G);
@@ -187,10 +216,17 @@ void forward_impl(const LstmForwardArgs<T>& a, const ScratchAlloc& scratch, cuda
       p.step = s;
       p.active = sched.active[s];
       forward_step(p, static_cast<int>(D), stream);
+      // h = W_hr m for this step's rows: one chain per element over k = 0 .. H-1, from 0.
+      for (int64_t d = 0; proj && d < D; ++d) {
+        const int64_t* rows = step_rows.rows + step_rows.offset(d, s);
+        gemm_chain<T, false>(p.active, RH, H, Rows<const T>{m_buf[d], rows, H, 0},
+                             Rows<const T>{wt_hr[d], nullptr, RH, 0}, Rows<T>{Y, rows, DH, d * RH},
+                             GemmInit::kZero, static_cast<const T*>(nullptr), stream);
+      }
     }
-    final_state_kernel<T><<<static_cast<unsigned>(ceil_div(D * B * H, 256)), 256, 0, stream>>>(
-        ds.lengths, Y, p.cells[0], p.cells[D - 1], a.h_n, a.c_n, l, D, B, H);
-    check_launch("final_state_kernel");
+    launch_final_state<T>(ds.lengths, Y, Y, DH, RH, true, a.h_n, l, D, B, stream);
+    launch_final_state<T>(ds.lengths, p.cells[0], p.cells[D - 1], H, H, false, a.c_n, l, D, B,
+                          stream);
   }
 }
 

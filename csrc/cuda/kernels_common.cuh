@@ -78,6 +78,36 @@ inline DeviceSchedule upload_schedule(const StepSchedule& sched, const int64_t* 
   return {buf, buf + B, buf + 2 * B, R};
 }
 
+// Per direction and processing step, the storage rows t * B + b of the rows running at that step
+// (in schedule order): the row lists of the per-step projection GEMMs. Offsets stay on the host.
+struct StepRows {
+  const int64_t* rows = nullptr;
+  std::vector<int64_t> step_offset;  // where (d, s) starts: index d * T + s
+  int64_t steps = 0;
+  int64_t offset(int64_t d, int64_t s) const { return step_offset[d * steps + s]; }
+};
+
+inline StepRows upload_step_rows(const StepSchedule& sched, const int64_t* lengths, int64_t B,
+                                 int64_t D, const ScratchAlloc& scratch, cudaStream_t stream) {
+  StepRows out;
+  out.steps = static_cast<int64_t>(sched.active.size()) - 1;
+  std::vector<int64_t> host;
+  for (int64_t d = 0; d < D; ++d)
+    for (int64_t s = 0; s < out.steps; ++s) {
+      out.step_offset.push_back(static_cast<int64_t>(host.size()));
+      for (int64_t i = 0; i < sched.active[s]; ++i) {
+        const int64_t b = sched.order[i];
+        host.push_back(step_time(d, s, lengths[b]) * B + b);
+      }
+    }
+  int64_t* buf = scratch_array<int64_t>(scratch, static_cast<int64_t>(host.size()));
+  check_cuda(cudaMemcpyAsync(buf, host.data(), host.size() * sizeof(int64_t), cudaMemcpyHostToDevice,
+                             stream),
+             "upload step rows");
+  out.rows = buf;
+  return out;
+}
+
 // Shared elementwise launches (elementwise.cu).
 template <typename T>
 void launch_zero_padding(T* base, int64_t width, const int64_t* lengths_device, int64_t steps,
