@@ -130,6 +130,13 @@ struct LstmOutputs {
   at::Tensor output, h_n, c_n, layer_out, gates, cells;
 };
 
+inline std::vector<at::Tensor> contiguous_all(const at::TensorList& list) {
+  std::vector<at::Tensor> out;
+  out.reserve(list.size());
+  for (const auto& t : list) out.push_back(t.contiguous());
+  return out;
+}
+
 inline LstmShape lstm_shape(const LstmCall& c) {
   return {c.steps,      c.batch,      c.input_size, c.hidden_size,
           c.proj_size,  c.num_layers, c.directions, c.has_bias};

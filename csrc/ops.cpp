@@ -57,13 +57,6 @@ const cpu::ParallelFor& torch_parallel_for() {
   return pf;
 }
 
-std::vector<at::Tensor> contiguous_all(const at::TensorList& list) {
-  std::vector<at::Tensor> out;
-  out.reserve(list.size());
-  for (const auto& t : list) out.push_back(t.contiguous());
-  return out;
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 lstm_forward_cpu(const at::Tensor& input_, const at::Tensor& lengths_, const at::Tensor& h0_,
                  const at::Tensor& c0_, at::TensorList weights_, bool has_biases,

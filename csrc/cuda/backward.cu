@@ -110,22 +110,15 @@ __global__ void backward_step_kernel(BackwardStepParams<T> p) {
 }
 
 template <typename T, int RB>
-void launch_backward_step(const BackwardStepParams<T>& p, int directions, int threads,
-                          cudaStream_t stream) {
-  const bool cell = p.mode == BackwardMode::kFused || p.mode == BackwardMode::kCellOnly;
-  const dim3 grid(static_cast<unsigned>(ceil_div(cell ? p.hidden : p.real_hidden, threads)),
-                  static_cast<unsigned>(ceil_div(p.active, RB)), directions);
-  backward_step_kernel<T, RB><<<grid, threads, 0, stream>>>(p);
-  check_launch("backward_step_kernel");
-}
+struct BackwardStep {
+  static constexpr auto kernel = backward_step_kernel<T, RB>;
+};
 
 template <typename T>
 void backward_step(const BackwardStepParams<T>& p, int directions, cudaStream_t stream) {
-  switch (launch_variant()) {
-    case 1: launch_backward_step<T, 1>(p, directions, 32, stream); break;
-    case 2: launch_backward_step<T, 8>(p, directions, 256, stream); break;
-    default: launch_backward_step<T, 4>(p, directions, 128, stream); break;
-  }
+  const bool cell = p.mode == BackwardMode::kFused || p.mode == BackwardMode::kCellOnly;
+  launch_step_kernel<BackwardStep, T>(p, cell ? p.hidden : p.real_hidden, p.active, directions,
+                                      stream, "backward_step_kernel");
 }
 
 // h_prev of the valid row v in direction d: what multiplied W_hh at that step.

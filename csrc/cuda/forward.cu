@@ -87,21 +87,13 @@ __global__ void forward_step_kernel(ForwardStepParams<T> p) {
 }
 
 template <typename T, int RB>
-void launch_forward_step(const ForwardStepParams<T>& p, int directions, int threads,
-                         cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(ceil_div(p.hidden, threads)),
-                  static_cast<unsigned>(ceil_div(p.active, RB)), directions);
-  forward_step_kernel<T, RB><<<grid, threads, 0, stream>>>(p);
-  check_launch("forward_step_kernel");
-}
+struct ForwardStep {
+  static constexpr auto kernel = forward_step_kernel<T, RB>;
+};
 
 template <typename T>
 void forward_step(const ForwardStepParams<T>& p, int directions, cudaStream_t stream) {
-  switch (launch_variant()) {
-    case 1: launch_forward_step<T, 1>(p, directions, 32, stream); break;
-    case 2: launch_forward_step<T, 8>(p, directions, 256, stream); break;
-    default: launch_forward_step<T, 4>(p, directions, 128, stream); break;
-  }
+  launch_step_kernel<ForwardStep, T>(p, p.hidden, p.active, directions, stream, "forward_step_kernel");
 }
 
 template <typename T>

@@ -108,6 +108,25 @@ inline StepRows upload_step_rows(const StepSchedule& sched, const int64_t* lengt
   return out;
 }
 
+// Launches a per-step kernel (Step<T, RB>::kernel: one thread per unit, RB rows per thread, both
+// directions in grid z) with the current launch variant's shape: rows per thread and threads per
+// block decide only who computes what.
+template <template <typename, int> class Step, typename T, typename Params>
+void launch_step_kernel(const Params& p, int64_t units, int64_t rows, int directions,
+                        cudaStream_t stream, const char* name) {
+  const int variant = launch_variant();
+  const int threads = variant == 1 ? 32 : (variant == 2 ? 256 : 128);
+  const int rows_per_thread = variant == 1 ? 1 : (variant == 2 ? 8 : 4);
+  const dim3 grid(static_cast<unsigned>(ceil_div(units, threads)),
+                  static_cast<unsigned>(ceil_div(rows, rows_per_thread)), directions);
+  switch (rows_per_thread) {
+    case 1: Step<T, 1>::kernel<<<grid, threads, 0, stream>>>(p); break;
+    case 8: Step<T, 8>::kernel<<<grid, threads, 0, stream>>>(p); break;
+    default: Step<T, 4>::kernel<<<grid, threads, 0, stream>>>(p); break;
+  }
+  check_launch(name);
+}
+
 // Shared elementwise launches (elementwise.cu).
 template <typename T>
 void launch_zero_padding(T* base, int64_t width, const int64_t* lengths_device, int64_t steps,
