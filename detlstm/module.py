@@ -26,8 +26,10 @@ _UINT64_RANGE = 1 << 64
 
 def _draw_dropout_seed() -> torch.Tensor:
     # One draw from PyTorch's default CPU generator per training call, so torch.manual_seed fixes
-    # the masks of a whole run on CPU and CUDA alike.
-    return torch.empty((), dtype=torch.int64).random_()
+    # the masks of a whole run on CPU and CUDA alike. (randint, unlike Tensor.random_, can be traced
+    # by torch.compile; a compiled graph draws from its own generator stream, so eager and compiled
+    # runs share masks only with an explicit dropout_seed.)
+    return torch.randint(0, 2**63 - 1, (), dtype=torch.int64)
 
 
 def _seed_tensor(dropout_seed) -> torch.Tensor:
