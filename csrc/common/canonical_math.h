@@ -48,10 +48,40 @@ DETLSTM_HD float exp2_table_lo(int j) {
 #endif
 }
 
-DETLSTM_HD float abs_exact(float x) { return bits_float(float_bits(x) & 0x7fffffffu); }
-DETLSTM_HD float copysign_exact(float magnitude, float sign) {
-  return bits_float((float_bits(magnitude) & 0x7fffffffu) | (float_bits(sign) & 0x80000000u));
+// The operations the canonical functions are written in, for one lane type F. This header defines
+// them for float (the CPU's portable build and the GPU); the CPU's AVX2 build defines them for its
+// 8-lane vector (csrc/cpu/lanes_avx2.h), so the one text below also runs eight lanes at a time. Every
+// operation is correctly rounded or exact, lane by lane, so both give the same bits.
+template <class F>
+struct Lanes;
+
+template <>
+struct Lanes<float> {
+  using I = int32_t;  // integer lanes
+  using M = bool;     // comparison results
+  static DETLSTM_HD float f(float c) { return c; }
+  static DETLSTM_HD I i(int32_t c) { return c; }
+  static DETLSTM_HD I as_int(float x) { return static_cast<int32_t>(float_bits(x)); }
+  static DETLSTM_HD float as_float(I v) { return bits_float(static_cast<uint32_t>(v)); }
+  static DETLSTM_HD float select(M m, float a, float b) { return m ? a : b; }
+  static DETLSTM_HD M any_of(M a, M b) { return a || b; }
+  static DETLSTM_HD float fma(float a, float b, float c) { return fma_rn(a, b, c); }
+  static DETLSTM_HD float table_hi(I j) { return exp2_table_hi(j); }
+  static DETLSTM_HD float table_lo(I j) { return exp2_table_lo(j); }
+};
+
+template <class F, class L = Lanes<F>>
+DETLSTM_HD F abs_lanes(F x) {
+  return L::as_float(L::as_int(x) & L::i(0x7fffffff));
 }
+template <class F, class L = Lanes<F>>
+DETLSTM_HD F copysign_lanes(F magnitude, F sign) {
+  return L::as_float((L::as_int(magnitude) & L::i(0x7fffffff)) |
+                     (L::as_int(sign) & L::i(static_cast<int32_t>(0x80000000u))));
+}
+
+DETLSTM_HD float abs_exact(float x) { return abs_lanes(x); }
+DETLSTM_HD float copysign_exact(float magnitude, float sign) { return copysign_lanes(magnitude, sign); }
 
 // The one NaN the canonical functions return. NaN payloads are not portable (x86 keeps the input's,
 // NVIDIA GPUs return their own canonical NaN), so NaN inputs are answered with this fixed pattern.
@@ -61,28 +91,35 @@ DETLSTM_HD float canonical_nan() { return bits_float(0x7fc00000u); }
 // Because |r| is tiny, its own rounding costs ~0.01 ulp; the table's hi + lo carries the rest, and the
 // one visible rounding is the final add, so the result is within ~0.51 ulp. The power of two is applied
 // as two exact-or-once-rounded multiplications so results in the subnormal range are rounded once.
-DETLSTM_HD float canonical_exp(float x) {
-  if (!(x == x)) return canonical_nan();
-  if (x > 100.0f) return bits_float(0x7f800000u);  // exp(x) > FLT_MAX: +inf, as the true function
-  if (x < -110.0f) return 0.0f;                    // below half the smallest subnormal: +0
-  const float kShift = 0x1.8p23f;  // adding it rounds to an integer, ties to even, below 2^22
-  const float shifted = x * 0x1.715476p+5f + kShift;  // 32/ln2; two roundings, as written
-  const float k = shifted - kShift;                     // exact
-  const int ki = static_cast<int>(float_bits(shifted)) - static_cast<int>(float_bits(kShift));
-  const float a = fma_rn(-k, 0x1.62e430p-6f, x);       // ln2/32, high part
-  const float r = fma_rn(-k, -0x1.05c610p-34f, a);     // ln2/32, low part
-  const int j = ki & 31;
-  const int m = (ki - j) / 32;                         // exact: floor(k / 32)
+// No branches: the main path runs on x clamped to [-110, 100] (NaN to 0) and the special cases are
+// selected at the end, so the vector build runs it lane-parallel and a GPU warp never diverges.
+template <class F, class L = Lanes<F>>
+DETLSTM_HD F canonical_exp_lanes(F x) {
+  using I = typename L::I;
+  const auto nan = x != x;
+  const auto over = x > L::f(100.0f);     // exp(x) > FLT_MAX: +inf, as the true function
+  const auto under = x < L::f(-110.0f);   // below half the smallest subnormal: +0
+  const F xc = L::select(nan, L::f(0.0f), L::select(over, L::f(100.0f), L::select(under, L::f(-110.0f), x)));
+  const F shift = L::f(0x1.8p23f);  // adding it rounds to an integer, ties to even, below 2^22
+  const F shifted = xc * L::f(0x1.715476p+5f) + shift;  // 32/ln2; two roundings, as written
+  const F k = shifted - shift;                           // exact
+  const I ki = L::as_int(shifted) - L::as_int(shift);
+  const F a = L::fma(-k, L::f(0x1.62e430p-6f), xc);      // ln2/32, high part
+  const F r = L::fma(-k, L::f(-0x1.05c610p-34f), a);     // ln2/32, low part
+  const I j = ki & L::i(31);
+  const I m = (ki - j) >> 5;                             // exact: floor(k / 32)
   // exp(r) - 1 = r + r^2 (1/2 + r (1/6 + r/24)); the dropped r^5/120 term is below 2^-40.
-  float q = fma_rn(r, 0x1.555556p-5f, 0x1.555556p-3f);
-  q = fma_rn(r, q, 0.5f);
-  const float p = fma_rn(r * r, q, r);
-  const float t_hi = exp2_table_hi(j);
-  const float s = fma_rn(t_hi, p, exp2_table_lo(j));
-  const float y = t_hi + s;
-  const int m1 = m / 2;
-  const int m2 = m - m1;
-  return (y * exp2_int(m1)) * exp2_int(m2);
+  F q = L::fma(r, L::f(0x1.555556p-5f), L::f(0x1.555556p-3f));
+  q = L::fma(r, q, L::f(0.5f));
+  const F p = L::fma(r * r, q, r);
+  const F t_hi = L::table_hi(j);
+  const F s = L::fma(t_hi, p, L::table_lo(j));
+  const F y = t_hi + s;
+  const I m1 = (m + ((m >> 31) & L::i(1))) >> 1;  // m / 2, rounded toward zero
+  const I m2 = m - m1;
+  const F scaled = (y * L::as_float((m1 + L::i(127)) << 23)) * L::as_float((m2 + L::i(127)) << 23);
+  const F special = L::select(over, L::as_float(L::i(0x7f800000)), L::f(0.0f));
+  return L::select(nan, L::as_float(L::i(0x7fc00000)), L::select(L::any_of(over, under), special, scaled));
 }
 
 // sigmoid(x) = num / (1 + e) with e = exp(-|x|) <= 1 and num = 1 (x >= 0) or e (x < 0): neither
@@ -90,37 +127,44 @@ DETLSTM_HD float canonical_exp(float x) {
 // exact 1 + e = d + d_err (Fast2Sum, since 1 >= e), corrected once through the exact remainder
 // num - q*d, so the add's rounding never reaches the result: only e's own error and one final
 // rounding remain (worst case measured below 1.5 ulp).
-DETLSTM_HD float canonical_sigmoid(float x) {
-  if (!(x == x)) return canonical_nan();
-  const float e = canonical_exp(-abs_exact(x));
-  const float d = 1.0f + e;
-  const float d_err = e - (d - 1.0f);
-  const float num = x >= 0.0f ? 1.0f : e;
-  const float q = num / d;
-  const float rem = fma_rn(-q, d, num);    // exact
-  return q + fma_rn(-q, d_err, rem) / d;
+template <class F, class L = Lanes<F>>
+DETLSTM_HD F canonical_sigmoid_lanes(F x) {
+  const F e = canonical_exp_lanes<F, L>(-abs_lanes<F, L>(x));
+  const F one = L::f(1.0f);
+  const F d = one + e;
+  const F d_err = e - (d - one);
+  const F num = L::select(x >= L::f(0.0f), one, e);
+  const F q = num / d;
+  const F rem = L::fma(-q, d, num);  // exact
+  const F result = q + L::fma(-q, d_err, rem) / d;
+  return L::select(x != x, L::as_float(L::i(0x7fc00000)), result);
 }
 
 // tanh: an odd polynomial x + x^3 P(x^2) below 0.55 (no cancellation there), 1 - 2/(exp(2|x|)+1)
 // above, where the result is >= 0.5 and the subtraction loses nothing. P is a weighted least-squares
 // fit of (tanh(x) - x)/x^3 on [0, 0.55], coefficients rounded to float (approximation error < 0.1 ulp).
-DETLSTM_HD float canonical_tanh(float x) {
-  if (!(x == x)) return canonical_nan();
-  const float ax = abs_exact(x);
-  if (ax < 0.55f) {
-    const float z = x * x;
-    float p = -0x1.e1abd8p-11f;
-    p = fma_rn(p, z, 0x1.b8126cp-9f);
-    p = fma_rn(p, z, -0x1.209bdep-7f);
-    p = fma_rn(p, z, 0x1.66306ep-6f);
-    p = fma_rn(p, z, -0x1.ba1a88p-5f);
-    p = fma_rn(p, z, 0x1.11110ep-3f);
-    p = fma_rn(p, z, -0x1.555556p-2f);
-    return copysign_exact(fma_rn(x * z, p, x), x);  // keeps tanh(-0) = -0
-  }
-  const float e = canonical_exp(ax + ax);  // +inf for large |x| gives exactly 1 below
-  return copysign_exact(1.0f - 2.0f / (e + 1.0f), x);
+// Both branches are computed and one is selected (see canonical_exp_lanes).
+template <class F, class L = Lanes<F>>
+DETLSTM_HD F canonical_tanh_lanes(F x) {
+  const F ax = abs_lanes<F, L>(x);
+  const F z = x * x;
+  F p = L::f(-0x1.e1abd8p-11f);
+  p = L::fma(p, z, L::f(0x1.b8126cp-9f));
+  p = L::fma(p, z, L::f(-0x1.209bdep-7f));
+  p = L::fma(p, z, L::f(0x1.66306ep-6f));
+  p = L::fma(p, z, L::f(-0x1.ba1a88p-5f));
+  p = L::fma(p, z, L::f(0x1.11110ep-3f));
+  p = L::fma(p, z, L::f(-0x1.555556p-2f));
+  const F small = L::fma(x * z, p, x);
+  const F e = canonical_exp_lanes<F, L>(ax + ax);  // +inf for large |x| gives exactly 1 below
+  const F large = L::f(1.0f) - L::f(2.0f) / (e + L::f(1.0f));
+  const F result = copysign_lanes<F, L>(L::select(ax < L::f(0.55f), small, large), x);  // tanh(-0) = -0
+  return L::select(x != x, L::as_float(L::i(0x7fc00000)), result);
 }
+
+DETLSTM_HD float canonical_exp(float x) { return canonical_exp_lanes(x); }
+DETLSTM_HD float canonical_sigmoid(float x) { return canonical_sigmoid_lanes(x); }
+DETLSTM_HD float canonical_tanh(float x) { return canonical_tanh_lanes(x); }
 
 // float64 is the reference and gradcheck dtype; G4 is promised for float32 only (ARITHMETIC.md), so
 // it uses the platform's double-precision functions.

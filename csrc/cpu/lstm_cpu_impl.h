@@ -173,7 +173,24 @@ void lstm_forward(const LstmForwardArgs<T>& a, const ParallelFor& parallel_for) 
           const T* c_prev = c_prev_rows[d * B + i];
           T* c_out = cells[d] + (t * B + b) * H;
           T* h_out = proj ? m_buf.data() + (d * B + i) * H : Y + (t * B + b) * DH + d * RH;
-          for (int64_t j = 0; j < H; ++j) {
+          int64_t j = 0;
+#if DETLSTM_CPU_AVX2
+          if constexpr (std::is_same<T, float>::value) {  // eight units at a time, same bits
+            using V = math::V8;
+            for (; j + 8 <= H; j += 8) {
+              const math::CellState<V> st =
+                  math::lstm_cell_forward(V::load(g + j), V::load(g + H + j), V::load(g + 2 * H + j),
+                                          V::load(g + 3 * H + j), V::load(c_prev + j));
+              st.i.store(g + j);
+              st.f.store(g + H + j);
+              st.g.store(g + 2 * H + j);
+              st.o.store(g + 3 * H + j);
+              st.c.store(c_out + j);
+              st.h.store(h_out + j);
+            }
+          }
+#endif
+          for (; j < H; ++j) {
             const math::CellState<T> st =
                 math::lstm_cell_forward(g[j], g[H + j], g[2 * H + j], g[3 * H + j], c_prev[j]);
             g[j] = st.i;
@@ -328,7 +345,23 @@ void lstm_backward(const LstmBackwardArgs<T>& a, const ParallelFor& parallel_for
           const T* dh_row = proj ? dm.data() + (d * B + b) * H : dh[d].data() + (t * B + b) * RH;
           T* dc_row = dc.data() + (d * B + b) * H;
           T* da_row = da[d].data() + (t * B + b) * G;
-          for (int64_t j = 0; j < H; ++j) {
+          int64_t j = 0;
+#if DETLSTM_CPU_AVX2
+          if constexpr (std::is_same<T, float>::value) {  // eight units at a time, same bits
+            using V = math::V8;
+            for (; j + 8 <= H; j += 8) {
+              const math::CellGrad<V> cg = math::lstm_cell_backward(
+                  V::load(dh_row + j), V::load(dc_row + j), V::load(g + j), V::load(g + H + j),
+                  V::load(g + 2 * H + j), V::load(g + 3 * H + j), V::load(c + j), V::load(c_prev + j));
+              cg.da_i.store(da_row + j);
+              cg.da_f.store(da_row + H + j);
+              cg.da_g.store(da_row + 2 * H + j);
+              cg.da_o.store(da_row + 3 * H + j);
+              cg.dc_prev.store(dc_row + j);
+            }
+          }
+#endif
+          for (; j < H; ++j) {
             const math::CellGrad<T> cg = math::lstm_cell_backward(
                 dh_row[j], dc_row[j], g[j], g[H + j], g[2 * H + j], g[3 * H + j], c[j], c_prev[j]);
             da_row[j] = cg.da_i;
@@ -457,7 +490,20 @@ template <typename T>
 void lstm_unary(UnaryFn fn, const T* x, T* y, int64_t n, const ParallelFor& parallel_for) {
   parallel_for(n, 4096, [&](int64_t begin, int64_t end) {
     DenormalGuard guard;
-    for (int64_t k = begin; k < end; ++k) {
+    int64_t k = begin;
+#if DETLSTM_CPU_AVX2
+    if constexpr (std::is_same<T, float>::value) {
+      using V = math::V8;
+      for (; k + 8 <= end; k += 8) {
+        const V v = V::load(x + k);
+        (fn == UnaryFn::kExp ? math::canonical_exp(v)
+                             : (fn == UnaryFn::kSigmoid ? math::canonical_sigmoid(v)
+                                                        : math::canonical_tanh(v)))
+            .store(y + k);
+      }
+    }
+#endif
+    for (; k < end; ++k) {
       switch (fn) {
         case UnaryFn::kExp: y[k] = math::canonical_exp(x[k]); break;
         case UnaryFn::kSigmoid: y[k] = math::canonical_sigmoid(x[k]); break;

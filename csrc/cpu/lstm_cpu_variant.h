@@ -1,6 +1,11 @@
 // Instantiates the CPU kernels for one instruction-set variant. The including .cpp defines
 // DETLSTM_CPU_VARIANT, DETLSTM_MATH_NS and DETLSTM_CPU_AVX2 first (and, for AVX2, the target pragma).
 #include "../common/lstm_cell.h"
+#if DETLSTM_CPU_AVX2
+namespace DETLSTM_MATH_NS {
+#include "lanes_avx2.h"
+}  // namespace DETLSTM_MATH_NS
+#endif
 #include "lstm_cpu_impl.h"
 
 namespace detlstm {
