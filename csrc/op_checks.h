@@ -251,3 +251,78 @@ inline LstmGrads allocate_lstm_grads(const at::Tensor& input, const at::Tensor& 
 }
 
 }  // namespace detlstm
+
+namespace detlstm {
+
+// One checked operator call with its tensors made contiguous (lengths as int64 on the CPU): what the
+// CPU and CUDA bindings both start from. The backward's extra tensors stay undefined for a forward.
+struct PreparedCall {
+  LstmCall call;
+  at::Tensor input, lengths, h0, c0;
+  std::vector<at::Tensor> weights;
+  at::Tensor grad_output, grad_h_n, grad_c_n, output, layer_out, gates, cells;
+};
+
+inline PreparedCall prepare_forward(const at::Tensor& input, const at::Tensor& lengths,
+                                    const at::Tensor& h0, const at::Tensor& c0,
+                                    at::TensorList weights, bool has_biases, int64_t num_layers,
+                                    bool bidirectional, double dropout, bool train,
+                                    const at::Tensor& seed) {
+  PreparedCall p;
+  p.call = check_lstm_call(input, lengths, h0, c0, weights, has_biases, num_layers, bidirectional,
+                           dropout, train, seed);
+  p.input = input.contiguous();
+  p.lengths = lengths.to(at::kLong).contiguous();
+  p.h0 = h0.contiguous();
+  p.c0 = c0.contiguous();
+  p.weights = contiguous_all(weights);
+  return p;
+}
+
+inline PreparedCall prepare_backward(
+    const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
+    const at::Tensor& input, const at::Tensor& lengths, const at::Tensor& h0, const at::Tensor& c0,
+    at::TensorList weights, const at::Tensor& output, const at::Tensor& layer_out,
+    const at::Tensor& gates, const at::Tensor& cells, bool has_biases, int64_t num_layers,
+    bool bidirectional, double dropout, bool train, const at::Tensor& seed) {
+  PreparedCall p = prepare_forward(input, lengths, h0, c0, weights, has_biases, num_layers,
+                                   bidirectional, dropout, train, seed);
+  check_lstm_backward_call(p.call, grad_output, grad_h_n, grad_c_n, input, output, layer_out, gates,
+                           cells);
+  p.grad_output = grad_output.contiguous();
+  p.grad_h_n = grad_h_n.contiguous();
+  p.grad_c_n = grad_c_n.contiguous();
+  p.output = output.contiguous();
+  p.layer_out = layer_out.contiguous();
+  p.gates = gates.contiguous();
+  p.cells = cells.contiguous();
+  return p;
+}
+
+// The kernels' views of a prepared call: the forward writing into `out`, the backward into `grads`.
+template <typename T>
+LstmForwardArgs<T> forward_view(const PreparedCall& p, const LstmOutputs& out) {
+  return lstm_forward_args<T>(p.call, p.input, p.lengths, p.h0, p.c0, p.weights,
+                              out.output.data_ptr<T>(), out.h_n.data_ptr<T>(), out.c_n.data_ptr<T>(),
+                              out.layer_out, out.gates, out.cells);
+}
+
+template <typename T>
+LstmBackwardArgs<T> backward_view(const PreparedCall& p, const LstmGrads& grads) {
+  const LstmForwardArgs<T> fwd =
+      lstm_forward_args<T>(p.call, p.input, p.lengths, p.h0, p.c0, p.weights,
+                           p.output.data_ptr<T>(), nullptr, nullptr, p.layer_out, p.gates, p.cells);
+  return lstm_backward_args<T>(fwd, p.grad_output, p.grad_h_n, p.grad_c_n, grads, p.call.has_bias);
+}
+
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+as_tuple(const LstmOutputs& o) {
+  return {o.output, o.h_n, o.c_n, o.layer_out, o.gates, o.cells};
+}
+
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> as_tuple(
+    const LstmGrads& g) {
+  return {g.grad_input, g.grad_h0, g.grad_c0, g.grad_weights};
+}
+
+}  // namespace detlstm

@@ -58,86 +58,37 @@ const cpu::ParallelFor& torch_parallel_for() {
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-lstm_forward_cpu(const at::Tensor& input_, const at::Tensor& lengths_, const at::Tensor& h0_,
-                 const at::Tensor& c0_, at::TensorList weights_, bool has_biases,
-                 int64_t num_layers, bool bidirectional, double dropout, bool train,
-                 const at::Tensor& seed) {
-  const LstmCall call = check_lstm_call(input_, lengths_, h0_, c0_, weights_, has_biases,
-                                        num_layers, bidirectional, dropout, train, seed);
-  const at::Tensor input = input_.contiguous(), h0 = h0_.contiguous(), c0 = c0_.contiguous();
-  const at::Tensor lengths = lengths_.to(at::kLong).contiguous();
-  const std::vector<at::Tensor> weights = contiguous_all(weights_);
-  LstmOutputs out = allocate_lstm_outputs(call, input);
+lstm_forward_cpu(const at::Tensor& input, const at::Tensor& lengths, const at::Tensor& h0,
+                 const at::Tensor& c0, at::TensorList weights, bool has_biases, int64_t num_layers,
+                 bool bidirectional, double dropout, bool train, const at::Tensor& seed) {
+  const PreparedCall p = prepare_forward(input, lengths, h0, c0, weights, has_biases, num_layers,
+                                         bidirectional, dropout, train, seed);
+  const LstmOutputs out = allocate_lstm_outputs(p.call, p.input);
   const KernelVariant& kernels = *current_variant();
-  if (input.scalar_type() == at::kFloat) {
-    kernels.forward_f32(
-        lstm_forward_args<float>(call, input, lengths, h0, c0, weights, out.output.data_ptr<float>(),
-                                 out.h_n.data_ptr<float>(), out.c_n.data_ptr<float>(),
-                                 out.layer_out, out.gates, out.cells),
-        torch_parallel_for());
-  } else {
-    kernels.forward_f64(
-        lstm_forward_args<double>(call, input, lengths, h0, c0, weights,
-                                  out.output.data_ptr<double>(), out.h_n.data_ptr<double>(),
-                                  out.c_n.data_ptr<double>(), out.layer_out, out.gates, out.cells),
-        torch_parallel_for());
-  }
-  return {out.output, out.h_n, out.c_n, out.layer_out, out.gates, out.cells};
-}
-
-template <typename T>
-void run_backward(const KernelVariant& kernels, const cpu::LstmBackwardArgs<T>& args);
-template <>
-void run_backward<float>(const KernelVariant& k, const cpu::LstmBackwardArgs<float>& a) {
-  k.backward_f32(a, torch_parallel_for());
-}
-template <>
-void run_backward<double>(const KernelVariant& k, const cpu::LstmBackwardArgs<double>& a) {
-  k.backward_f64(a, torch_parallel_for());
-}
-
-template <typename T>
-void backward_typed(const LstmCall& call, const at::Tensor& grad_output, const at::Tensor& grad_h_n,
-                    const at::Tensor& grad_c_n, const at::Tensor& input, const at::Tensor& lengths,
-                    const at::Tensor& h0, const at::Tensor& c0,
-                    const std::vector<at::Tensor>& weights, const at::Tensor& output,
-                    const at::Tensor& layer_out, const at::Tensor& gates, const at::Tensor& cells,
-                    const LstmGrads& g) {
-  const LstmForwardArgs<T> fwd =
-      lstm_forward_args<T>(call, input, lengths, h0, c0, weights, output.data_ptr<T>(), nullptr,
-                           nullptr, layer_out, gates, cells);
-  const LstmBackwardArgs<T> a = lstm_backward_args<T>(fwd, grad_output, grad_h_n, grad_c_n, g,
-                                                      call.has_bias);
-  run_backward<T>(*current_variant(), a);
+  if (p.input.scalar_type() == at::kFloat)
+    kernels.forward_f32(forward_view<float>(p, out), torch_parallel_for());
+  else
+    kernels.forward_f64(forward_view<double>(p, out), torch_parallel_for());
+  return as_tuple(out);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> lstm_backward_cpu(
-    const at::Tensor& grad_output_, const at::Tensor& grad_h_n_, const at::Tensor& grad_c_n_,
-    const at::Tensor& input_, const at::Tensor& lengths_, const at::Tensor& h0_,
-    const at::Tensor& c0_, at::TensorList weights_, const at::Tensor& output_,
-    const at::Tensor& layer_out_, const at::Tensor& gates_, const at::Tensor& cells_,
-    bool has_biases, int64_t num_layers, bool bidirectional, double dropout, bool train,
-    const at::Tensor& seed) {
-  const LstmCall call = check_lstm_call(input_, lengths_, h0_, c0_, weights_, has_biases,
-                                        num_layers, bidirectional, dropout, train, seed);
-  check_lstm_backward_call(call, grad_output_, grad_h_n_, grad_c_n_, input_, output_, layer_out_,
-                           gates_, cells_);
-  const at::Tensor input = input_.contiguous(), h0 = h0_.contiguous(), c0 = c0_.contiguous();
-  const at::Tensor lengths = lengths_.to(at::kLong).contiguous();
-  const std::vector<at::Tensor> weights = contiguous_all(weights_);
-  const at::Tensor grad_output = grad_output_.contiguous(), grad_h_n = grad_h_n_.contiguous(),
-                   grad_c_n = grad_c_n_.contiguous(), output = output_.contiguous(),
-                   layer_out = layer_out_.contiguous(), gates = gates_.contiguous(),
-                   cells = cells_.contiguous();
-  LstmGrads g = allocate_lstm_grads(input, h0, c0, weights);
-  if (input.scalar_type() == at::kFloat) {
-    backward_typed<float>(call, grad_output, grad_h_n, grad_c_n, input, lengths, h0, c0, weights,
-                          output, layer_out, gates, cells, g);
-  } else {
-    backward_typed<double>(call, grad_output, grad_h_n, grad_c_n, input, lengths, h0, c0, weights,
-                           output, layer_out, gates, cells, g);
-  }
-  return {g.grad_input, g.grad_h0, g.grad_c0, g.grad_weights};
+    const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
+    const at::Tensor& input, const at::Tensor& lengths, const at::Tensor& h0, const at::Tensor& c0,
+    at::TensorList weights, const at::Tensor& output, const at::Tensor& layer_out,
+    const at::Tensor& gates, const at::Tensor& cells, bool has_biases, int64_t num_layers,
+    bool bidirectional, double dropout, bool train, const at::Tensor& seed) {
+  const PreparedCall p =
+      prepare_backward(grad_output, grad_h_n, grad_c_n, input, lengths, h0, c0, weights, output,
+                       layer_out, gates, cells, has_biases, num_layers, bidirectional, dropout,
+                       train, seed);
+  const LstmGrads grads = allocate_lstm_grads(p.input, p.h0, p.c0, p.weights);
+  const KernelVariant& kernels = *current_variant();
+  if (p.input.scalar_type() == at::kFloat)
+    kernels.backward_f32(backward_view<float>(p, grads), torch_parallel_for());
+  else
+    kernels.backward_f64(backward_view<double>(p, grads), torch_parallel_for());
+  return as_tuple(grads);
 }
 
 at::Tensor canonical_unary_cpu(const at::Tensor& x_, int64_t fn) {

@@ -71,4 +71,26 @@ struct LstmBackwardArgs {
   std::vector<T*> dw_ih, dw_hh, db_ih, db_hh, dw_hr;
 };
 
+// Width of h (proj_size with projections, else hidden_size) and of a layer's input.
+inline int64_t real_hidden_size(const LstmShape& s) {
+  return s.proj_size > 0 ? s.proj_size : s.hidden_size;
+}
+inline int64_t layer_input_size(const LstmShape& s, int64_t layer) {
+  return layer == 0 ? s.input_size : s.directions * real_hidden_size(s);
+}
+
+// Layer l's output: the call's output for the last layer, else its slice of layer_out.
+template <typename T>
+T* layer_output(const LstmForwardArgs<T>& a, int64_t layer) {
+  const LstmShape& s = a.shape;
+  if (layer == s.num_layers - 1) return a.y;
+  return a.layer_out + layer * s.steps * s.batch * s.directions * real_hidden_size(s);
+}
+
+// Layer l's input before dropout: x for layer 0, the output of the layer below otherwise.
+template <typename T>
+const T* layer_input(const LstmForwardArgs<T>& a, int64_t layer) {
+  return layer == 0 ? a.x : layer_output(a, layer - 1);
+}
+
 }  // namespace detlstm

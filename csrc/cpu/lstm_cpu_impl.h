@@ -86,16 +86,13 @@ void lstm_forward(const LstmForwardArgs<T>& a, const ParallelFor& parallel_for) 
   std::vector<T*> c_rows;
   std::vector<const T*> b_rows;
   for (int64_t l = 0; l < L; ++l) {
-    const int64_t K = l == 0 ? S.input_size : DH;
-    const T* X = a.x;
-    if (l > 0) {
-      X = a.layer_out + (l - 1) * Tn * B * DH;
-      if (a.dropout.active) {
-        apply_dropout(a.dropout, l - 1, X, dropped.data(), DH, sched, B, parallel_for);
-        X = dropped.data();
-      }
+    const int64_t K = layer_input_size(S, l);
+    const T* X = layer_input(a, l);
+    if (l > 0 && a.dropout.active) {
+      apply_dropout(a.dropout, l - 1, X, dropped.data(), DH, sched, B, parallel_for);
+      X = dropped.data();
     }
-    T* Y = l == L - 1 ? a.y : a.layer_out + l * Tn * B * DH;
+    T* Y = layer_output(a, l);
 
     // Per direction: W_ih^T (K, 4H), W_hh^T (R, 4H) so a row of B is contiguous over gate rows,
     // W_hr^T (H, P), and the chain's head b_ih + b_hh (rule 4).
@@ -261,16 +258,13 @@ void lstm_backward(const LstmBackwardArgs<T>& a, const ParallelFor& parallel_for
   std::vector<T*> c_rows;
   const T* dY = a.dy;
   for (int64_t l = L - 1; l >= 0; --l) {
-    const int64_t K = l == 0 ? S.input_size : DH;
-    const T* X = f.x;
-    if (l > 0) {
-      X = f.layer_out + (l - 1) * Tn * B * DH;
-      if (f.dropout.active) {
-        apply_dropout(f.dropout, l - 1, X, dropped.data(), DH, sched, B, parallel_for);
-        X = dropped.data();
-      }
+    const int64_t K = layer_input_size(S, l);
+    const T* X = layer_input(f, l);
+    if (l > 0 && f.dropout.active) {
+      apply_dropout(f.dropout, l - 1, X, dropped.data(), DH, sched, B, parallel_for);
+      X = dropped.data();
     }
-    const T* Y = l == L - 1 ? f.y : f.layer_out + l * Tn * B * DH;
+    const T* Y = layer_output(f, l);
     std::vector<const T*> gates(D), cells(D);
     for (int64_t d = 0; d < D; ++d) {
       gates[d] = f.gates + (l * D + d) * Tn * B * G;

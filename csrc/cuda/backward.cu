@@ -193,16 +193,13 @@ void backward_impl(const LstmBackwardArgs<T>& a, const ScratchAlloc& scratch, cu
 
   const T* dY = a.dy;
   for (int64_t l = L - 1; l >= 0; --l) {
-    const int64_t K = l == 0 ? S.input_size : DH;
-    const T* X = f.x;
-    if (l > 0) {
-      X = f.layer_out + (l - 1) * Tn * B * DH;
-      if (f.dropout.active) {
-        launch_apply_dropout(f.dropout, l - 1, X, dropped, DH, ds, B, stream);
-        X = dropped;
-      }
+    const int64_t K = layer_input_size(S, l);
+    const T* X = layer_input(f, l);
+    if (l > 0 && f.dropout.active) {
+      launch_apply_dropout(f.dropout, l - 1, X, dropped, DH, ds, B, stream);
+      X = dropped;
     }
-    const T* Y = l == L - 1 ? f.y : f.layer_out + l * Tn * B * DH;
+    const T* Y = layer_output(f, l);
 
     BackwardStepParams<T> p{};
     p.lengths = ds.lengths;

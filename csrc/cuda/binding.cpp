@@ -30,61 +30,39 @@ class ScratchPool {
 };
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-lstm_forward_cuda(const at::Tensor& input_, const at::Tensor& lengths_, const at::Tensor& h0_,
-                  const at::Tensor& c0_, at::TensorList weights_, bool has_biases,
-                  int64_t num_layers, bool bidirectional, double dropout, bool train,
-                  const at::Tensor& seed) {
-  const LstmCall call = check_lstm_call(input_, lengths_, h0_, c0_, weights_, has_biases,
-                                        num_layers, bidirectional, dropout, train, seed);
-  const c10::cuda::CUDAGuard guard(input_.device());
-  const at::Tensor input = input_.contiguous(), h0 = h0_.contiguous(), c0 = c0_.contiguous();
-  const at::Tensor lengths = lengths_.to(at::kLong).contiguous();
-  const std::vector<at::Tensor> weights = contiguous_all(weights_);
-  LstmOutputs out = allocate_lstm_outputs(call, input);
-  ScratchPool pool(input);
+lstm_forward_cuda(const at::Tensor& input, const at::Tensor& lengths, const at::Tensor& h0,
+                  const at::Tensor& c0, at::TensorList weights, bool has_biases, int64_t num_layers,
+                  bool bidirectional, double dropout, bool train, const at::Tensor& seed) {
+  const PreparedCall p = prepare_forward(input, lengths, h0, c0, weights, has_biases, num_layers,
+                                         bidirectional, dropout, train, seed);
+  const c10::cuda::CUDAGuard guard(p.input.device());
+  const LstmOutputs out = allocate_lstm_outputs(p.call, p.input);
+  ScratchPool pool(p.input);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "detlstm_lstm_forward_cuda", [&] {
-    cuda::lstm_forward(
-        lstm_forward_args<scalar_t>(call, input, lengths, h0, c0, weights,
-                                    out.output.data_ptr<scalar_t>(), out.h_n.data_ptr<scalar_t>(),
-                                    out.c_n.data_ptr<scalar_t>(), out.layer_out, out.gates,
-                                    out.cells),
-        pool.allocator(), stream);
+  AT_DISPATCH_FLOATING_TYPES(p.input.scalar_type(), "detlstm_lstm_forward_cuda", [&] {
+    cuda::lstm_forward(forward_view<scalar_t>(p, out), pool.allocator(), stream);
   });
-  return {out.output, out.h_n, out.c_n, out.layer_out, out.gates, out.cells};
+  return as_tuple(out);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> lstm_backward_cuda(
-    const at::Tensor& grad_output_, const at::Tensor& grad_h_n_, const at::Tensor& grad_c_n_,
-    const at::Tensor& input_, const at::Tensor& lengths_, const at::Tensor& h0_,
-    const at::Tensor& c0_, at::TensorList weights_, const at::Tensor& output_,
-    const at::Tensor& layer_out_, const at::Tensor& gates_, const at::Tensor& cells_,
-    bool has_biases, int64_t num_layers, bool bidirectional, double dropout, bool train,
-    const at::Tensor& seed) {
-  const LstmCall call = check_lstm_call(input_, lengths_, h0_, c0_, weights_, has_biases,
-                                        num_layers, bidirectional, dropout, train, seed);
-  check_lstm_backward_call(call, grad_output_, grad_h_n_, grad_c_n_, input_, output_, layer_out_,
-                           gates_, cells_);
-  const c10::cuda::CUDAGuard guard(input_.device());
-  const at::Tensor input = input_.contiguous(), h0 = h0_.contiguous(), c0 = c0_.contiguous();
-  const at::Tensor lengths = lengths_.to(at::kLong).contiguous();
-  const std::vector<at::Tensor> weights = contiguous_all(weights_);
-  const at::Tensor grad_output = grad_output_.contiguous(), grad_h_n = grad_h_n_.contiguous(),
-                   grad_c_n = grad_c_n_.contiguous(), output = output_.contiguous(),
-                   layer_out = layer_out_.contiguous(), gates = gates_.contiguous(),
-                   cells = cells_.contiguous();
-  LstmGrads g = allocate_lstm_grads(input, h0, c0, weights);
-  ScratchPool pool(input);
+    const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
+    const at::Tensor& input, const at::Tensor& lengths, const at::Tensor& h0, const at::Tensor& c0,
+    at::TensorList weights, const at::Tensor& output, const at::Tensor& layer_out,
+    const at::Tensor& gates, const at::Tensor& cells, bool has_biases, int64_t num_layers,
+    bool bidirectional, double dropout, bool train, const at::Tensor& seed) {
+  const PreparedCall p =
+      prepare_backward(grad_output, grad_h_n, grad_c_n, input, lengths, h0, c0, weights, output,
+                       layer_out, gates, cells, has_biases, num_layers, bidirectional, dropout,
+                       train, seed);
+  const c10::cuda::CUDAGuard guard(p.input.device());
+  const LstmGrads grads = allocate_lstm_grads(p.input, p.h0, p.c0, p.weights);
+  ScratchPool pool(p.input);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "detlstm_lstm_backward_cuda", [&] {
-    const LstmForwardArgs<scalar_t> fwd = lstm_forward_args<scalar_t>(
-        call, input, lengths, h0, c0, weights, output.data_ptr<scalar_t>(), nullptr, nullptr,
-        layer_out, gates, cells);
-    cuda::lstm_backward(
-        lstm_backward_args<scalar_t>(fwd, grad_output, grad_h_n, grad_c_n, g, call.has_bias),
-        pool.allocator(), stream);
+  AT_DISPATCH_FLOATING_TYPES(p.input.scalar_type(), "detlstm_lstm_backward_cuda", [&] {
+    cuda::lstm_backward(backward_view<scalar_t>(p, grads), pool.allocator(), stream);
   });
-  return {g.grad_input, g.grad_h0, g.grad_c0, g.grad_weights};
+  return as_tuple(grads);
 }
 
 at::Tensor canonical_unary_cuda(const at::Tensor& x_, int64_t fn) {

@@ -165,16 +165,13 @@ void forward_impl(const LstmForwardArgs<T>& a, const ScratchAlloc& scratch, cuda
   }
 
   for (int64_t l = 0; l < L; ++l) {
-    const int64_t K = l == 0 ? S.input_size : DH;
-    const T* X = a.x;
-    if (l > 0) {
-      X = a.layer_out + (l - 1) * Tn * B * DH;
-      if (a.dropout.active) {
-        launch_apply_dropout(a.dropout, l - 1, X, dropped, DH, ds, B, stream);
-        X = dropped;
-      }
+    const int64_t K = layer_input_size(S, l);
+    const T* X = layer_input(a, l);
+    if (l > 0 && a.dropout.active) {
+      launch_apply_dropout(a.dropout, l - 1, X, dropped, DH, ds, B, stream);
+      X = dropped;
     }
-    T* Y = l == L - 1 ? a.y : a.layer_out + l * Tn * B * DH;
+    T* Y = layer_output(a, l);
     ForwardStepParams<T> p{};
     p.lengths = ds.lengths;
     p.order = ds.order;
