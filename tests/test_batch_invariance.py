@@ -26,17 +26,18 @@ def _per_sequence(model, xs, lengths, order, pad_to, h0s, c0s):
     for j, k in enumerate(order):
         g = torch.Generator().manual_seed(100 + k)
         loss = loss + (out[: lengths[k], j] * torch.randn(lengths[k], out.shape[-1], generator=g)).sum()
-        loss = loss + (h[:, j] * torch.randn(h.shape[0], H, generator=g)).sum()
-        loss = loss + (c[:, j] * torch.randn(c.shape[0], H, generator=g)).sum()
+        loss = loss + (h[:, j] * torch.randn(h.shape[0], h.shape[-1], generator=g)).sum()
+        loss = loss + (c[:, j] * torch.randn(c.shape[0], c.shape[-1], generator=g)).sum()
     gx, gh, gc = torch.autograd.grad(loss, [x, h0, c0])
     return {k: (out[: lengths[k], j], h[:, j], c[:, j], gx[: lengths[k], j], gh[:, j], gc[:, j])
             for j, k in enumerate(order)}
 
 
-@pytest.mark.parametrize("layers,bidir", [(1, False), (2, True), (3, True)])
+@pytest.mark.parametrize("layers,bidir,proj", [(1, False, 0), (2, True, 0), (3, True, 0), (2, True, 4)])
 @pytest.mark.parametrize("training", [False, True])
-def test_sequence_results_do_not_depend_on_the_batch(layers, bidir, training):
-    _, model = make_pair(I, H, num_layers=layers, bidirectional=bidir, dropout=0.5 if training else 0.0)
+def test_sequence_results_do_not_depend_on_the_batch(layers, bidir, proj, training):
+    _, model = make_pair(I, H, num_layers=layers, bidirectional=bidir, dropout=0.5 if training else 0.0,
+                         proj_size=proj)
     # eval mode with dropout configured, or training with dropout 0: no masks either way
     model.train(training)
     if training:
@@ -45,7 +46,7 @@ def test_sequence_results_do_not_depend_on_the_batch(layers, bidir, training):
     n = len(LENGTHS)
     xs = [torch.randn(L, I, generator=g) for L in LENGTHS]
     d = layers * (2 if bidir else 1)
-    h0s = [torch.randn(d, H, generator=g) for _ in range(n)]
+    h0s = [torch.randn(d, proj or H, generator=g) for _ in range(n)]
     c0s = [torch.randn(d, H, generator=g) for _ in range(n)]
     full = _per_sequence(model, xs, LENGTHS, list(range(n)), max(LENGTHS), h0s, c0s)
     shuffled = _per_sequence(model, xs, LENGTHS, [4, 2, 6, 0, 5, 1, 3], max(LENGTHS), h0s, c0s)

@@ -102,7 +102,9 @@ def test_cpu_builds_agree_bitwise():
 
     x = torch.from_numpy(_inputs(200_000))
     _, model = make_pair(19, 37, num_layers=2, bidirectional=True, dropout=0.5)
+    _, projected = make_pair(19, 37, num_layers=2, bidirectional=True, dropout=0.5, proj_size=5)
     model.train()
+    projected.train()
     g = torch.Generator().manual_seed(3)
     inp = torch.randn(9, 7, 19, generator=g)
     results = {}
@@ -110,10 +112,12 @@ def test_cpu_builds_agree_bitwise():
         for variant in ("avx2", "generic"):
             detlstm.set_cpu_variant(variant)
             math = [detlstm.canonical_unary(x, fn) for fn in ("exp", "sigmoid", "tanh")]
-            xin = inp.clone().requires_grad_()
-            out, h, c, grads = run_with_grads(model, (xin,), lengths=[9, 3, 7, 1, 9, 4, 6],
-                                              dropout_seed=11)
-            results[variant] = math + [out, h, c] + grads
+            results[variant] = math
+            for m in (model, projected):
+                xin = inp.clone().requires_grad_()
+                out, h, c, grads = run_with_grads(m, (xin,), lengths=[9, 3, 7, 1, 9, 4, 6],
+                                                  dropout_seed=11)
+                results[variant] += [out, h, c] + grads
     finally:
         detlstm.set_cpu_variant("default")
     for a, b in zip(results["avx2"], results["generic"]):
