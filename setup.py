@@ -55,6 +55,10 @@ NVCC_FLAGS = [
     "-Xcompiler=-ffp-contract=off",
 ]
 CUDA_ARCHS = os.environ.get("DETLSTM_CUDA_ARCHS", "80;90").split(";")
+# at::parallel_for is a header template: without -fopenmp it compiles to a serial loop in our
+# extension even though torch itself runs OpenMP. Linking -fopenmp adds a dependency on libgomp.so.1,
+# which resolves to the copy torch already loaded (same soname), so there is one thread pool.
+OPENMP_FLAGS = ["-fopenmp"] if sys.platform.startswith("linux") else []
 
 
 def cpu_sources():
@@ -101,7 +105,8 @@ ext_modules = [
         "detlstm._C",
         cpu_sources(),
         include_dirs=[os.path.join(HERE, "csrc")],
-        extra_compile_args={"cxx": CXX_FLAGS},
+        extra_compile_args={"cxx": CXX_FLAGS + OPENMP_FLAGS},
+        extra_link_args=OPENMP_FLAGS,
     )
 ]
 if want_cuda() and cuda_sources():
