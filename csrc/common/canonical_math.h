@@ -80,12 +80,9 @@ DETLSTM_HD F copysign_lanes(F magnitude, F sign) {
                      (L::as_int(sign) & L::i(static_cast<int32_t>(0x80000000u))));
 }
 
-DETLSTM_HD float abs_exact(float x) { return abs_lanes(x); }
-DETLSTM_HD float copysign_exact(float magnitude, float sign) { return copysign_lanes(magnitude, sign); }
-
 // The one NaN the canonical functions return. NaN payloads are not portable (x86 keeps the input's,
 // NVIDIA GPUs return their own canonical NaN), so NaN inputs are answered with this fixed pattern.
-DETLSTM_HD float canonical_nan() { return bits_float(0x7fc00000u); }
+constexpr int32_t kCanonicalNanBits = 0x7fc00000;
 
 // exp(x) = 2^m * 2^(j/32) * exp(r), k = 32m + j = round(x * 32/ln2), |r| <= ln2/64.
 // Because |r| is tiny, its own rounding costs ~0.01 ulp; the table's hi + lo carries the rest, and the
@@ -119,7 +116,7 @@ DETLSTM_HD F canonical_exp_lanes(F x) {
   const I m2 = m - m1;
   const F scaled = (y * L::as_float((m1 + L::i(127)) << 23)) * L::as_float((m2 + L::i(127)) << 23);
   const F special = L::select(over, L::as_float(L::i(0x7f800000)), L::f(0.0f));
-  return L::select(nan, L::as_float(L::i(0x7fc00000)), L::select(L::any_of(over, under), special, scaled));
+  return L::select(nan, L::as_float(L::i(kCanonicalNanBits)), L::select(L::any_of(over, under), special, scaled));
 }
 
 // sigmoid(x) = num / (1 + e) with e = exp(-|x|) <= 1 and num = 1 (x >= 0) or e (x < 0): neither
@@ -137,7 +134,7 @@ DETLSTM_HD F canonical_sigmoid_lanes(F x) {
   const F q = num / d;
   const F rem = L::fma(-q, d, num);  // exact
   const F result = q + L::fma(-q, d_err, rem) / d;
-  return L::select(x != x, L::as_float(L::i(0x7fc00000)), result);
+  return L::select(x != x, L::as_float(L::i(kCanonicalNanBits)), result);
 }
 
 // tanh: an odd polynomial x + x^3 P(x^2) below 0.55 (no cancellation there), 1 - 2/(exp(2|x|)+1)
@@ -159,7 +156,7 @@ DETLSTM_HD F canonical_tanh_lanes(F x) {
   const F e = canonical_exp_lanes<F, L>(ax + ax);  // +inf for large |x| gives exactly 1 below
   const F large = L::f(1.0f) - L::f(2.0f) / (e + L::f(1.0f));
   const F result = copysign_lanes<F, L>(L::select(ax < L::f(0.55f), small, large), x);  // tanh(-0) = -0
-  return L::select(x != x, L::as_float(L::i(0x7fc00000)), result);
+  return L::select(x != x, L::as_float(L::i(kCanonicalNanBits)), result);
 }
 
 DETLSTM_HD float canonical_exp(float x) { return canonical_exp_lanes(x); }

@@ -61,7 +61,4 @@ DETLSTM_HD float bits_float(uint32_t u) {
 #endif
 }
 
-// 2^e as a float, for -126 <= e <= 127, built from the exponent bits (exact).
-DETLSTM_HD float exp2_int(int e) { return bits_float(static_cast<uint32_t>(e + 127) << 23); }
-
 }  // namespace DETLSTM_MATH_NS
