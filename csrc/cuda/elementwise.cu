@@ -25,11 +25,6 @@ int set_launch_variant(int variant) {
   return previous;
 }
 
-const char* last_error() {
-  const cudaError_t err = cudaGetLastError();
-  return err == cudaSuccess ? "" : cudaGetErrorString(err);
-}
-
 template <typename T>
 __global__ void zero_padding_kernel(T* base, int64_t width, const int64_t* lengths, int64_t steps,
                                     int64_t batch) {

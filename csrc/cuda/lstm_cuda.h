@@ -32,8 +32,5 @@ void canonical_unary(int fn, const float* x, float* y, int64_t n, cudaStream_t s
 // Every float32 bit pattern from `first` on, `count` of them: y[k] = f(bits_float(first + k)).
 void canonical_unary_bits(int fn, uint32_t first, float* y, int64_t count, cudaStream_t stream);
 
-// The CUDA error of the last launch, as an exception-ready message, or empty.
-const char* last_error();
-
 }  // namespace cuda
 }  // namespace detlstm
