@@ -315,6 +315,22 @@ LstmBackwardArgs<T> backward_view(const PreparedCall& p, const LstmGrads& grads)
   return lstm_backward_args<T>(fwd, p.grad_output, p.grad_h_n, p.grad_c_n, grads, p.call.has_bias);
 }
 
+// Scratch memory for one kernel call, from torch's allocator on the input's device; released when
+// the pool goes (for CUDA stream-ordered, so after the call's kernels). `take` fits the kernels'
+// allocator callback.
+class ScratchPool {
+ public:
+  explicit ScratchPool(const at::Tensor& like) : options_(like.options().dtype(at::kByte)) {}
+  void* take(size_t bytes) {
+    keep_.push_back(at::empty({static_cast<int64_t>(bytes)}, options_));
+    return keep_.back().data_ptr();
+  }
+
+ private:
+  at::TensorOptions options_;
+  std::vector<at::Tensor> keep_;
+};
+
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 as_tuple(const LstmOutputs& o) {
   return {o.output, o.h_n, o.c_n, o.layer_out, o.gates, o.cells};

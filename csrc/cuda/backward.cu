@@ -272,18 +272,18 @@ void backward_impl(const LstmBackwardArgs<T>& a, const ScratchAlloc& scratch, cu
                           static_cast<const T*>(nullptr), stream);
       if (proj) {
         // dW_hr[q][k] = chain over the valid (t, b) in storage order of dh[q] * m[k], from 0.
-        cell_output_kernel<T><<<static_cast<unsigned>(ceil_div(R * H, 256)), 256, 0, stream>>>(
-            p.gates[d], p.cells[d], ds.valid, R, H, m_all[d]);
-        check_launch("cell_output_kernel");
+        launch_kernel("cell_output_kernel", cell_output_kernel<T>,
+                      static_cast<unsigned>(ceil_div(R * H, 256)), 256, stream, p.gates[d],
+                      p.cells[d], ds.valid, R, H, m_all[d]);
         gemm_chain<T, true>(RH, H, R, Rows<const T>{dh_all[d], ds.valid, RH, 0},
                             Rows<const T>{m_all[d], ds.valid, H, 0},
                             Rows<T>{a.dw_hr[w], nullptr, H, 0}, GemmInit::kZero,
                             static_cast<const T*>(nullptr), stream);
       }
       if (S.has_bias) {
-        bias_grad_kernel<T><<<static_cast<unsigned>(ceil_div(G, 128)), 128, 0, stream>>>(
-            da[d], ds.valid, R, G, a.db_ih[w], a.db_hh[w]);
-        check_launch("bias_grad_kernel");
+        launch_kernel("bias_grad_kernel", bias_grad_kernel<T>,
+                      static_cast<unsigned>(ceil_div(G, 128)), 128, stream, da[d], ds.valid, R, G,
+                      a.db_ih[w], a.db_hh[w]);
       }
     }
 

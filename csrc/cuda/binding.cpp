@@ -13,21 +13,9 @@
 namespace detlstm {
 namespace {
 
-// Scratch memory for one call, from torch's caching allocator; freed (stream-ordered) on return.
-class ScratchPool {
- public:
-  explicit ScratchPool(const at::Tensor& like) : options_(like.options().dtype(at::kByte)) {}
-  cuda::ScratchAlloc allocator() {
-    return [this](size_t bytes) {
-      keep_.push_back(at::empty({static_cast<int64_t>(bytes)}, options_));
-      return keep_.back().data_ptr();
-    };
-  }
-
- private:
-  at::TensorOptions options_;
-  std::vector<at::Tensor> keep_;
-};
+cuda::ScratchAlloc scratch_allocator(ScratchPool& pool) {
+  return [&pool](size_t bytes) { return pool.take(bytes); };
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 lstm_forward_cuda(const at::Tensor& input, const at::Tensor& lengths, const at::Tensor& h0,
@@ -40,7 +28,7 @@ lstm_forward_cuda(const at::Tensor& input, const at::Tensor& lengths, const at::
   ScratchPool pool(p.input);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(p.input.scalar_type(), "detlstm_lstm_forward_cuda", [&] {
-    cuda::lstm_forward(forward_view<scalar_t>(p, out), pool.allocator(), stream);
+    cuda::lstm_forward(forward_view<scalar_t>(p, out), scratch_allocator(pool), stream);
   });
   return as_tuple(out);
 }
@@ -60,7 +48,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> lstm_bac
   ScratchPool pool(p.input);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(p.input.scalar_type(), "detlstm_lstm_backward_cuda", [&] {
-    cuda::lstm_backward(backward_view<scalar_t>(p, grads), pool.allocator(), stream);
+    cuda::lstm_backward(backward_view<scalar_t>(p, grads), scratch_allocator(pool), stream);
   });
   return as_tuple(grads);
 }

@@ -39,9 +39,8 @@ __global__ void zero_padding_kernel(T* base, int64_t width, const int64_t* lengt
 template <typename T>
 void launch_zero_padding(T* base, int64_t width, const int64_t* lengths, int64_t steps,
                          int64_t batch, cudaStream_t stream) {
-  zero_padding_kernel<T><<<blocks_for(steps * batch * width), kThreads, 0, stream>>>(
-      base, width, lengths, steps, batch);
-  check_launch("zero_padding_kernel");
+  launch_kernel("zero_padding_kernel", zero_padding_kernel<T>, blocks_for(steps * batch * width),
+                kThreads, stream, base, width, lengths, steps, batch);
 }
 
 template <typename T>
@@ -56,8 +55,8 @@ __global__ void transpose_kernel(const T* in, T* out, int64_t rows, int64_t cols
 
 template <typename T>
 void launch_transpose(const T* in, T* out, int64_t rows, int64_t cols, cudaStream_t stream) {
-  transpose_kernel<T><<<blocks_for(rows * cols), kThreads, 0, stream>>>(in, out, rows, cols);
-  check_launch("transpose_kernel");
+  launch_kernel("transpose_kernel", transpose_kernel<T>, blocks_for(rows * cols), kThreads, stream,
+                in, out, rows, cols);
 }
 
 // One thread per (valid row, group of four features): one Philox block gives the four draws.
@@ -83,10 +82,9 @@ __global__ void dropout_kernel(uint64_t seed, uint64_t threshold, T scale, uint3
 template <typename T>
 void launch_apply_dropout(const DropoutParams& dp, int64_t layer, const T* y, T* out, int64_t width,
                           const DeviceSchedule& sched, int64_t batch, cudaStream_t stream) {
-  dropout_kernel<T><<<blocks_for(sched.rows * ((width + 3) / 4)), kThreads, 0, stream>>>(
-      dp.seed, dp.threshold, static_cast<T>(dp.scale), static_cast<uint32_t>(layer), y, out, width,
-      sched.valid, sched.rows, batch);
-  check_launch("dropout_kernel");
+  launch_kernel("dropout_kernel", dropout_kernel<T>, blocks_for(sched.rows * ((width + 3) / 4)),
+                kThreads, stream, dp.seed, dp.threshold, static_cast<T>(dp.scale),
+                static_cast<uint32_t>(layer), y, out, width, sched.valid, sched.rows, batch);
 }
 
 __device__ inline float unary_apply(int fn, float x) {
@@ -107,14 +105,13 @@ __global__ void unary_bits_kernel(int fn, uint32_t first, float* y, int64_t n) {
 
 void canonical_unary(int fn, const float* x, float* y, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
-  unary_kernel<<<blocks_for(n), kThreads, 0, stream>>>(fn, x, y, n);
-  check_launch("unary_kernel");
+  launch_kernel("unary_kernel", unary_kernel, blocks_for(n), kThreads, stream, fn, x, y, n);
 }
 
 void canonical_unary_bits(int fn, uint32_t first, float* y, int64_t count, cudaStream_t stream) {
   if (count == 0) return;
-  unary_bits_kernel<<<blocks_for(count), kThreads, 0, stream>>>(fn, first, y, count);
-  check_launch("unary_bits_kernel");
+  launch_kernel("unary_bits_kernel", unary_bits_kernel, blocks_for(count), kThreads, stream, fn,
+                first, y, count);
 }
 
 #define DETLSTM_INSTANTIATE(T)                                                                    \

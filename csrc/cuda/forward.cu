@@ -121,9 +121,9 @@ template <typename T>
 void launch_final_state(const int64_t* lengths, const T* fwd, const T* rev, int64_t row_width,
                         int64_t width, bool sliced, T* dst, int64_t layer, int64_t D, int64_t B,
                         cudaStream_t stream) {
-  final_state_kernel<T><<<static_cast<unsigned>(ceil_div(D * B * width, 256)), 256, 0, stream>>>(
-      lengths, fwd, rev, row_width, width, sliced, dst, layer, D, B);
-  check_launch("final_state_kernel");
+  launch_kernel("final_state_kernel", final_state_kernel<T>,
+                static_cast<unsigned>(ceil_div(D * B * width, 256)), 256, stream, lengths, fwd, rev,
+                row_width, width, sliced, dst, layer, D, B);
 }
 
 template <typename T>
@@ -189,9 +189,9 @@ void forward_impl(const LstmForwardArgs<T>& a, const ScratchAlloc& scratch, cuda
       if (proj) launch_transpose(a.weights.w_hr[w], wt_hr[d], RH, H, stream);
       p.m_out[d] = m_buf[d];
       if (S.has_bias) {
-        bias_sum_kernel<T><<<static_cast<unsigned>(ceil_div(G, 256)), 256, 0, stream>>>(
-            a.weights.b_ih[w], a.weights.b_hh[w], bias[d], G);
-        check_launch("bias_sum_kernel");
+        launch_kernel("bias_sum_kernel", bias_sum_kernel<T>,
+                      static_cast<unsigned>(ceil_div(G, 256)), 256, stream, a.weights.b_ih[w],
+                      a.weights.b_hh[w], bias[d], G);
       }
       p.gates[d] = a.gates + w * Tn * B * G;
       p.cells[d] = a.cells + w * Tn * B * H;

@@ -94,9 +94,8 @@ template <typename T, bool kACols, int BM, int BN, class ARows, class BRows, cla
 void launch_gemm_tiles(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows c, GemmInit init,
                        const T* init_vec, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(ceil_div(N, BN)), static_cast<unsigned>(ceil_div(M, BM)));
-  gemm_chain_kernel<T, kACols, BM, BN><<<grid, (BM / 4) * (BN / 4), 0, stream>>>(M, N, P, a, b, c,
-                                                                                 init, init_vec);
-  check_launch("gemm_chain_kernel");
+  launch_kernel("gemm_chain_kernel", gemm_chain_kernel<T, kACols, BM, BN, ARows, BRows, CRows>, grid,
+                (BM / 4) * (BN / 4), stream, M, N, P, a, b, c, init, init_vec);
 }
 
 // C = init + A . B over the rows the providers name. M, N, P >= 1.

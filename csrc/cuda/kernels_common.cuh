@@ -21,6 +21,21 @@ inline void check_cuda(cudaError_t err, const char* what) {
 }
 inline void check_launch(const char* kernel) { check_cuda(cudaGetLastError(), kernel); }
 
+// Every kernel launch goes through here. Under nvcc it is the launch itself; compiled as plain C++ it
+// runs the kernel in the host emulation of tests/cuda_emulation, which lets the CPU-only CI execute
+// these very sources and compare their bits with the CPU kernels'.
+template <typename... Params, typename... Args>
+void launch_kernel(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block,
+                   cudaStream_t stream, Args... args) {
+#if defined(__CUDACC__)
+  kernel<<<grid, block, 0, stream>>>(args...);
+#else
+  (void)stream;
+  emulated_launch(kernel, grid, block, args...);
+#endif
+  check_launch(name);
+}
+
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 int launch_variant();
@@ -120,11 +135,10 @@ void launch_step_kernel(const Params& p, int64_t units, int64_t rows, int direct
   const dim3 grid(static_cast<unsigned>(ceil_div(units, threads)),
                   static_cast<unsigned>(ceil_div(rows, rows_per_thread)), directions);
   switch (rows_per_thread) {
-    case 1: Step<T, 1>::kernel<<<grid, threads, 0, stream>>>(p); break;
-    case 8: Step<T, 8>::kernel<<<grid, threads, 0, stream>>>(p); break;
-    default: Step<T, 4>::kernel<<<grid, threads, 0, stream>>>(p); break;
+    case 1: launch_kernel(name, Step<T, 1>::kernel, grid, threads, stream, p); break;
+    case 8: launch_kernel(name, Step<T, 8>::kernel, grid, threads, stream, p); break;
+    default: launch_kernel(name, Step<T, 4>::kernel, grid, threads, stream, p); break;
   }
-  check_launch(name);
 }
 
 // Shared elementwise launches (elementwise.cu).

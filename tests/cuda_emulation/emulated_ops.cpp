@@ -1,0 +1,90 @@
+// The CUDA kernels (csrc/cuda, compiled as C++ against include/cuda_runtime.h) behind functions with
+// the operators' signatures, on CPU tensors: the same argument preparation and the same kernel entry
+// points as csrc/cuda/binding.cpp, with host memory standing in for device memory.
+#include <torch/extension.h>
+
+#include "../../csrc/op_checks.h"
+#include "../../csrc/cuda/kernels_common.cuh"
+
+namespace detlstm {
+namespace {
+
+cuda::ScratchAlloc scratch_allocator(ScratchPool& pool) {
+  return [&pool](size_t bytes) { return pool.take(bytes); };
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lstm_forward_emulated(const at::Tensor& input, const at::Tensor& lengths, const at::Tensor& h0,
+                      const at::Tensor& c0, std::vector<at::Tensor> weights, bool has_biases,
+                      int64_t num_layers, bool bidirectional, double dropout, bool train,
+                      const at::Tensor& seed) {
+  const PreparedCall p = prepare_forward(input, lengths, h0, c0, weights, has_biases, num_layers,
+                                         bidirectional, dropout, train, seed);
+  TORCH_CHECK(p.input.device().is_cpu(), "the emulated CUDA kernels take CPU tensors");
+  const LstmOutputs out = allocate_lstm_outputs(p.call, p.input);
+  ScratchPool pool(p.input);
+  AT_DISPATCH_FLOATING_TYPES(p.input.scalar_type(), "lstm_forward_emulated", [&] {
+    cuda::lstm_forward(forward_view<scalar_t>(p, out), scratch_allocator(pool), nullptr);
+  });
+  return as_tuple(out);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> lstm_backward_emulated(
+    const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
+    const at::Tensor& input, const at::Tensor& lengths, const at::Tensor& h0, const at::Tensor& c0,
+    std::vector<at::Tensor> weights, const at::Tensor& output, const at::Tensor& layer_out,
+    const at::Tensor& gates, const at::Tensor& cells, bool has_biases, int64_t num_layers,
+    bool bidirectional, double dropout, bool train, const at::Tensor& seed) {
+  const PreparedCall p =
+      prepare_backward(grad_output, grad_h_n, grad_c_n, input, lengths, h0, c0, weights, output,
+                       layer_out, gates, cells, has_biases, num_layers, bidirectional, dropout,
+                       train, seed);
+  TORCH_CHECK(p.input.device().is_cpu(), "the emulated CUDA kernels take CPU tensors");
+  const LstmGrads grads = allocate_lstm_grads(p.input, p.h0, p.c0, p.weights);
+  ScratchPool pool(p.input);
+  AT_DISPATCH_FLOATING_TYPES(p.input.scalar_type(), "lstm_backward_emulated", [&] {
+    cuda::lstm_backward(backward_view<scalar_t>(p, grads), scratch_allocator(pool), nullptr);
+  });
+  return as_tuple(grads);
+}
+
+at::Tensor canonical_unary_bits_emulated(int64_t fn, int64_t first, int64_t count) {
+  TORCH_CHECK(fn >= 0 && fn <= 2 && first >= 0 && count >= 0 && first + count <= (int64_t(1) << 32),
+              "fn must be 0, 1 or 2 and the bit patterns must lie in [0, 2^32)");
+  at::Tensor y = at::empty({count}, at::kFloat);
+  cuda::canonical_unary_bits(static_cast<int>(fn), static_cast<uint32_t>(first),
+                             y.data_ptr<float>(), count, nullptr);
+  return y;
+}
+
+// The emulator's own check: every thread writes its slot of shared memory, then reads its
+// neighbour's. With the barrier every read sees this launch's stamp; without it the result depends on
+// which thread ran first, and the emulator must show that. `diverge` makes half the block skip the
+// barrier, which the emulator must report as an error.
+__global__ void neighbour_read_kernel(int* out, int stamp, bool sync, bool diverge) {
+  __shared__ int slots[64];
+  const unsigned t = threadIdx.x;
+  slots[t] = stamp;
+  if (sync && (!diverge || t < 32)) __syncthreads();
+  out[t] = slots[(t + 1) % 64];
+}
+
+at::Tensor neighbour_read_probe(int64_t stamp, bool sync, bool diverge) {
+  at::Tensor out = at::empty({64}, at::kInt);
+  cuda::launch_kernel("neighbour_read_kernel", neighbour_read_kernel, 1, 64, nullptr,
+                      out.data_ptr<int>(), static_cast<int>(stamp), sync, diverge);
+  return out;
+}
+
+}  // namespace
+}  // namespace detlstm
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("lstm_forward", &detlstm::lstm_forward_emulated);
+  m.def("lstm_backward", &detlstm::lstm_backward_emulated);
+  m.def("canonical_unary_bits", &detlstm::canonical_unary_bits_emulated);
+  m.def("set_launch_variant", &detlstm::cuda::set_launch_variant);
+  m.def("set_order", &detlstm_emulation::set_order,
+        "bit 0: run the blocks last to first; bit 1: run a block's threads last to first");
+  m.def("neighbour_read_probe", &detlstm::neighbour_read_probe);
+}

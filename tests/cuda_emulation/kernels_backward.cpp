@@ -1,0 +1,2 @@
+// csrc/cuda/backward.cu compiled as C++ for the host emulation (include/cuda_runtime.h stands in for CUDA).
+#include "../../csrc/cuda/backward.cu"

@@ -1,0 +1,178 @@
+"""The CUDA kernels' own sources, run on the CPU.
+
+csrc/cuda compiled as plain C++ against a host emulation of CUDA (tests/cuda_emulation: blocks,
+threads as fibers, __shared__ memory, real __syncthreads barriers) and compared bit for bit with the
+CPU kernels: every output, saved state and gradient, over the agreement grid, every launch shape and
+both execution orders of blocks and threads. This runs in CI without a GPU. It checks the kernels'
+indexing, schedules, chain orders and dropout masks; it cannot check the device compiler or the
+memory model of blocks running at once, which tests/test_cuda.py does on a real GPU.
+"""
+
+import itertools
+import os
+import subprocess
+
+import pytest
+import torch
+from torch.utils.cpp_extension import load
+
+import detlstm  # noqa: F401  (registers the CPU operators)
+from helpers import assert_bitwise_equal
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+EMULATION = os.path.join(HERE, "cuda_emulation")
+BUILD_DIR = os.path.join(os.path.dirname(HERE), "build", "cuda_emulation")
+ops = torch.ops.detlstm
+
+
+@pytest.fixture(scope="module")
+def emulated():
+    os.makedirs(BUILD_DIR, exist_ok=True)
+    sources = ["simt.cpp", "emulated_ops.cpp", "kernels_forward.cpp", "kernels_backward.cpp",
+               "kernels_elementwise.cpp"]
+    module = load(name="detlstm_cuda_emulated",
+                  sources=[os.path.join(EMULATION, s) for s in sources],
+                  extra_include_paths=[os.path.join(EMULATION, "include")],
+                  extra_cflags=["-O2", "-ffp-contract=off", "-fno-fast-math"],
+                  build_directory=BUILD_DIR, verbose=False)
+    module.set_launch_variant(0)
+    module.set_order(0)
+    return module
+
+
+def _call(layers, bidir, bias, proj, dropout, dtype, steps=6, batch=4, inputs=5, hidden=7,
+          lengths=(6, 2, 5, 3), seed=0):
+    """The operator arguments of one LSTM call with uneven lengths, and backward seeds."""
+    g = torch.Generator().manual_seed(seed)
+    D = 2 if bidir else 1
+    R = proj or hidden
+    weights = []
+    for layer in range(layers):
+        k = inputs if layer == 0 else D * R
+        for _ in range(D):
+            weights += [torch.randn(4 * hidden, k, generator=g), torch.randn(4 * hidden, R, generator=g)]
+            if bias:
+                weights += [torch.randn(4 * hidden, generator=g), torch.randn(4 * hidden, generator=g)]
+            if proj:
+                weights.append(torch.randn(R, hidden, generator=g))
+    weights = [(w * 0.3).to(dtype) for w in weights]
+    x = torch.randn(steps, batch, inputs, generator=g, dtype=dtype)
+    h0 = torch.randn(layers * D, batch, R, generator=g, dtype=dtype)
+    c0 = torch.randn(layers * D, batch, hidden, generator=g, dtype=dtype)
+    fwd_args = (x, torch.tensor(lengths), h0, c0, weights, bias, layers, bidir, dropout, True,
+                torch.tensor([1234 + seed]))
+    grads = (torch.randn(steps, batch, D * R, generator=g, dtype=dtype),
+             torch.randn(layers * D, batch, R, generator=g, dtype=dtype),
+             torch.randn(layers * D, batch, hidden, generator=g, dtype=dtype))
+    return fwd_args, grads
+
+
+def _run(forward, backward, fwd_args, grads):
+    x, lengths, h0, c0, weights, bias, layers, bidir, dropout, train, seed = fwd_args
+    out = forward(*fwd_args)
+    output, _, _, layer_out, gates, cells = out
+    bwd = backward(*grads, x, lengths, h0, c0, weights, output, layer_out, gates, cells, bias, layers,
+                   bidir, dropout, train, seed)
+    return list(out) + list(bwd[:3]) + list(bwd[3])
+
+
+def _assert_same(cpu, emu, what):
+    names = ["output", "h_n", "c_n", "layer_out", "gates", "cells", "grad_input", "grad_h0",
+             "grad_c0"]
+    assert len(cpu) == len(emu)
+    for k, (a, b) in enumerate(zip(cpu, emu)):
+        name = names[k] if k < len(names) else f"grad_weight[{k - len(names)}]"
+        assert_bitwise_equal(a, b, f"{what}: {name}")
+
+
+GRID = list(itertools.product([1, 2, 3], [False, True], [True, False], [0, 3], [0.0, 0.5]))
+
+
+@pytest.mark.parametrize("layers,bidir,bias,proj,dropout", GRID)
+def test_cuda_kernel_sources_give_the_cpu_bits_float32(emulated, layers, bidir, bias, proj, dropout):
+    fwd_args, grads = _call(layers, bidir, bias, proj, dropout, torch.float32)
+    cpu = _run(ops.lstm_forward, ops.lstm_backward, fwd_args, grads)
+    emu = _run(emulated.lstm_forward, emulated.lstm_backward, fwd_args, grads)
+    _assert_same(cpu, emu, "emulated CUDA vs CPU")
+
+
+@pytest.mark.parametrize("bidir,proj", [(False, 0), (True, 0), (True, 3)])
+def test_cuda_kernel_sources_give_the_cpu_bits_float64(emulated, bidir, proj):
+    fwd_args, grads = _call(2, bidir, True, proj, 0.5, torch.float64)
+    cpu = _run(ops.lstm_forward, ops.lstm_backward, fwd_args, grads)
+    emu = _run(emulated.lstm_forward, emulated.lstm_backward, fwd_args, grads)
+    _assert_same(cpu, emu, "emulated CUDA vs CPU, float64")
+
+
+# Sizes that are not multiples of any tile or block: hidden 19 spans partial GEMM tiles, batch 9 a
+# partial row block, 37 steps more than two K-tiles of a step's chain with bidirectional inputs.
+MEDIUM = dict(steps=37, batch=9, inputs=21, hidden=19, lengths=(37, 1, 20, 36, 5, 37, 12, 2, 30))
+
+
+@pytest.mark.parametrize("variant", [0, 1, 2])
+@pytest.mark.parametrize("order", [0, 3])
+@pytest.mark.parametrize("proj", [0, 5])
+def test_launch_shapes_and_execution_order_do_not_change_bits(emulated, variant, order, proj):
+    fwd_args, grads = _call(2, True, True, proj, 0.5, torch.float32, seed=7, **MEDIUM)
+    cpu = _run(ops.lstm_forward, ops.lstm_backward, fwd_args, grads)
+    emulated.set_launch_variant(variant)
+    emulated.set_order(order)
+    try:
+        emu = _run(emulated.lstm_forward, emulated.lstm_backward, fwd_args, grads)
+    finally:
+        emulated.set_launch_variant(0)
+        emulated.set_order(0)
+    _assert_same(cpu, emu, f"launch variant {variant}, order {order}")
+
+
+# Ranges of float32 bit patterns: both zeros and subnormals, around 1 and the saturation points of
+# sigmoid and tanh, exp's overflow and underflow edges, infinities and NaNs (positive and negative).
+BIT_RANGES = [0x00000000, 0x007FF000, 0x3F7FF000, 0x3F800000, 0x41100000, 0x42B17000, 0x42CFF000,
+              0x7F7FF000, 0x7FC00000, 0x80000000, 0xBF800000, 0xC1100000, 0xC2AEA000, 0xC2CFF000,
+              0xFF7FF000, 0xFFC00000]
+
+
+@pytest.mark.parametrize("fn,name", [(0, "exp"), (1, "sigmoid"), (2, "tanh")])
+def test_canonical_functions_on_the_emulated_device_match_the_cpu(emulated, fn, name):
+    count = 1 << 13
+    for first in BIT_RANGES:
+        device = emulated.canonical_unary_bits(fn, first, count)
+        bits = torch.arange(first, first + count, dtype=torch.int64)
+        x = torch.where(bits >= 2**31, bits - 2**32, bits).to(torch.int32).view(torch.float32)
+        assert_bitwise_equal(detlstm.canonical_unary(x, name), device,
+                             f"{name} on bit patterns from {first:#010x}")
+
+
+def test_emulator_shows_a_missing_barrier_and_reports_a_divergent_one(emulated):
+    # with the barrier, every thread reads its neighbour's value of this launch, in any order
+    for order in (0, 2):
+        emulated.set_order(order)
+        try:
+            assert emulated.neighbour_read_probe(10 + order, True, False).eq(10 + order).all()
+        finally:
+            emulated.set_order(0)
+    # without it, threads run first to last read stale neighbours: the race is visible
+    emulated.neighbour_read_probe(1, True, False)
+    racy = emulated.neighbour_read_probe(2, False, False)
+    assert racy[:63].eq(1).all() and racy[63] == 2
+    with pytest.raises(RuntimeError, match="different barriers"):
+        emulated.neighbour_read_probe(3, True, True)
+
+
+def test_kernels_stay_inside_their_buffers_and_write_every_output():
+    """sanitized_run.cpp: the kernels, no torch, under AddressSanitizer and UBSan, every buffer its
+    own exact-size allocation and every output NaN before the call (see the file's head)."""
+    os.makedirs(BUILD_DIR, exist_ok=True)
+    exe = os.path.join(BUILD_DIR, "sanitized_run")
+    sources = ["sanitized_run.cpp", "simt.cpp", "kernels_forward.cpp", "kernels_backward.cpp",
+               "kernels_elementwise.cpp"]
+    compiler = os.environ.get("CXX", "g++")
+    subprocess.run([compiler, "-std=c++20", "-O1", "-g", "-fsanitize=address,undefined",
+                    "-fno-sanitize-recover=all", "-ffp-contract=off", "-fno-fast-math",
+                    "-I", os.path.join(EMULATION, "include"), "-o", exe,
+                    *[os.path.join(EMULATION, s) for s in sources]], check=True)
+    # leak checking needs ptrace, which containers often forbid; leaks are not what this looks for
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0", UBSAN_OPTIONS="print_stacktrace=1")
+    run = subprocess.run([exe], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert run.stdout.strip().splitlines()[-1] == "ok 72"
