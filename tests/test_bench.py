@@ -55,3 +55,24 @@ def test_two_one_way_matches_a_bidirectional_lstm_at_one_layer():
     torch.testing.assert_close(a[0], out)
     torch.testing.assert_close(a[1], h)
     torch.testing.assert_close(a[2], c)
+
+
+def test_gpu_profile_script_runs_and_reports_floors(tmp_path, capsys):
+    from bench import gpu_profile
+
+    out = tmp_path / "profile.md"
+    assert gpu_profile.main(["--device", "cpu", "--shapes", "", "--custom", "6,3,4,5,2,1,0.3,uniform:2",
+                             "--calls", "1", "--out", str(out)]) == 0
+    report = out.read_text()
+    assert "floors (ms): arithmetic" in report and "**detlstm**" in report
+    assert "detlstm::lstm_backward" in report  # the operators show up as rows
+
+
+def test_floors_count_the_work():
+    from bench.core import Spec
+    from bench.gpu_profile import floors_ms
+
+    spec = Spec("t", 10, 2, 3, 4, 1, False, 0.0, "all")
+    fl = floors_ms(spec, tokens=20, flop_rate=1e3, byte_rate=1e3, clock_hz=1e3)
+    assert fl["arithmetic"] == 1e3 * 3 * 2 * 20 * 16 * (3 + 4) / 1e3
+    assert fl["latency"] == 1e3 * 10 * (4 + 16) * 4 / 1e3
