@@ -82,10 +82,18 @@ def test_torch_compile_fullgraph_gives_eager_bits():
         assert_bitwise_equal(a, b, f"compiled vs eager, result {k}")
 
 
-def _ddp_worker(rank, world, init_file, out_file):
+def _distributed_worker(rank, world, init_file, out_file, wrapper):
+    """Three SGD steps of _Model on rank-specific data under DDP or FSDP2 (fully_shard)."""
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.manual_seed(0)
-    model = nn.parallel.DistributedDataParallel(_Model())
+    model = _Model()
+    if wrapper == "ddp":
+        model = nn.parallel.DistributedDataParallel(model)
+    else:
+        from torch.distributed.fsdp import fully_shard
+
+        fully_shard(model.lstm)
+        fully_shard(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     g = torch.Generator().manual_seed(100 + rank)
     for _ in range(3):
@@ -95,24 +103,30 @@ def _ddp_worker(rank, world, init_file, out_file):
         opt.zero_grad()
         loss.backward()
         opt.step()
+    state = model.module.state_dict() if wrapper == "ddp" else model.state_dict()
+    # FSDP holds each parameter as a shard (DTensor): gather the whole tensor on every rank
+    state = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).clone() for k, v in state.items()}
     if rank == 0:
-        torch.save({k: v.clone() for k, v in model.module.state_dict().items()}, out_file)
+        torch.save(state, out_file)
     # both ranks leave together: a rank that tears gloo down while its peer still talks aborts
     dist.barrier()
     dist.destroy_process_group()
 
 
-def test_ddp_trains_and_two_runs_are_identical(tmp_path):
+@pytest.mark.parametrize("wrapper", ["ddp", "fsdp"])
+def test_distributed_training_and_two_runs_are_identical(tmp_path, wrapper):
     states = []
     for run in range(2):
         out_file = str(tmp_path / f"state{run}.pt")
-        mp.spawn(_ddp_worker, args=(2, str(tmp_path / f"init{run}"), out_file), nprocs=2, join=True)
+        mp.spawn(_distributed_worker, args=(2, str(tmp_path / f"init{run}"), out_file, wrapper),
+                 nprocs=2, join=True)
         states.append(torch.load(out_file))
     torch.manual_seed(0)
     initial = _Model().state_dict()
+    assert states[0].keys() == initial.keys()
     for k in states[0]:
-        assert_bitwise_equal(states[0][k], states[1][k], f"DDP run 1 vs 2: {k}")
-    assert any(not torch.equal(states[0][k], initial[k]) for k in initial), "DDP did not train"
+        assert_bitwise_equal(states[0][k], states[1][k], f"{wrapper} run 1 vs 2: {k}")
+    assert any(not torch.equal(states[0][k], initial[k]) for k in initial), f"{wrapper} did not train"
 
 
 def _same_module(a, b):
