@@ -19,6 +19,9 @@ struct GemmGroup {
   T* const* c;        // C(m, n) = c[m][n]
   Init init;
   const T* init_vec;  // Init::kVector: init(m, n) = init_vec[n]
+  // Optional copy of B in panels of kNR columns (pack_b_panels): the vector kernel then streams
+  // contiguous memory instead of following a row pointer per p. Same values, so the same bits.
+  const T* b_panels = nullptr;
 };
 
 constexpr int kMR = 6;     // rows of C per micro-tile
@@ -69,9 +72,10 @@ inline void micro_scalar(const GemmGroup<T>& g, int mr, int nr, int64_t m0, int6
 #if DETLSTM_CPU_AVX2
 // The same chains as micro_scalar, eight columns per instruction: _mm256_fmadd_ps rounds once per
 // lane exactly like fma_rn, so the two kernels agree bit for bit.
-template <int MR, bool kACols>
+// apack: with kACols, the tile's A values packed as apack[(p - p0) * kMR + i] (see gemm_task).
+template <int MR, bool kACols, bool kPanels>
 inline void micro_avx2(const GemmGroup<float>& g, int64_t m0, int64_t n0, int64_t p0, int64_t kc,
-                       bool first) {
+                       bool first, const float* panel, const float* apack) {
   __m256 lo[MR], hi[MR];
   for (int i = 0; i < MR; ++i) {
     if (!first || g.init == Init::kFromC) {
@@ -89,10 +93,10 @@ inline void micro_avx2(const GemmGroup<float>& g, int64_t m0, int64_t n0, int64_
   if (!kACols)
     for (int i = 0; i < MR; ++i) arow[i] = g.a[m0 + i];
   for (int64_t p = p0; p < p0 + kc; ++p) {
-    const float* bp = g.b[p] + n0;
+    const float* bp = kPanels ? panel + p * kNR : g.b[p] + n0;
     const __m256 b0 = _mm256_loadu_ps(bp);
     const __m256 b1 = _mm256_loadu_ps(bp + 8);
-    const float* acol = kACols ? g.a[p] + m0 : nullptr;
+    const float* acol = kACols ? apack + (p - p0) * kMR : nullptr;
     for (int i = 0; i < MR; ++i) {
       const __m256 av = _mm256_broadcast_ss(kACols ? acol + i : arow[i] + p);
       lo[i] = _mm256_fmadd_ps(av, b0, lo[i]);
@@ -105,33 +109,82 @@ inline void micro_avx2(const GemmGroup<float>& g, int64_t m0, int64_t n0, int64_
   }
 }
 
-template <bool kACols>
-inline void micro_vector(const GemmGroup<float>& g, int mr, int64_t m0, int64_t n0, int64_t p0,
-                         int64_t kc, bool first) {
+template <bool kACols, bool kPanels>
+inline void micro_vector_rows(const GemmGroup<float>& g, int mr, int64_t m0, int64_t n0, int64_t p0,
+                              int64_t kc, bool first, const float* panel, const float* apack) {
   switch (mr) {
-    case 6: micro_avx2<6, kACols>(g, m0, n0, p0, kc, first); break;
-    case 5: micro_avx2<5, kACols>(g, m0, n0, p0, kc, first); break;
-    case 4: micro_avx2<4, kACols>(g, m0, n0, p0, kc, first); break;
-    case 3: micro_avx2<3, kACols>(g, m0, n0, p0, kc, first); break;
-    case 2: micro_avx2<2, kACols>(g, m0, n0, p0, kc, first); break;
-    default: micro_avx2<1, kACols>(g, m0, n0, p0, kc, first); break;
+    case 6: micro_avx2<6, kACols, kPanels>(g, m0, n0, p0, kc, first, panel, apack); break;
+    case 5: micro_avx2<5, kACols, kPanels>(g, m0, n0, p0, kc, first, panel, apack); break;
+    case 4: micro_avx2<4, kACols, kPanels>(g, m0, n0, p0, kc, first, panel, apack); break;
+    case 3: micro_avx2<3, kACols, kPanels>(g, m0, n0, p0, kc, first, panel, apack); break;
+    case 2: micro_avx2<2, kACols, kPanels>(g, m0, n0, p0, kc, first, panel, apack); break;
+    default: micro_avx2<1, kACols, kPanels>(g, m0, n0, p0, kc, first, panel, apack); break;
   }
 }
+
+template <bool kACols>
+inline void micro_vector(const GemmGroup<float>& g, int mr, int64_t m0, int64_t n0, int64_t p0,
+                         int64_t kc, bool first, int64_t P, const float* apack) {
+  if (g.b_panels)
+    micro_vector_rows<kACols, true>(g, mr, m0, n0, p0, kc, first, g.b_panels + (n0 / kNR) * P * kNR,
+                                    apack);
+  else
+    micro_vector_rows<kACols, false>(g, mr, m0, n0, p0, kc, first, nullptr, apack);
+}
 #endif
+
+// B (P rows given by pointers, N columns) as panels of kNR columns, panel q at q * P * kNR, row p of
+// it at + p * kNR. Only whole panels: the last N % kNR columns stay with the row pointers.
+template <typename T>
+std::vector<T> pack_b_panels(const T* const* b, int64_t P, int64_t N) {
+  const int64_t panels = N / kNR;
+  std::vector<T> out(static_cast<size_t>(panels * P * kNR));
+  for (int64_t q = 0; q < panels; ++q)
+    for (int64_t p = 0; p < P; ++p)
+      std::copy(b[p] + q * kNR, b[p] + (q + 1) * kNR, out.begin() + (q * P + p) * kNR);
+  return out;
+}
+
+// Panels only where the vector kernel reads them (float in the AVX2 build); empty elsewhere.
+template <typename T>
+std::vector<T> panels_for_vector_kernel(const T* const* b, int64_t P, int64_t N) {
+#if DETLSTM_CPU_AVX2
+  if constexpr (std::is_same<T, float>::value) return pack_b_panels(b, P, N);
+#endif
+  (void)b, (void)P, (void)N;
+  return {};
+}
+
+template <typename T>
+const T* panels_or_null(const std::vector<T>& panels) {
+  return panels.empty() ? nullptr : panels.data();
+}
 
 // One task: up to kMR rows and kNB columns of C, the whole reduction.
 template <typename T, bool kACols>
 void gemm_task(const GemmGroup<T>& g, int64_t N, int64_t P, int64_t m0, int64_t nb0) {
   const int mr = static_cast<int>(std::min<int64_t>(kMR, g.M - m0));
   const int64_t n_end = std::min<int64_t>(nb0 + kNB, N);
+#if DETLSTM_CPU_AVX2
+  // Column mode reads A(m, p) = a[p][m]: a new row, far from the last, for every p. The task copies
+  // its kMR values of each p once into a contiguous block that all its micro-tiles then stream.
+  alignas(32) float apack[kMR * kKC];
+#endif
   for (int64_t p0 = 0; p0 < P; p0 += kKC) {
     const int64_t kc = std::min<int64_t>(kKC, P - p0);
+#if DETLSTM_CPU_AVX2
+    if constexpr (std::is_same<T, float>::value && kACols) {
+      if (n_end - nb0 >= kNR)
+        for (int64_t p = p0; p < p0 + kc; ++p)
+          for (int i = 0; i < kMR; ++i) apack[(p - p0) * kMR + i] = i < mr ? g.a[p][m0 + i] : 0.0f;
+    }
+#endif
     for (int64_t n0 = nb0; n0 < n_end; n0 += kNR) {
       const int nr = static_cast<int>(std::min<int64_t>(kNR, n_end - n0));
 #if DETLSTM_CPU_AVX2
       if constexpr (std::is_same<T, float>::value) {
         if (nr == kNR) {
-          micro_vector<kACols>(g, mr, m0, n0, p0, kc, p0 == 0);
+          micro_vector<kACols>(g, mr, m0, n0, p0, kc, p0 == 0, P, apack);
           continue;
         }
       }
@@ -139,6 +192,13 @@ void gemm_task(const GemmGroup<T>& g, int64_t N, int64_t P, int64_t m0, int64_t 
       micro_scalar<T, kACols>(g, mr, nr, m0, n0, p0, kc, p0 == 0);
     }
   }
+}
+
+// Rows m0 .. m0+kMR-1 of one group's product, every column, on the calling thread: for callers
+// that go on with those rows' results in the same task.
+template <typename T, bool kACols>
+void gemm_rows(const GemmGroup<T>& g, int64_t N, int64_t P, int64_t m0) {
+  for (int64_t nb0 = 0; nb0 < N; nb0 += kNB) gemm_task<T, kACols>(g, N, P, m0, nb0);
 }
 
 // Runs every group's product (all with the same N and P) as one parallel region. P >= 1.

@@ -60,6 +60,39 @@ void zero_padding(T* base, int64_t width, const int64_t* lengths, int64_t steps,
       if (t >= lengths[b]) std::fill(base + (t * B + b) * width, base + (t * B + b + 1) * width, T(0));
 }
 
+// The cell of one row: g holds the four pre-activation blocks (i, f, g, o; H each) and receives the
+// activated gates; c_out and h_out receive c and h = o * tanh(c).
+template <typename T>
+void cell_forward_row(T* g, const T* c_prev, T* c_out, T* h_out, int64_t H) {
+  int64_t j = 0;
+#if DETLSTM_CPU_AVX2
+  if constexpr (std::is_same<T, float>::value) {  // eight units at a time, same bits
+    using V = math::V8;
+    for (; j + 8 <= H; j += 8) {
+      const math::CellState<V> st =
+          math::lstm_cell_forward(V::load(g + j), V::load(g + H + j), V::load(g + 2 * H + j),
+                                  V::load(g + 3 * H + j), V::load(c_prev + j));
+      st.i.store(g + j);
+      st.f.store(g + H + j);
+      st.g.store(g + 2 * H + j);
+      st.o.store(g + 3 * H + j);
+      st.c.store(c_out + j);
+      st.h.store(h_out + j);
+    }
+  }
+#endif
+  for (; j < H; ++j) {
+    const math::CellState<T> st =
+        math::lstm_cell_forward(g[j], g[H + j], g[2 * H + j], g[3 * H + j], c_prev[j]);
+    g[j] = st.i;
+    g[H + j] = st.f;
+    g[2 * H + j] = st.g;
+    g[3 * H + j] = st.o;
+    c_out[j] = st.c;
+    h_out[j] = st.h;
+  }
+}
+
 template <typename T>
 void lstm_forward(const LstmForwardArgs<T>& a, const ParallelFor& parallel_for) {
   const LstmShape& S = a.shape;
@@ -117,19 +150,24 @@ void lstm_forward(const LstmForwardArgs<T>& a, const ParallelFor& parallel_for) 
       b_rows.resize(D * K);
       std::vector<GemmGroup<T>> groups;
       for (int64_t v = 0; v < R; ++v) a_rows[v] = X + sched.valid[v] * K;
+      std::vector<std::vector<T>> panels(D);
       for (int64_t d = 0; d < D; ++d) {
         for (int64_t v = 0; v < R; ++v) c_rows[d * R + v] = gates[d] + sched.valid[v] * G;
         for (int64_t p = 0; p < K; ++p) b_rows[d * K + p] = wt_ih[d].data() + p * G;
+        panels[d] = panels_for_vector_kernel(b_rows.data() + d * K, K, G);
         groups.push_back({R, a_rows.data(), b_rows.data() + d * K, c_rows.data() + d * R,
-                          Init::kVector, bias[d].data()});
+                          Init::kVector, bias[d].data(), panels_or_null(panels[d])});
       }
       gemm_chain<T, false>(groups, G, K, parallel_for);
     }
 
     // The recurrence: each step continues the chains with h_prev . W_hh^T, then runs the cell.
     b_rows.resize(D * RH);
-    for (int64_t d = 0; d < D; ++d)
+    std::vector<std::vector<T>> hh_panels(D);
+    for (int64_t d = 0; d < D; ++d) {
       for (int64_t p = 0; p < RH; ++p) b_rows[d * RH + p] = wt_hh[d].data() + p * G;
+      hh_panels[d] = panels_for_vector_kernel(b_rows.data() + d * RH, RH, G);
+    }
     std::vector<const T*> hr_rows(proj ? D * H : 0);
     for (int64_t d = 0; proj && d < D; ++d)
       for (int64_t p = 0; p < H; ++p) hr_rows[d * H + p] = wt_hr[d].data() + p * RH;
@@ -142,7 +180,7 @@ void lstm_forward(const LstmForwardArgs<T>& a, const ParallelFor& parallel_for) 
     std::vector<T*> h_rows(proj ? D * B : 0);
     for (int64_t s = 0; s < Tn; ++s) {
       const int64_t n = sched.active[s];
-      std::vector<GemmGroup<T>> groups;
+      std::vector<GemmGroup<T>> groups, projections;
       for (int64_t d = 0; d < D; ++d) {
         for (int64_t i = 0; i < n; ++i) {
           const int64_t b = sched.order[i], t = step_time(d, s, len[b]);
@@ -155,66 +193,37 @@ void lstm_forward(const LstmForwardArgs<T>& a, const ParallelFor& parallel_for) 
             c_prev_rows[d * B + i] = cells[d] + (tp * B + b) * H;
           }
           c_rows[d * B + i] = gates[d] + (t * B + b) * G;
-        }
-        groups.push_back({n, a_rows.data() + d * B, b_rows.data() + d * RH, c_rows.data() + d * B,
-                          Init::kFromC, nullptr});
-      }
-      gemm_chain<T, false>(groups, G, RH, parallel_for);
-
-      parallel_for(D * n, std::max<int64_t>(1, 2048 / H), [&](int64_t begin, int64_t end) {
-        DenormalGuard guard;
-        for (int64_t item = begin; item < end; ++item) {
-          const int64_t d = item / n, i = item % n;
-          const int64_t b = sched.order[i], t = step_time(d, s, len[b]);
-          T* g = c_rows[d * B + i];
-          const T* c_prev = c_prev_rows[d * B + i];
-          T* c_out = cells[d] + (t * B + b) * H;
-          T* h_out = proj ? m_buf.data() + (d * B + i) * H : Y + (t * B + b) * DH + d * RH;
-          int64_t j = 0;
-#if DETLSTM_CPU_AVX2
-          if constexpr (std::is_same<T, float>::value) {  // eight units at a time, same bits
-            using V = math::V8;
-            for (; j + 8 <= H; j += 8) {
-              const math::CellState<V> st =
-                  math::lstm_cell_forward(V::load(g + j), V::load(g + H + j), V::load(g + 2 * H + j),
-                                          V::load(g + 3 * H + j), V::load(c_prev + j));
-              st.i.store(g + j);
-              st.f.store(g + H + j);
-              st.g.store(g + 2 * H + j);
-              st.o.store(g + 3 * H + j);
-              st.c.store(c_out + j);
-              st.h.store(h_out + j);
-            }
-          }
-#endif
-          for (; j < H; ++j) {
-            const math::CellState<T> st =
-                math::lstm_cell_forward(g[j], g[H + j], g[2 * H + j], g[3 * H + j], c_prev[j]);
-            g[j] = st.i;
-            g[H + j] = st.f;
-            g[2 * H + j] = st.g;
-            g[3 * H + j] = st.o;
-            c_out[j] = st.c;
-            h_out[j] = st.h;
-          }
-        }
-      });
-      if (proj) {
-        // h = W_hr m: one chain per element over k = 0 .. H-1, from 0 (rule 4).
-        std::vector<GemmGroup<T>> projections;
-        for (int64_t d = 0; d < D; ++d) {
-          for (int64_t i = 0; i < n; ++i) {
-            const int64_t b = sched.order[i], t = step_time(d, s, len[b]);
+          if (proj) {
             m_rows[d * B + i] = m_buf.data() + (d * B + i) * H;
             h_rows[d * B + i] = Y + (t * B + b) * DH + d * RH;
           }
+        }
+        groups.push_back({n, a_rows.data() + d * B, b_rows.data() + d * RH, c_rows.data() + d * B,
+                          Init::kFromC, nullptr, panels_or_null(hh_panels[d])});
+        if (proj)  // h = W_hr m: one chain per element over k = 0 .. H-1, from 0 (rule 4)
           projections.push_back({n, m_rows.data() + d * B, hr_rows.data() + d * H,
                                  h_rows.data() + d * B, Init::kZero, nullptr});
-        }
-        gemm_chain<T, false>(projections, RH, H, parallel_for);
       }
+      // Everything a step does to a row depends on that row alone: one task per (direction, tile of
+      // kMR rows) runs the recurrent product, the cell and the projection of its rows, so a step is
+      // one parallel region.
+      const int64_t tiles = (n + kMR - 1) / kMR;
+      parallel_for(D * tiles, 1, [&](int64_t begin, int64_t end) {
+        DenormalGuard guard;
+        for (int64_t task = begin; task < end; ++task) {
+          const int64_t d = task / tiles, i0 = (task % tiles) * kMR, i1 = std::min(i0 + kMR, n);
+          gemm_rows<T, false>(groups[d], G, RH, i0);
+          for (int64_t i = i0; i < i1; ++i) {
+            const int64_t b = sched.order[i], t = step_time(d, s, len[b]);
+            cell_forward_row<T>(c_rows[d * B + i], c_prev_rows[d * B + i],
+                                cells[d] + (t * B + b) * H,
+                                proj ? m_buf.data() + (d * B + i) * H : Y + (t * B + b) * DH + d * RH,
+                                H);
+          }
+          if (proj) gemm_rows<T, false>(projections[d], RH, H, i0);
+        }
+      });
     }
-
     // Final states: forward after step len-1, reverse after step 0.
     for (int64_t d = 0; d < D; ++d)
       for (int64_t b = 0; b < B; ++b) {
@@ -224,6 +233,39 @@ void lstm_forward(const LstmForwardArgs<T>& a, const ParallelFor& parallel_for) 
         std::copy(cells[d] + (t * B + b) * H, cells[d] + (t * B + b) * H + H,
                   a.c_n + ((l * D + d) * B + b) * H);
       }
+  }
+}
+
+// The cell's backward for one row: dh (the gradient reaching h, or m with projections) and dc (the
+// gradient reaching c from the step after, replaced by the one reaching c_prev) in; the gate
+// pre-activation gradients da (i, f, g, o blocks) out.
+template <typename T>
+void cell_backward_row(const T* dh, T* dc, const T* g, const T* c, const T* c_prev, T* da,
+                       int64_t H) {
+  int64_t j = 0;
+#if DETLSTM_CPU_AVX2
+  if constexpr (std::is_same<T, float>::value) {  // eight units at a time, same bits
+    using V = math::V8;
+    for (; j + 8 <= H; j += 8) {
+      const math::CellGrad<V> cg = math::lstm_cell_backward(
+          V::load(dh + j), V::load(dc + j), V::load(g + j), V::load(g + H + j),
+          V::load(g + 2 * H + j), V::load(g + 3 * H + j), V::load(c + j), V::load(c_prev + j));
+      cg.da_i.store(da + j);
+      cg.da_f.store(da + H + j);
+      cg.da_g.store(da + 2 * H + j);
+      cg.da_o.store(da + 3 * H + j);
+      cg.dc_prev.store(dc + j);
+    }
+  }
+#endif
+  for (; j < H; ++j) {
+    const math::CellGrad<T> cg = math::lstm_cell_backward(dh[j], dc[j], g[j], g[H + j], g[2 * H + j],
+                                                          g[3 * H + j], c[j], c_prev[j]);
+    da[j] = cg.da_i;
+    da[H + j] = cg.da_f;
+    da[2 * H + j] = cg.da_g;
+    da[3 * H + j] = cg.da_o;
+    dc[j] = cg.dc_prev;
   }
 }
 
@@ -280,89 +322,66 @@ void lstm_backward(const LstmBackwardArgs<T>& a, const ParallelFor& parallel_for
     // Steps in reverse processing order. dh of a row starts as its output gradient (plus dh_n at its
     // last step) and continues as one chain over the gate rows n = 0 .. 4H-1 of da(next step) * W_hh.
     b_rows.resize(D * G);
-    for (int64_t d = 0; d < D; ++d)
+    std::vector<std::vector<T>> hh_panels(D);
+    for (int64_t d = 0; d < D; ++d) {
       for (int64_t p = 0; p < G; ++p) b_rows[d * G + p] = f.weights.w_hh[l * D + d] + p * RH;
-    std::vector<const T*> hr_rows(proj ? D * RH : 0), dh_rows(proj ? D * B : 0);
-    std::vector<T*> dm_rows(proj ? D * B : 0);
+      hh_panels[d] = panels_for_vector_kernel(b_rows.data() + d * G, G, RH);
+    }
+    std::vector<const T*> hr_rows(proj ? D * RH : 0);
+    std::vector<T*> dh_rows(D * B), dm_rows(proj ? D * B : 0);
     for (int64_t d = 0; proj && d < D; ++d)
       for (int64_t q = 0; q < RH; ++q) hr_rows[d * RH + q] = f.weights.w_hr[l * D + d] + q * H;
     a_rows.resize(D * B);
     c_rows.resize(D * B);
     for (int64_t s = Tn - 1; s >= 0; --s) {
       const int64_t n = sched.active[s], n_next = sched.active[s + 1];
-      for (int64_t d = 0; d < D; ++d)
+      // Rows i < n_next continue after this step (the schedule is by length, longest first): their dh
+      // chain runs over da(next step). The others are at their last step: dh = dy + dh_n, no chain.
+      std::vector<GemmGroup<T>> groups, projections;
+      for (int64_t d = 0; d < D; ++d) {
         for (int64_t i = 0; i < n; ++i) {
           const int64_t b = sched.order[i], t = step_time(d, s, len[b]);
-          const T* dy_row = dY + (t * B + b) * DH + d * RH;
-          T* dh_row = dh[d].data() + (t * B + b) * RH;
-          if (s == len[b] - 1) {
-            const T* dh_n = a.dh_n + ((l * D + d) * B + b) * RH;
-            const T* dc_n = a.dc_n + ((l * D + d) * B + b) * H;
-            for (int64_t j = 0; j < RH; ++j) dh_row[j] = dy_row[j] + dh_n[j];
-            std::copy(dc_n, dc_n + H, dc.data() + (d * B + b) * H);
-          } else {
-            std::copy(dy_row, dy_row + RH, dh_row);
+          dh_rows[d * B + i] = dh[d].data() + (t * B + b) * RH;
+          if (i < n_next)
             a_rows[d * B + i] = da[d].data() + (step_time(d, s + 1, len[b]) * B + b) * G;
-            c_rows[d * B + i] = dh_row;
-          }
+          if (proj) dm_rows[d * B + i] = dm.data() + (d * B + b) * H;
         }
-      if (n_next > 0) {
-        std::vector<GemmGroup<T>> groups;
-        for (int64_t d = 0; d < D; ++d)
-          groups.push_back({n_next, a_rows.data() + d * B, b_rows.data() + d * G,
-                            c_rows.data() + d * B, Init::kFromC, nullptr});
-        gemm_chain<T, false>(groups, RH, G, parallel_for);
+        groups.push_back({n_next, a_rows.data() + d * B, b_rows.data() + d * G,
+                          dh_rows.data() + d * B, Init::kFromC, nullptr, panels_or_null(hh_panels[d])});
+        if (proj)  // dm = W_hr^T dh: one chain per element over q = 0 .. P-1, from 0
+          projections.push_back({n, dh_rows.data() + d * B, hr_rows.data() + d * RH,
+                                 dm_rows.data() + d * B, Init::kZero, nullptr});
       }
-      if (proj) {
-        // dm = W_hr^T dh: one chain per element over q = 0 .. P-1, from 0.
-        std::vector<GemmGroup<T>> groups;
-        for (int64_t d = 0; d < D; ++d) {
-          for (int64_t i = 0; i < n; ++i) {
-            const int64_t b = sched.order[i], t = step_time(d, s, len[b]);
-            dh_rows[d * B + i] = dh[d].data() + (t * B + b) * RH;
-            dm_rows[d * B + i] = dm.data() + (d * B + b) * H;
-          }
-          groups.push_back({n, dh_rows.data() + d * B, hr_rows.data() + d * RH,
-                            dm_rows.data() + d * B, Init::kZero, nullptr});
-        }
-        gemm_chain<T, false>(groups, H, RH, parallel_for);
-      }
-      parallel_for(D * n, std::max<int64_t>(1, 2048 / H), [&](int64_t begin, int64_t end) {
+      // As in the forward: every part of a step is row-local, so one task per (direction, tile of
+      // kMR rows) does all of it for its rows and a step is one parallel region.
+      const int64_t tiles = (n + kMR - 1) / kMR;
+      parallel_for(D * tiles, 1, [&](int64_t begin, int64_t end) {
         DenormalGuard guard;
-        for (int64_t item = begin; item < end; ++item) {
-          const int64_t d = item / n, i = item % n;
-          const int64_t b = sched.order[i], t = step_time(d, s, len[b]);
-          const T* g = gates[d] + (t * B + b) * G;
-          const T* c = cells[d] + (t * B + b) * H;
-          const T* c_prev = s == 0 ? f.c0 + ((l * D + d) * B + b) * H
-                                   : cells[d] + (prev_time(d, t) * B + b) * H;
-          const T* dh_row = proj ? dm.data() + (d * B + b) * H : dh[d].data() + (t * B + b) * RH;
-          T* dc_row = dc.data() + (d * B + b) * H;
-          T* da_row = da[d].data() + (t * B + b) * G;
-          int64_t j = 0;
-#if DETLSTM_CPU_AVX2
-          if constexpr (std::is_same<T, float>::value) {  // eight units at a time, same bits
-            using V = math::V8;
-            for (; j + 8 <= H; j += 8) {
-              const math::CellGrad<V> cg = math::lstm_cell_backward(
-                  V::load(dh_row + j), V::load(dc_row + j), V::load(g + j), V::load(g + H + j),
-                  V::load(g + 2 * H + j), V::load(g + 3 * H + j), V::load(c + j), V::load(c_prev + j));
-              cg.da_i.store(da_row + j);
-              cg.da_f.store(da_row + H + j);
-              cg.da_g.store(da_row + 2 * H + j);
-              cg.da_o.store(da_row + 3 * H + j);
-              cg.dc_prev.store(dc_row + j);
+        for (int64_t task = begin; task < end; ++task) {
+          const int64_t d = task / tiles, i0 = (task % tiles) * kMR, i1 = std::min(i0 + kMR, n);
+          for (int64_t i = i0; i < i1; ++i) {
+            const int64_t b = sched.order[i], t = step_time(d, s, len[b]);
+            const T* dy_row = dY + (t * B + b) * DH + d * RH;
+            T* dh_row = dh_rows[d * B + i];
+            if (i >= n_next) {
+              const T* dh_n = a.dh_n + ((l * D + d) * B + b) * RH;
+              const T* dc_n = a.dc_n + ((l * D + d) * B + b) * H;
+              for (int64_t j = 0; j < RH; ++j) dh_row[j] = dy_row[j] + dh_n[j];
+              std::copy(dc_n, dc_n + H, dc.data() + (d * B + b) * H);
+            } else {
+              std::copy(dy_row, dy_row + RH, dh_row);
             }
           }
-#endif
-          for (; j < H; ++j) {
-            const math::CellGrad<T> cg = math::lstm_cell_backward(
-                dh_row[j], dc_row[j], g[j], g[H + j], g[2 * H + j], g[3 * H + j], c[j], c_prev[j]);
-            da_row[j] = cg.da_i;
-            da_row[H + j] = cg.da_f;
-            da_row[2 * H + j] = cg.da_g;
-            da_row[3 * H + j] = cg.da_o;
-            dc_row[j] = cg.dc_prev;
+          if (i0 < n_next) gemm_rows<T, false>(groups[d], RH, G, i0);
+          if (proj) gemm_rows<T, false>(projections[d], H, RH, i0);
+          for (int64_t i = i0; i < i1; ++i) {
+            const int64_t b = sched.order[i], t = step_time(d, s, len[b]);
+            const T* c_prev = s == 0 ? f.c0 + ((l * D + d) * B + b) * H
+                                     : cells[d] + (prev_time(d, t) * B + b) * H;
+            cell_backward_row<T>(proj ? dm_rows[d * B + i] : dh_rows[d * B + i],
+                                 dc.data() + (d * B + b) * H, gates[d] + (t * B + b) * G,
+                                 cells[d] + (t * B + b) * H, c_prev, da[d].data() + (t * B + b) * G,
+                                 H);
           }
         }
       });
@@ -377,7 +396,7 @@ void lstm_backward(const LstmBackwardArgs<T>& a, const ParallelFor& parallel_for
           c_rows[d * B + b] = a.dh0 + ((l * D + d) * B + b) * RH;
         }
         groups.push_back({B, a_rows.data() + d * B, b_rows.data() + d * G, c_rows.data() + d * B,
-                          Init::kZero, nullptr});
+                          Init::kZero, nullptr, panels_or_null(hh_panels[d])});
       }
       gemm_chain<T, false>(groups, RH, G, parallel_for);
       for (int64_t d = 0; d < D; ++d)
@@ -396,9 +415,10 @@ void lstm_backward(const LstmBackwardArgs<T>& a, const ParallelFor& parallel_for
       for (int64_t d = 0; d < D; ++d) {
         for (int64_t v = 0; v < R; ++v) a_rows[d * R + v] = da[d].data() + sched.valid[v] * G;
         for (int64_t p = 0; p < G; ++p) b_rows[d * G + p] = f.weights.w_ih[l * D + d] + p * K;
+        const std::vector<T> panels = panels_for_vector_kernel(b_rows.data() + d * G, G, K);
         std::vector<GemmGroup<T>> groups{{R, a_rows.data() + d * R, b_rows.data() + d * G,
                                           c_rows.data(), d == 0 ? Init::kZero : Init::kFromC,
-                                          nullptr}};
+                                          nullptr, panels_or_null(panels)}};
         gemm_chain<T, false>(groups, K, G, parallel_for);
       }
     }
@@ -408,6 +428,8 @@ void lstm_backward(const LstmBackwardArgs<T>& a, const ParallelFor& parallel_for
       std::vector<const T*> da_rows(D * R), x_rows(R), hp_rows(D * R);
       std::vector<T*> dwih_rows(D * G), dwhh_rows(D * G);
       for (int64_t v = 0; v < R; ++v) x_rows[v] = X + sched.valid[v] * K;
+      const std::vector<T> x_panels = panels_for_vector_kernel(x_rows.data(), R, K);
+      std::vector<std::vector<T>> hp_panels(D);
       std::vector<GemmGroup<T>> ih_groups, hh_groups;
       for (int64_t d = 0; d < D; ++d) {
         const int64_t w = l * D + d;
@@ -420,10 +442,12 @@ void lstm_backward(const LstmBackwardArgs<T>& a, const ParallelFor& parallel_for
           dwih_rows[d * G + m] = a.dw_ih[w] + m * K;
           dwhh_rows[d * G + m] = a.dw_hh[w] + m * RH;
         }
+        hp_panels[d] = panels_for_vector_kernel(hp_rows.data() + d * R, R, RH);
         ih_groups.push_back({G, da_rows.data() + d * R, x_rows.data(), dwih_rows.data() + d * G,
-                             Init::kZero, nullptr});
+                             Init::kZero, nullptr, panels_or_null(x_panels)});
         hh_groups.push_back({G, da_rows.data() + d * R, hp_rows.data() + d * R,
-                             dwhh_rows.data() + d * G, Init::kZero, nullptr});
+                             dwhh_rows.data() + d * G, Init::kZero, nullptr,
+                             panels_or_null(hp_panels[d])});
       }
       gemm_chain<T, true>(ih_groups, K, R, parallel_for);
       gemm_chain<T, true>(hh_groups, RH, R, parallel_for);
