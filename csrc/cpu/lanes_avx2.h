@@ -48,8 +48,20 @@ struct Lanes<V8> {
   static V8 select(M8 m, V8 a, V8 b) { return V8(_mm256_blendv_ps(b.v, a.v, m.v)); }
   static M8 any_of(M8 a, M8 b) { return {_mm256_or_ps(a.v, b.v)}; }
   static V8 fma(V8 a, V8 b, V8 c) { return V8(_mm256_fmadd_ps(a.v, b.v, c.v)); }
-  static V8 table_hi(I8 j) { return V8(_mm256_i32gather_ps(kExp2Table32Hi, j.v, 4)); }
-  static V8 table_lo(I8 j) { return V8(_mm256_i32gather_ps(kExp2Table32Lo, j.v, 4)); }
+  static V8 table_hi(I8 j) { return lookup32(kExp2Table32Hi, j); }
+  static V8 table_lo(I8 j) { return lookup32(kExp2Table32Lo, j); }
+  // table[j] for j in [0, 32) from registers: a permute within each quarter of the table, then two
+  // blends on bits 3 and 4 of j (moved to the sign bit, which blendv reads). An exact copy, like the
+  // gather it replaces, and several times cheaper where gathers are microcoded.
+  static V8 lookup32(const float* table, I8 j) {
+    const __m256 q0 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), j.v);
+    const __m256 q1 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 8), j.v);
+    const __m256 q2 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 16), j.v);
+    const __m256 q3 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 24), j.v);
+    const __m256 bit3 = _mm256_castsi256_ps(_mm256_slli_epi32(j.v, 28));
+    const __m256 bit4 = _mm256_castsi256_ps(_mm256_slli_epi32(j.v, 27));
+    return V8(_mm256_blendv_ps(_mm256_blendv_ps(q0, q1, bit3), _mm256_blendv_ps(q2, q3, bit3), bit4));
+  }
 };
 
 // What the cell (csrc/common/lstm_cell.h) calls, for eight lanes.

@@ -483,14 +483,23 @@ void lstm_backward(const LstmBackwardArgs<T>& a, const ParallelFor& parallel_for
       if (S.has_bias) {
         // db[n] = chain of adds over the valid (t, b) in storage order, from 0; b_ih and b_hh enter
         // the pre-activation the same way, so both get this one value.
-        parallel_for(D * G, 16, [&](int64_t begin, int64_t end) {
+        // A task takes a block of kBiasBlock consecutive n and walks the rows once, each row's block
+        // contiguous; every n keeps its own chain in row order (the adds are lane-wise).
+        constexpr int64_t kBiasBlock = 64;
+        const int64_t blocks = (G + kBiasBlock - 1) / kBiasBlock;
+        parallel_for(D * blocks, 1, [&](int64_t begin, int64_t end) {
           DenormalGuard guard;
+          T acc[kBiasBlock];
           for (int64_t item = begin; item < end; ++item) {
-            const int64_t d = item / G, n = item % G;
-            T acc = T(0);
-            for (int64_t v = 0; v < R; ++v) acc = acc + da_rows[d * R + v][n];
-            a.db_ih[l * D + d][n] = acc;
-            a.db_hh[l * D + d][n] = acc;
+            const int64_t d = item / blocks, n0 = (item % blocks) * kBiasBlock;
+            const int64_t width = std::min(kBiasBlock, G - n0);
+            std::fill(acc, acc + kBiasBlock, T(0));
+            for (int64_t v = 0; v < R; ++v) {
+              const T* row = da_rows[d * R + v] + n0;
+              for (int64_t k = 0; k < width; ++k) acc[k] = acc[k] + row[k];
+            }
+            std::copy(acc, acc + width, a.db_ih[l * D + d] + n0);
+            std::copy(acc, acc + width, a.db_hh[l * D + d] + n0);
           }
         });
       }
