@@ -73,41 +73,54 @@ inline void micro_scalar(const GemmGroup<T>& g, int mr, int nr, int64_t m0, int6
 // The same chains as micro_scalar, eight columns per instruction: _mm256_fmadd_ps rounds once per
 // lane exactly like fma_rn, so the two kernels agree bit for bit.
 // apack: with kACols, the tile's A values packed as apack[(p - p0) * kMR + i] (see gemm_task).
+// The accumulators are named variables, not arrays, and the function is not inlined: written with
+// arrays and inlined into gemm_task, GCC 12 kept them in memory and stored all twelve every p.
+#define DETLSTM_FOR_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
 template <int MR, bool kACols, bool kPanels>
-inline void micro_avx2(const GemmGroup<float>& g, int64_t m0, int64_t n0, int64_t p0, int64_t kc,
-                       bool first, const float* panel, const float* apack) {
-  __m256 lo[MR], hi[MR];
-  for (int i = 0; i < MR; ++i) {
-    if (!first || g.init == Init::kFromC) {
-      lo[i] = _mm256_loadu_ps(g.c[m0 + i] + n0);
-      hi[i] = _mm256_loadu_ps(g.c[m0 + i] + n0 + 8);
-    } else if (g.init == Init::kVector) {
-      lo[i] = _mm256_loadu_ps(g.init_vec + n0);
-      hi[i] = _mm256_loadu_ps(g.init_vec + n0 + 8);
-    } else {
-      lo[i] = _mm256_setzero_ps();
-      hi[i] = _mm256_setzero_ps();
-    }
+__attribute__((noinline)) void micro_avx2(const GemmGroup<float>& g, int64_t m0, int64_t n0,
+                                          int64_t p0, int64_t kc, bool first, const float* panel,
+                                          const float* apack) {
+  static_assert(MR >= 1 && MR <= kMR, "rows per micro-tile");
+  const bool from_c = !first || g.init == Init::kFromC;
+  const __m256 zero = _mm256_setzero_ps();
+#define DETLSTM_INIT(i)                                                                          \
+  __m256 lo##i = zero, hi##i = zero;                                                             \
+  const float* arow##i = nullptr;                                                                \
+  if constexpr (i < MR) {                                                                        \
+    const float* src = from_c ? g.c[m0 + i] + n0                                                 \
+                              : (g.init == Init::kVector ? g.init_vec + n0 : nullptr);           \
+    if (src) {                                                                                   \
+      lo##i = _mm256_loadu_ps(src);                                                              \
+      hi##i = _mm256_loadu_ps(src + 8);                                                          \
+    }                                                                                            \
+    if (!kACols) arow##i = g.a[m0 + i];                                                          \
   }
-  const float* arow[MR];
-  if (!kACols)
-    for (int i = 0; i < MR; ++i) arow[i] = g.a[m0 + i];
+  DETLSTM_FOR_ROWS(DETLSTM_INIT)
+#undef DETLSTM_INIT
   for (int64_t p = p0; p < p0 + kc; ++p) {
     const float* bp = kPanels ? panel + p * kNR : g.b[p] + n0;
     const __m256 b0 = _mm256_loadu_ps(bp);
     const __m256 b1 = _mm256_loadu_ps(bp + 8);
     const float* acol = kACols ? apack + (p - p0) * kMR : nullptr;
-    for (int i = 0; i < MR; ++i) {
-      const __m256 av = _mm256_broadcast_ss(kACols ? acol + i : arow[i] + p);
-      lo[i] = _mm256_fmadd_ps(av, b0, lo[i]);
-      hi[i] = _mm256_fmadd_ps(av, b1, hi[i]);
-    }
+#define DETLSTM_STEP(i)                                                                          \
+  if constexpr (i < MR) {                                                                        \
+    const __m256 av = _mm256_broadcast_ss(kACols ? acol + i : arow##i + p);                      \
+    lo##i = _mm256_fmadd_ps(av, b0, lo##i);                                                      \
+    hi##i = _mm256_fmadd_ps(av, b1, hi##i);                                                      \
   }
-  for (int i = 0; i < MR; ++i) {
-    _mm256_storeu_ps(g.c[m0 + i] + n0, lo[i]);
-    _mm256_storeu_ps(g.c[m0 + i] + n0 + 8, hi[i]);
+    DETLSTM_FOR_ROWS(DETLSTM_STEP)
+#undef DETLSTM_STEP
   }
+#define DETLSTM_STORE(i)                                                                         \
+  if constexpr (i < MR) {                                                                        \
+    _mm256_storeu_ps(g.c[m0 + i] + n0, lo##i);                                                   \
+    _mm256_storeu_ps(g.c[m0 + i] + n0 + 8, hi##i);                                               \
+  }
+  DETLSTM_FOR_ROWS(DETLSTM_STORE)
+#undef DETLSTM_STORE
+  (void)arow0, (void)arow1, (void)arow2, (void)arow3, (void)arow4, (void)arow5;
 }
+#undef DETLSTM_FOR_ROWS
 
 template <bool kACols, bool kPanels>
 inline void micro_vector_rows(const GemmGroup<float>& g, int mr, int64_t m0, int64_t n0, int64_t p0,
@@ -125,7 +138,7 @@ inline void micro_vector_rows(const GemmGroup<float>& g, int mr, int64_t m0, int
 template <bool kACols>
 inline void micro_vector(const GemmGroup<float>& g, int mr, int64_t m0, int64_t n0, int64_t p0,
                          int64_t kc, bool first, int64_t P, const float* apack) {
-  if (g.b_panels)
+  if (g.b_panels && n0 % kNR == 0)  // a panel holds columns kNR q .. kNR q + kNR-1
     micro_vector_rows<kACols, true>(g, mr, m0, n0, p0, kc, first, g.b_panels + (n0 / kNR) * P * kNR,
                                     apack);
   else
@@ -199,6 +212,13 @@ void gemm_task(const GemmGroup<T>& g, int64_t N, int64_t P, int64_t m0, int64_t 
 template <typename T, bool kACols>
 void gemm_rows(const GemmGroup<T>& g, int64_t N, int64_t P, int64_t m0) {
   for (int64_t nb0 = 0; nb0 < N; nb0 += kNB) gemm_task<T, kACols>(g, N, P, m0, nb0);
+}
+
+// Columns n0 .. n1-1 (at most kNB of them) of one group's product, every row, on the calling
+// thread: the m-tiles run back to back over the same slice of B.
+template <typename T, bool kACols>
+void gemm_columns(const GemmGroup<T>& g, int64_t P, int64_t n0, int64_t n1) {
+  for (int64_t m0 = 0; m0 < g.M; m0 += kMR) gemm_task<T, kACols>(g, n1, P, m0, n0);
 }
 
 // Runs every group's product (all with the same N and P) as one parallel region. P >= 1.

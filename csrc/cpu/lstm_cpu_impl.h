@@ -23,11 +23,19 @@ inline int64_t step_time(int64_t direction, int64_t s, int64_t length) {
 // The time index whose state feeds step t (t-1 forward, t+1 reverse).
 inline int64_t prev_time(int64_t direction, int64_t t) { return direction == 0 ? t - 1 : t + 1; }
 
+// Hidden units per task in a step's parallel region: a multiple of the vector kernel's kNR so a
+// block's gate columns start on a panel boundary whenever H is a multiple of kNR too.
+constexpr int64_t kUnitBlock = 16;
+
 template <typename T>
 std::vector<T> transposed(const T* w, int64_t rows, int64_t cols) {
+  // by 32 x 32 blocks: both the reads and the writes stay within a few cache lines per block
+  constexpr int64_t kBlock = 32;
   std::vector<T> out(static_cast<size_t>(rows * cols));
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) out[c * rows + r] = w[r * cols + c];
+  for (int64_t r0 = 0; r0 < rows; r0 += kBlock)
+    for (int64_t c0 = 0; c0 < cols; c0 += kBlock)
+      for (int64_t c = c0; c < std::min(c0 + kBlock, cols); ++c)
+        for (int64_t r = r0; r < std::min(r0 + kBlock, rows); ++r) out[c * rows + r] = w[r * cols + c];
   return out;
 }
 
@@ -60,15 +68,15 @@ void zero_padding(T* base, int64_t width, const int64_t* lengths, int64_t steps,
       if (t >= lengths[b]) std::fill(base + (t * B + b) * width, base + (t * B + b + 1) * width, T(0));
 }
 
-// The cell of one row: g holds the four pre-activation blocks (i, f, g, o; H each) and receives the
-// activated gates; c_out and h_out receive c and h = o * tanh(c).
+// The cell of units j0 .. j1-1 of one row: g holds the four pre-activation blocks (i, f, g, o; H
+// each) and receives the activated gates; c_out and h_out receive c and h = o * tanh(c).
 template <typename T>
-void cell_forward_row(T* g, const T* c_prev, T* c_out, T* h_out, int64_t H) {
-  int64_t j = 0;
+void cell_forward_row(T* g, const T* c_prev, T* c_out, T* h_out, int64_t H, int64_t j0, int64_t j1) {
+  int64_t j = j0;
 #if DETLSTM_CPU_AVX2
   if constexpr (std::is_same<T, float>::value) {  // eight units at a time, same bits
     using V = math::V8;
-    for (; j + 8 <= H; j += 8) {
+    for (; j + 8 <= j1; j += 8) {
       const math::CellState<V> st =
           math::lstm_cell_forward(V::load(g + j), V::load(g + H + j), V::load(g + 2 * H + j),
                                   V::load(g + 3 * H + j), V::load(c_prev + j));
@@ -81,7 +89,7 @@ void cell_forward_row(T* g, const T* c_prev, T* c_out, T* h_out, int64_t H) {
     }
   }
 #endif
-  for (; j < H; ++j) {
+  for (; j < j1; ++j) {
     const math::CellState<T> st =
         math::lstm_cell_forward(g[j], g[H + j], g[2 * H + j], g[3 * H + j], c_prev[j]);
     g[j] = st.i;
@@ -204,26 +212,36 @@ void lstm_forward(const LstmForwardArgs<T>& a, const ParallelFor& parallel_for) 
           projections.push_back({n, m_rows.data() + d * B, hr_rows.data() + d * H,
                                  h_rows.data() + d * B, Init::kZero, nullptr});
       }
-      // Everything a step does to a row depends on that row alone: one task per (direction, tile of
-      // kMR rows) runs the recurrent product, the cell and the projection of its rows, so a step is
-      // one parallel region.
-      const int64_t tiles = (n + kMR - 1) / kMR;
-      parallel_for(D * tiles, 1, [&](int64_t begin, int64_t end) {
+      // A hidden unit's four gates, its cell and its h depend on no other unit of the step: one task
+      // per (direction, block of kUnitBlock units) runs the recurrent product for the block's gate
+      // columns over all rows, then their cells, reading its slice of W_hh^T once per step. With
+      // projections, h = W_hr m needs every unit of a row: a second region, by row tiles.
+      const int64_t unit_blocks = (H + kUnitBlock - 1) / kUnitBlock;
+      parallel_for(D * unit_blocks, 1, [&](int64_t begin, int64_t end) {
         DenormalGuard guard;
         for (int64_t task = begin; task < end; ++task) {
-          const int64_t d = task / tiles, i0 = (task % tiles) * kMR, i1 = std::min(i0 + kMR, n);
-          gemm_rows<T, false>(groups[d], G, RH, i0);
-          for (int64_t i = i0; i < i1; ++i) {
+          const int64_t d = task / unit_blocks, u0 = (task % unit_blocks) * kUnitBlock;
+          const int64_t u1 = std::min(u0 + kUnitBlock, H);
+          for (int64_t gate = 0; gate < 4; ++gate)
+            gemm_columns<T, false>(groups[d], RH, gate * H + u0, gate * H + u1);
+          for (int64_t i = 0; i < n; ++i) {
             const int64_t b = sched.order[i], t = step_time(d, s, len[b]);
-            cell_forward_row<T>(c_rows[d * B + i], c_prev_rows[d * B + i],
-                                cells[d] + (t * B + b) * H,
+            cell_forward_row<T>(c_rows[d * B + i], c_prev_rows[d * B + i], cells[d] + (t * B + b) * H,
                                 proj ? m_buf.data() + (d * B + i) * H : Y + (t * B + b) * DH + d * RH,
-                                H);
+                                H, u0, u1);
           }
-          if (proj) gemm_rows<T, false>(projections[d], RH, H, i0);
         }
       });
+      if (proj) {
+        const int64_t tiles = (n + kMR - 1) / kMR;
+        parallel_for(D * tiles, 1, [&](int64_t begin, int64_t end) {
+          DenormalGuard guard;
+          for (int64_t task = begin; task < end; ++task)
+            gemm_rows<T, false>(projections[task / tiles], RH, H, (task % tiles) * kMR);
+        });
+      }
     }
+
     // Final states: forward after step len-1, reverse after step 0.
     for (int64_t d = 0; d < D; ++d)
       for (int64_t b = 0; b < B; ++b) {
@@ -236,17 +254,17 @@ void lstm_forward(const LstmForwardArgs<T>& a, const ParallelFor& parallel_for) 
   }
 }
 
-// The cell's backward for one row: dh (the gradient reaching h, or m with projections) and dc (the
-// gradient reaching c from the step after, replaced by the one reaching c_prev) in; the gate
-// pre-activation gradients da (i, f, g, o blocks) out.
+// The cell's backward for units j0 .. j1-1 of one row: dh (the gradient reaching h, or m with
+// projections) and dc (the gradient reaching c from the step after, replaced by the one reaching
+// c_prev) in; the gate pre-activation gradients da (i, f, g, o blocks) out.
 template <typename T>
 void cell_backward_row(const T* dh, T* dc, const T* g, const T* c, const T* c_prev, T* da,
-                       int64_t H) {
-  int64_t j = 0;
+                       int64_t H, int64_t j0, int64_t j1) {
+  int64_t j = j0;
 #if DETLSTM_CPU_AVX2
   if constexpr (std::is_same<T, float>::value) {  // eight units at a time, same bits
     using V = math::V8;
-    for (; j + 8 <= H; j += 8) {
+    for (; j + 8 <= j1; j += 8) {
       const math::CellGrad<V> cg = math::lstm_cell_backward(
           V::load(dh + j), V::load(dc + j), V::load(g + j), V::load(g + H + j),
           V::load(g + 2 * H + j), V::load(g + 3 * H + j), V::load(c + j), V::load(c_prev + j));
@@ -258,7 +276,7 @@ void cell_backward_row(const T* dh, T* dc, const T* g, const T* c, const T* c_pr
     }
   }
 #endif
-  for (; j < H; ++j) {
+  for (; j < j1; ++j) {
     const math::CellGrad<T> cg = math::lstm_cell_backward(dh[j], dc[j], g[j], g[H + j], g[2 * H + j],
                                                           g[3 * H + j], c[j], c_prev[j]);
     da[j] = cg.da_i;
@@ -352,39 +370,57 @@ void lstm_backward(const LstmBackwardArgs<T>& a, const ParallelFor& parallel_for
           projections.push_back({n, dh_rows.data() + d * B, hr_rows.data() + d * RH,
                                  dm_rows.data() + d * B, Init::kZero, nullptr});
       }
-      // As in the forward: every part of a step is row-local, so one task per (direction, tile of
-      // kMR rows) does all of it for its rows and a step is one parallel region.
-      const int64_t tiles = (n + kMR - 1) / kMR;
-      parallel_for(D * tiles, 1, [&](int64_t begin, int64_t end) {
+      // The cell backward of rows i0 .. i1-1, units j0 .. j1-1 (dc_n enters at a row's last step).
+      auto backward_cells = [&](int64_t d, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+        for (int64_t i = i0; i < i1; ++i) {
+          const int64_t b = sched.order[i], t = step_time(d, s, len[b]);
+          T* dc_row = dc.data() + (d * B + b) * H;
+          if (i >= n_next) {
+            const T* dc_n = a.dc_n + ((l * D + d) * B + b) * H;
+            std::copy(dc_n + j0, dc_n + j1, dc_row + j0);
+          }
+          const T* c_prev = s == 0 ? f.c0 + ((l * D + d) * B + b) * H
+                                   : cells[d] + (prev_time(d, t) * B + b) * H;
+          cell_backward_row<T>(proj ? dm_rows[d * B + i] : dh_rows[d * B + i], dc_row,
+                               gates[d] + (t * B + b) * G, cells[d] + (t * B + b) * H, c_prev,
+                               da[d].data() + (t * B + b) * G, H, j0, j1);
+        }
+      };
+      // As in the forward, tasks take blocks of units: a unit's dh (its chain over da(next step) of
+      // its row), and without projections its cell backward, need no other unit. With projections
+      // dm = W_hr^T dh needs all of a row's dh: dm and the cell then run in a second region.
+      const int64_t unit_blocks = (RH + kUnitBlock - 1) / kUnitBlock;
+      parallel_for(D * unit_blocks, 1, [&](int64_t begin, int64_t end) {
         DenormalGuard guard;
         for (int64_t task = begin; task < end; ++task) {
-          const int64_t d = task / tiles, i0 = (task % tiles) * kMR, i1 = std::min(i0 + kMR, n);
-          for (int64_t i = i0; i < i1; ++i) {
+          const int64_t d = task / unit_blocks, u0 = (task % unit_blocks) * kUnitBlock;
+          const int64_t u1 = std::min(u0 + kUnitBlock, RH);
+          for (int64_t i = 0; i < n; ++i) {
             const int64_t b = sched.order[i], t = step_time(d, s, len[b]);
             const T* dy_row = dY + (t * B + b) * DH + d * RH;
             T* dh_row = dh_rows[d * B + i];
             if (i >= n_next) {
               const T* dh_n = a.dh_n + ((l * D + d) * B + b) * RH;
-              const T* dc_n = a.dc_n + ((l * D + d) * B + b) * H;
-              for (int64_t j = 0; j < RH; ++j) dh_row[j] = dy_row[j] + dh_n[j];
-              std::copy(dc_n, dc_n + H, dc.data() + (d * B + b) * H);
+              for (int64_t j = u0; j < u1; ++j) dh_row[j] = dy_row[j] + dh_n[j];
             } else {
-              std::copy(dy_row, dy_row + RH, dh_row);
+              std::copy(dy_row + u0, dy_row + u1, dh_row + u0);
             }
           }
-          if (i0 < n_next) gemm_rows<T, false>(groups[d], RH, G, i0);
-          if (proj) gemm_rows<T, false>(projections[d], H, RH, i0);
-          for (int64_t i = i0; i < i1; ++i) {
-            const int64_t b = sched.order[i], t = step_time(d, s, len[b]);
-            const T* c_prev = s == 0 ? f.c0 + ((l * D + d) * B + b) * H
-                                     : cells[d] + (prev_time(d, t) * B + b) * H;
-            cell_backward_row<T>(proj ? dm_rows[d * B + i] : dh_rows[d * B + i],
-                                 dc.data() + (d * B + b) * H, gates[d] + (t * B + b) * G,
-                                 cells[d] + (t * B + b) * H, c_prev, da[d].data() + (t * B + b) * G,
-                                 H);
-          }
+          if (n_next > 0) gemm_columns<T, false>(groups[d], G, u0, u1);
+          if (!proj) backward_cells(d, 0, n, u0, u1);
         }
       });
+      if (proj) {
+        const int64_t tiles = (n + kMR - 1) / kMR;
+        parallel_for(D * tiles, 1, [&](int64_t begin, int64_t end) {
+          DenormalGuard guard;
+          for (int64_t task = begin; task < end; ++task) {
+            const int64_t d = task / tiles, i0 = (task % tiles) * kMR;
+            gemm_rows<T, false>(projections[d], H, RH, i0);
+            backward_cells(d, i0, std::min(i0 + kMR, n), 0, H);
+          }
+        });
+      }
     }
 
     // dh0: the chain over da(step 0) * W_hh from 0; dc0: what reached c_prev at step 0.
