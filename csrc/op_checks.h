@@ -5,6 +5,7 @@
 #include <torch/extension.h>
 
 #include <cmath>
+#include <functional>
 #include <cstdint>
 #include <vector>
 
@@ -325,19 +326,38 @@ class ScratchPool {
     keep_.push_back(at::empty({static_cast<int64_t>(bytes)}, options_));
     return keep_.back().data_ptr();
   }
+  std::function<void*(size_t)> allocator() {
+    return [this](size_t bytes) { return take(bytes); };
+  }
 
  private:
   at::TensorOptions options_;
   std::vector<at::Tensor> keep_;
 };
 
-inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-as_tuple(const LstmOutputs& o) {
+using ForwardResult =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>>;
+
+// The rest of an operator once its call is prepared, the same for every binding: allocate the
+// outputs, hand the kernels' view (LstmForwardArgs<float> or <double>) to `run`, return the outputs.
+template <class Run>
+ForwardResult run_lstm_forward(const PreparedCall& p, Run&& run) {
+  const LstmOutputs o = allocate_lstm_outputs(p.call, p.input);
+  if (p.input.scalar_type() == at::kFloat)
+    run(forward_view<float>(p, o));
+  else
+    run(forward_view<double>(p, o));
   return {o.output, o.h_n, o.c_n, o.layer_out, o.gates, o.cells};
 }
 
-inline std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> as_tuple(
-    const LstmGrads& g) {
+template <class Run>
+BackwardResult run_lstm_backward(const PreparedCall& p, Run&& run) {
+  const LstmGrads g = allocate_lstm_grads(p.input, p.h0, p.c0, p.weights);
+  if (p.input.scalar_type() == at::kFloat)
+    run(backward_view<float>(p, g));
+  else
+    run(backward_view<double>(p, g));
   return {g.grad_input, g.grad_h0, g.grad_c0, g.grad_weights};
 }
 

@@ -57,22 +57,21 @@ const cpu::ParallelFor& torch_parallel_for() {
   return pf;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-lstm_forward_cpu(const at::Tensor& input, const at::Tensor& lengths, const at::Tensor& h0,
+ForwardResult lstm_forward_cpu(const at::Tensor& input, const at::Tensor& lengths, const at::Tensor& h0,
                  const at::Tensor& c0, at::TensorList weights, bool has_biases, int64_t num_layers,
                  bool bidirectional, double dropout, bool train, const at::Tensor& seed) {
   const PreparedCall p = prepare_forward(input, lengths, h0, c0, weights, has_biases, num_layers,
                                          bidirectional, dropout, train, seed);
-  const LstmOutputs out = allocate_lstm_outputs(p.call, p.input);
   const KernelVariant& kernels = *current_variant();
-  if (p.input.scalar_type() == at::kFloat)
-    kernels.forward_f32(forward_view<float>(p, out), torch_parallel_for());
-  else
-    kernels.forward_f64(forward_view<double>(p, out), torch_parallel_for());
-  return as_tuple(out);
+  return run_lstm_forward(p, [&](const auto& view) {
+    if constexpr (std::is_same_v<std::decay_t<decltype(view)>, LstmForwardArgs<float>>)
+      kernels.forward_f32(view, torch_parallel_for());
+    else
+      kernels.forward_f64(view, torch_parallel_for());
+  });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> lstm_backward_cpu(
+BackwardResult lstm_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
     const at::Tensor& input, const at::Tensor& lengths, const at::Tensor& h0, const at::Tensor& c0,
     at::TensorList weights, const at::Tensor& output, const at::Tensor& layer_out,
@@ -82,13 +81,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> lstm_bac
       prepare_backward(grad_output, grad_h_n, grad_c_n, input, lengths, h0, c0, weights, output,
                        layer_out, gates, cells, has_biases, num_layers, bidirectional, dropout,
                        train, seed);
-  const LstmGrads grads = allocate_lstm_grads(p.input, p.h0, p.c0, p.weights);
   const KernelVariant& kernels = *current_variant();
-  if (p.input.scalar_type() == at::kFloat)
-    kernels.backward_f32(backward_view<float>(p, grads), torch_parallel_for());
-  else
-    kernels.backward_f64(backward_view<double>(p, grads), torch_parallel_for());
-  return as_tuple(grads);
+  return run_lstm_backward(p, [&](const auto& view) {
+    if constexpr (std::is_same_v<std::decay_t<decltype(view)>, LstmBackwardArgs<float>>)
+      kernels.backward_f32(view, torch_parallel_for());
+    else
+      kernels.backward_f64(view, torch_parallel_for());
+  });
 }
 
 at::Tensor canonical_unary_cpu(const at::Tensor& x_, int64_t fn) {

@@ -13,27 +13,19 @@
 namespace detlstm {
 namespace {
 
-cuda::ScratchAlloc scratch_allocator(ScratchPool& pool) {
-  return [&pool](size_t bytes) { return pool.take(bytes); };
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-lstm_forward_cuda(const at::Tensor& input, const at::Tensor& lengths, const at::Tensor& h0,
+ForwardResult lstm_forward_cuda(const at::Tensor& input, const at::Tensor& lengths, const at::Tensor& h0,
                   const at::Tensor& c0, at::TensorList weights, bool has_biases, int64_t num_layers,
                   bool bidirectional, double dropout, bool train, const at::Tensor& seed) {
   const PreparedCall p = prepare_forward(input, lengths, h0, c0, weights, has_biases, num_layers,
                                          bidirectional, dropout, train, seed);
   const c10::cuda::CUDAGuard guard(p.input.device());
-  const LstmOutputs out = allocate_lstm_outputs(p.call, p.input);
   ScratchPool pool(p.input);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(p.input.scalar_type(), "detlstm_lstm_forward_cuda", [&] {
-    cuda::lstm_forward(forward_view<scalar_t>(p, out), scratch_allocator(pool), stream);
-  });
-  return as_tuple(out);
+  return run_lstm_forward(
+      p, [&](const auto& view) { cuda::lstm_forward(view, pool.allocator(), stream); });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> lstm_backward_cuda(
+BackwardResult lstm_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
     const at::Tensor& input, const at::Tensor& lengths, const at::Tensor& h0, const at::Tensor& c0,
     at::TensorList weights, const at::Tensor& output, const at::Tensor& layer_out,
@@ -44,13 +36,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> lstm_bac
                        layer_out, gates, cells, has_biases, num_layers, bidirectional, dropout,
                        train, seed);
   const c10::cuda::CUDAGuard guard(p.input.device());
-  const LstmGrads grads = allocate_lstm_grads(p.input, p.h0, p.c0, p.weights);
   ScratchPool pool(p.input);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(p.input.scalar_type(), "detlstm_lstm_backward_cuda", [&] {
-    cuda::lstm_backward(backward_view<scalar_t>(p, grads), scratch_allocator(pool), stream);
-  });
-  return as_tuple(grads);
+  return run_lstm_backward(
+      p, [&](const auto& view) { cuda::lstm_backward(view, pool.allocator(), stream); });
 }
 
 at::Tensor canonical_unary_cuda(const at::Tensor& x_, int64_t fn) {

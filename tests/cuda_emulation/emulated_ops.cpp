@@ -9,27 +9,20 @@
 namespace detlstm {
 namespace {
 
-cuda::ScratchAlloc scratch_allocator(ScratchPool& pool) {
-  return [&pool](size_t bytes) { return pool.take(bytes); };
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-lstm_forward_emulated(const at::Tensor& input, const at::Tensor& lengths, const at::Tensor& h0,
-                      const at::Tensor& c0, std::vector<at::Tensor> weights, bool has_biases,
-                      int64_t num_layers, bool bidirectional, double dropout, bool train,
-                      const at::Tensor& seed) {
+ForwardResult lstm_forward_emulated(const at::Tensor& input, const at::Tensor& lengths,
+                                    const at::Tensor& h0, const at::Tensor& c0,
+                                    std::vector<at::Tensor> weights, bool has_biases,
+                                    int64_t num_layers, bool bidirectional, double dropout,
+                                    bool train, const at::Tensor& seed) {
   const PreparedCall p = prepare_forward(input, lengths, h0, c0, weights, has_biases, num_layers,
                                          bidirectional, dropout, train, seed);
   TORCH_CHECK(p.input.device().is_cpu(), "the emulated CUDA kernels take CPU tensors");
-  const LstmOutputs out = allocate_lstm_outputs(p.call, p.input);
   ScratchPool pool(p.input);
-  AT_DISPATCH_FLOATING_TYPES(p.input.scalar_type(), "lstm_forward_emulated", [&] {
-    cuda::lstm_forward(forward_view<scalar_t>(p, out), scratch_allocator(pool), nullptr);
-  });
-  return as_tuple(out);
+  return run_lstm_forward(
+      p, [&](const auto& view) { cuda::lstm_forward(view, pool.allocator(), nullptr); });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> lstm_backward_emulated(
+BackwardResult lstm_backward_emulated(
     const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
     const at::Tensor& input, const at::Tensor& lengths, const at::Tensor& h0, const at::Tensor& c0,
     std::vector<at::Tensor> weights, const at::Tensor& output, const at::Tensor& layer_out,
@@ -40,12 +33,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> lstm_bac
                        layer_out, gates, cells, has_biases, num_layers, bidirectional, dropout,
                        train, seed);
   TORCH_CHECK(p.input.device().is_cpu(), "the emulated CUDA kernels take CPU tensors");
-  const LstmGrads grads = allocate_lstm_grads(p.input, p.h0, p.c0, p.weights);
   ScratchPool pool(p.input);
-  AT_DISPATCH_FLOATING_TYPES(p.input.scalar_type(), "lstm_backward_emulated", [&] {
-    cuda::lstm_backward(backward_view<scalar_t>(p, grads), scratch_allocator(pool), nullptr);
-  });
-  return as_tuple(grads);
+  return run_lstm_backward(
+      p, [&](const auto& view) { cuda::lstm_backward(view, pool.allocator(), nullptr); });
 }
 
 at::Tensor canonical_unary_bits_emulated(int64_t fn, int64_t first, int64_t count) {
