@@ -7,7 +7,8 @@
 // its own; a barrier switches to the next). Blocks run one after another and the threads of a block
 // in turn between barriers, in an order the test chooses (forward or reversed), so a kernel whose
 // result depends on which thread or block runs first shows it as a change of bits. What it cannot
-// model: the device compiler, the memory model across concurrently running blocks, timing.
+// model: the device compiler, the memory model across concurrently running blocks, timing, and the
+// two address spaces (a host pointer handed to a kernel works here and faults on a GPU).
 #pragma once
 
 #include <cstddef>
