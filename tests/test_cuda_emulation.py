@@ -125,6 +125,25 @@ def test_launch_shapes_and_execution_order_do_not_change_bits(emulated, variant,
     _assert_same(cpu, emu, f"launch variant {variant}, order {order}")
 
 
+# Big enough for the 128x128 GEMM tiles of the default launch (float32, at least 128 rows and 128
+# columns): the input projection (180 rows x 144 gate columns), the weight gradient of W_ih (144 x
+# 130) and the layer-0 input gradient (180 x 130), each with partial tiles at the edges.
+WIDE = dict(steps=23, batch=9, inputs=130, hidden=36, lengths=(23, 1, 20, 22, 5, 23, 12, 2, 23))
+
+
+@pytest.mark.parametrize("variant", [0, 1])
+@pytest.mark.parametrize("proj", [0, 5])
+def test_wide_gemm_tiles_give_the_cpu_bits(emulated, variant, proj):
+    fwd_args, grads = _call(2, True, True, proj, 0.5, torch.float32, seed=3, **WIDE)
+    cpu = _run(ops.lstm_forward, ops.lstm_backward, fwd_args, grads)
+    emulated.set_launch_variant(variant)
+    try:
+        emu = _run(emulated.lstm_forward, emulated.lstm_backward, fwd_args, grads)
+    finally:
+        emulated.set_launch_variant(0)
+    _assert_same(cpu, emu, f"wide tiles, launch variant {variant}")
+
+
 # Ranges of float32 bit patterns: both zeros and subnormals, around 1 and the saturation points of
 # sigmoid and tanh, exp's overflow and underflow edges, infinities and NaNs (positive and negative).
 BIT_RANGES = [0x00000000, 0x007FF000, 0x3F7FF000, 0x3F800000, 0x41100000, 0x42B17000, 0x42CFF000,
@@ -175,4 +194,4 @@ def test_kernels_stay_inside_their_buffers_and_write_every_output():
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0", UBSAN_OPTIONS="print_stacktrace=1")
     run = subprocess.run([exe], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert run.stdout.strip().splitlines()[-1] == "ok 72"
+    assert run.stdout.strip().splitlines()[-1] == "ok 84"

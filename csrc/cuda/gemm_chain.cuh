@@ -2,10 +2,11 @@
 // csrc/cpu/gemm_chain.h, with the same contract:
 //
 // C[m][n] = init(m, n) + sum over p = 0 .. P-1 of A(m, p) * B(p, n), each element ONE chain of
-// fma in ascending p, started from init. A thread owns a 4x4 patch of C for the whole reduction; the
-// P-tiles are visited in order and a tile's inner loop stops at P (a position past the end is never
-// added as a zero). Tile sizes decide only which thread computes which element, so the bits match the
-// CPU's for any BM/BN and any grid.
+// fma in ascending p, started from init. A thread owns a TM x TN patch of C for the whole reduction;
+// the P-tiles are visited in order and a tile's inner loop stops at P (a position past the end is
+// never added as a zero). Tile and patch sizes decide only which thread computes which element, so
+// the bits match the CPU's for any BM/BN/TM/TN and any grid. Like any GEMM without split-K, which
+// this contract rules out, each element is a sequential chain anyway.
 #pragma once
 
 #include "kernels_common.cuh"
@@ -17,23 +18,25 @@ enum class GemmInit { kZero, kVector, kFromC };
 
 constexpr int kGemmBK = 16;
 
-template <typename T, bool kACols, int BM, int BN, class ARows, class BRows, class CRows>
-__global__ void __launch_bounds__((BM / 4) * (BN / 4))
+template <typename T, bool kACols, int BM, int BN, int TM, int TN, class ARows, class BRows,
+          class CRows>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN))
     gemm_chain_kernel(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows c, GemmInit init,
                       const T* init_vec) {
-  constexpr int kThreads = (BM / 4) * (BN / 4);
-  __shared__ T As[kGemmBK][BM];
-  __shared__ T Bs[kGemmBK][BN];
+  constexpr int kThreads = (BM / TM) * (BN / TN);
+  // 16-byte aligned rows, so a patch's TM (TN) consecutive values load as vectors
+  __shared__ __align__(16) T As[kGemmBK][BM];
+  __shared__ __align__(16) T Bs[kGemmBK][BN];
   const int tid = threadIdx.x;
-  const int tx = tid % (BN / 4), ty = tid / (BN / 4);
+  const int tx = tid % (BN / TN), ty = tid / (BN / TN);
   const int64_t m0 = static_cast<int64_t>(blockIdx.y) * BM, n0 = static_cast<int64_t>(blockIdx.x) * BN;
 
-  T acc[4][4];
+  T acc[TM][TN];
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
+  for (int i = 0; i < TM; ++i) {
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int64_t m = m0 + ty * 4 + i, n = n0 + tx * 4 + j;
+    for (int j = 0; j < TN; ++j) {
+      const int64_t m = m0 + ty * TM + i, n = n0 + tx * TN + j;
       T v = T(0);
       if (m < M && n < N) {
         if (init == GemmInit::kVector) v = init_vec[n];
@@ -64,38 +67,40 @@ __global__ void __launch_bounds__((BM / 4) * (BN / 4))
     __syncthreads();
     const int kmax = static_cast<int>(P - k0 < kGemmBK ? P - k0 : kGemmBK);
     for (int kk = 0; kk < kmax; ++kk) {
-      T av[4], bv[4];
+      T av[TM], bv[TN];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) av[i] = As[kk][ty * 4 + i];
+      for (int i = 0; i < TM; ++i) av[i] = As[kk][ty * TM + i];
 #pragma unroll
-      for (int j = 0; j < 4; ++j) bv[j] = Bs[kk][tx * 4 + j];
+      for (int j = 0; j < TN; ++j) bv[j] = Bs[kk][tx * TN + j];
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
+      for (int i = 0; i < TM; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] = fma_rn(av[i], bv[j], acc[i][j]);
+        for (int j = 0; j < TN; ++j) acc[i][j] = fma_rn(av[i], bv[j], acc[i][j]);
     }
     __syncthreads();
   }
 
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int64_t m = m0 + ty * 4 + i;
+  for (int i = 0; i < TM; ++i) {
+    const int64_t m = m0 + ty * TM + i;
     if (m >= M) continue;
     T* row = c(m);
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int64_t n = n0 + tx * 4 + j;
+    for (int j = 0; j < TN; ++j) {
+      const int64_t n = n0 + tx * TN + j;
       if (n < N) row[n] = acc[i][j];
     }
   }
 }
 
-template <typename T, bool kACols, int BM, int BN, class ARows, class BRows, class CRows>
+template <typename T, bool kACols, int BM, int BN, int TM, int TN, class ARows, class BRows,
+          class CRows>
 void launch_gemm_tiles(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows c, GemmInit init,
                        const T* init_vec, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(ceil_div(N, BN)), static_cast<unsigned>(ceil_div(M, BM)));
-  launch_kernel("gemm_chain_kernel", gemm_chain_kernel<T, kACols, BM, BN, ARows, BRows, CRows>, grid,
-                (BM / 4) * (BN / 4), stream, M, N, P, a, b, c, init, init_vec);
+  launch_kernel("gemm_chain_kernel",
+                gemm_chain_kernel<T, kACols, BM, BN, TM, TN, ARows, BRows, CRows>, grid,
+                (BM / TM) * (BN / TN), stream, M, N, P, a, b, c, init, init_vec);
 }
 
 // C = init + A . B over the rows the providers name. M, N, P >= 1.
@@ -103,12 +108,24 @@ template <typename T, bool kACols, class ARows, class BRows, class CRows>
 void gemm_chain(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows c, GemmInit init,
                 const T* init_vec, cudaStream_t stream) {
   if (M <= 0 || N <= 0) return;
-  if (launch_variant() == 1)
-    launch_gemm_tiles<T, kACols, 32, 32>(M, N, P, a, b, c, init, init_vec, stream);
-  else if (launch_variant() == 2)
-    launch_gemm_tiles<T, kACols, 64, 32>(M, N, P, a, b, c, init, init_vec, stream);
-  else
-    launch_gemm_tiles<T, kACols, 64, 64>(M, N, P, a, b, c, init, init_vec, stream);
+  // Large float products get 128x128 tiles of 8x8 patches: twice the fma per shared-memory load of
+  // 4x4 patches (64 per 16 values instead of 16 per 8). Small ones, and float64 (whose 8x8 patch would
+  // take 128 registers of accumulators), keep 64x64 tiles of 4x4.
+  if (launch_variant() == 1) {
+    launch_gemm_tiles<T, kACols, 32, 32, 4, 4>(M, N, P, a, b, c, init, init_vec, stream);
+    return;
+  }
+  if (launch_variant() == 2) {
+    launch_gemm_tiles<T, kACols, 64, 32, 4, 4>(M, N, P, a, b, c, init, init_vec, stream);
+    return;
+  }
+  if constexpr (sizeof(T) == 4) {
+    if (M >= 128 && N >= 128) {
+      launch_gemm_tiles<T, kACols, 128, 128, 8, 8>(M, N, P, a, b, c, init, init_vec, stream);
+      return;
+    }
+  }
+  launch_gemm_tiles<T, kACols, 64, 64, 4, 4>(M, N, P, a, b, c, init, init_vec, stream);
 }
 
 }  // namespace cuda

@@ -22,6 +22,7 @@
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
 // Blocks never overlap in time here, so one static copy per kernel instantiation is block-local.
 #define __shared__ static
 
