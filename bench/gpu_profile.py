@@ -22,6 +22,8 @@ import time
 
 import torch
 
+import detlstm
+
 from .competitors import DetLSTM, TorchLSTM
 from .core import SHAPES, make_inputs, parse_custom, step_fn
 
@@ -128,6 +130,8 @@ def main(argv=None):
     ap.add_argument("--custom", action="append", default=[], help="T,B,I,H,layers,bidir,dropout,lengths")
     ap.add_argument("--calls", type=int, default=3)
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--variants", default="0,1,2",
+                    help="CUDA launch variants to profile detlstm under (shapes of the same bits)")
     ap.add_argument("--out", help="also write the report here")
     args = ap.parse_args(argv)
     device = args.device
@@ -152,13 +156,23 @@ def main(argv=None):
         lines += [f"## {spec.name} ({tokens} valid tokens)", "",
                   "floors (ms): " + ", ".join(f"{k} {v:.3f}" for k, v in fl.items()), ""]
         for comp in competitors:
-            total, rows = kernel_table(comp, spec, device, args.calls)
-            lines += [f"**{comp.name}**: {total:.3f} ms of kernels per call, "
-                      f"{total / max(fl.values()):.1f}x the largest floor", "",
-                      "| kernel | ms/call | launches/call | ms/launch |", "|---|---:|---:|---:|"]
-            for name, ms, count in rows[: args.top]:
-                lines.append(f"| `{short(name)}` | {ms:.3f} | {count:.0f} | {ms / max(count, 1):.4f} |")
-            lines.append("")
+            variants = [None]
+            if comp.name == "detlstm" and device == "cuda":
+                variants = [int(v) for v in args.variants.split(",") if v]
+            for variant in variants:
+                label = comp.name if variant is None else f"{comp.name}, launch variant {variant}"
+                previous = None if variant is None else detlstm.set_cuda_launch_variant(variant)
+                try:
+                    total, rows = kernel_table(comp, spec, device, args.calls)
+                finally:
+                    if previous is not None:
+                        detlstm.set_cuda_launch_variant(previous)
+                lines += [f"**{label}**: {total:.3f} ms of kernels per call, "
+                          f"{total / max(fl.values()):.1f}x the largest floor", "",
+                          "| kernel | ms/call | launches/call | ms/launch |", "|---|---:|---:|---:|"]
+                for name, ms, count in rows[: args.top]:
+                    lines.append(f"| `{short(name)}` | {ms:.3f} | {count:.0f} | {ms / max(count, 1):.4f} |")
+                lines.append("")
     report = "\n".join(lines)
     print(report)
     if args.out:
