@@ -92,7 +92,7 @@ def canonical_unary(x: torch.Tensor, fn: str) -> torch.Tensor:
 
 
 def set_cuda_launch_variant(variant: int) -> int:
-    """Force the CUDA kernels' launch shapes (0 default, 1, 2); returns the previous one. Results
+    """Force the CUDA kernels' launch shapes (0 default, 1, 2, 3); returns the previous one. Results
     must not change with it: the tests use it as a stand-in for GPUs of other sizes."""
     if not HAS_CUDA_KERNELS:
         raise RuntimeError("detlstm was built without its CUDA kernels")

@@ -85,7 +85,7 @@ def test_large_shape_cpu_equals_cuda():
         assert_bitwise_equal(a, b, f"large shape, result {k}")
 
 
-@pytest.mark.parametrize("variant", [1, 2])
+@pytest.mark.parametrize("variant", [1, 2, 3])
 def test_launch_shapes_do_not_change_bits(variant):
     reference = _large_case("cuda")
     previous = detlstm.set_cuda_launch_variant(variant)

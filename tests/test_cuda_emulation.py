@@ -109,7 +109,7 @@ def test_cuda_kernel_sources_give_the_cpu_bits_float64(emulated, bidir, proj):
 MEDIUM = dict(steps=37, batch=9, inputs=21, hidden=19, lengths=(37, 1, 20, 36, 5, 37, 12, 2, 30))
 
 
-@pytest.mark.parametrize("variant", [0, 1, 2])
+@pytest.mark.parametrize("variant", [0, 1, 2, 3])
 @pytest.mark.parametrize("order", [0, 3])
 @pytest.mark.parametrize("proj", [0, 5])
 def test_launch_shapes_and_execution_order_do_not_change_bits(emulated, variant, order, proj):
@@ -123,6 +123,22 @@ def test_launch_shapes_and_execution_order_do_not_change_bits(emulated, variant,
         emulated.set_launch_variant(0)
         emulated.set_order(0)
     _assert_same(cpu, emu, f"launch variant {variant}, order {order}")
+
+
+# More rows than one block of the slice kernels (launch variant 3) holds: two row blocks per step.
+TALL = dict(steps=5, batch=70, inputs=3, hidden=9, lengths=tuple(1 + (7 * b) % 5 for b in range(70)))
+
+
+@pytest.mark.parametrize("variant", [0, 3])
+def test_many_rows_give_the_cpu_bits(emulated, variant):
+    fwd_args, grads = _call(2, True, True, 0, 0.5, torch.float32, seed=5, **TALL)
+    cpu = _run(ops.lstm_forward, ops.lstm_backward, fwd_args, grads)
+    emulated.set_launch_variant(variant)
+    try:
+        emu = _run(emulated.lstm_forward, emulated.lstm_backward, fwd_args, grads)
+    finally:
+        emulated.set_launch_variant(0)
+    _assert_same(cpu, emu, f"70 rows, launch variant {variant}")
 
 
 # Big enough for the 128x128 GEMM tiles of the default launch (float32, at least 128 rows and 128
@@ -194,4 +210,4 @@ def test_kernels_stay_inside_their_buffers_and_write_every_output():
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0", UBSAN_OPTIONS="print_stacktrace=1")
     run = subprocess.run([exe], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert run.stdout.strip().splitlines()[-1] == "ok 84"
+    assert run.stdout.strip().splitlines()[-1] == "ok 112"

@@ -31,46 +31,89 @@ struct BackwardStepParams {
   const T* dm_in[2];  // kCellOnly: dm of every (t, b) (T, B, H)
 };
 
+// One row of a step as a backward thread sees it, for unit j.
+template <typename T>
+struct BackwardRow {
+  const T* src;  // da of the next processing step (the dh chain's left factor), or null: no chain
+  int64_t b, t;
+  bool last;  // the row's last step: dh_n and dc_n enter here
+  T acc;      // the chain's head: dy (+ dh_n), dm (kCellOnly) or 0 (kFinal)
+};
+
+template <typename T>
+__device__ BackwardRow<T> backward_row(const BackwardStepParams<T>& p, int d, int D, int64_t i,
+                                       bool live, int64_t j) {
+  const int64_t H = p.hidden, G = 4 * H, B = p.batch, RH = p.real_hidden, DH = D * RH;
+  BackwardRow<T> row;
+  row.b = p.order[i];
+  const int64_t len = p.lengths[row.b];
+  if (p.mode == BackwardMode::kFinal) {
+    row.last = false;
+    row.t = step_time(d, 0, len);
+    row.src = live ? pick(p.da, d) + (row.t * B + row.b) * G : nullptr;
+    row.acc = T(0);
+    return row;
+  }
+  row.t = step_time(d, p.step, len);
+  row.last = p.step == len - 1;
+  if (p.mode == BackwardMode::kCellOnly) {
+    row.src = nullptr;
+    row.acc = pick(p.dm_in, d)[(row.t * B + row.b) * H + j];
+    return row;
+  }
+  const T dy = p.dy[(row.t * B + row.b) * DH + d * RH + j];
+  row.acc = row.last ? dy + p.dh_n[((p.layer * D + d) * B + row.b) * RH + j] : dy;
+  row.src = live && !row.last ? pick(p.da, d) + (step_time(d, p.step + 1, len) * B + row.b) * G
+                              : nullptr;
+  return row;
+}
+
+// What a row's unit j does once its dh chain is complete: store dh (kChainOnly, kFinal) or run the
+// cell's backward (kFused, kCellOnly).
+template <typename T>
+__device__ void backward_finish(const BackwardStepParams<T>& p, int d, int D,
+                                const BackwardRow<T>& row, int64_t j, T dh) {
+  const int64_t H = p.hidden, G = 4 * H, B = p.batch, RH = p.real_hidden;
+  const int64_t b = row.b, t = row.t;
+  if (p.mode == BackwardMode::kFinal) {
+    p.dh0[((p.layer * D + d) * B + b) * RH + j] = dh;
+    return;
+  }
+  if (p.mode == BackwardMode::kChainOnly) {
+    pick(p.dh_out, d)[(t * B + b) * RH + j] = dh;
+    return;
+  }
+  const int64_t state_c = ((p.layer * D + d) * B + b) * H + j;
+  const T* g = pick(p.gates, d) + (t * B + b) * G;
+  const T c_prev =
+      p.step == 0 ? p.c0[state_c] : pick(p.cells, d)[(prev_time(d, t) * B + b) * H + j];
+  const T dc_next = row.last ? p.dc_n[state_c] : p.dc[(d * B + b) * H + j];
+  const CellGrad<T> cg = lstm_cell_backward(dh, dc_next, g[j], g[H + j], g[2 * H + j], g[3 * H + j],
+                                            pick(p.cells, d)[(t * B + b) * H + j], c_prev);
+  T* da = pick(p.da, d) + (t * B + b) * G;
+  da[j] = cg.da_i;
+  da[H + j] = cg.da_f;
+  da[2 * H + j] = cg.da_g;
+  da[3 * H + j] = cg.da_o;
+  p.dc[(d * B + b) * H + j] = cg.dc_prev;
+}
+
+// Thread (unit j, RB rows) of direction blockIdx.z: dh as one chain over the gate rows n of
+// da(next step) . W_hh, W_hh and da read straight from global memory (L2).
 template <typename T, int RB>
 __global__ void backward_step_kernel(BackwardStepParams<T> p) {
   const int d = blockIdx.z, D = gridDim.z;
-  const int64_t H = p.hidden, G = 4 * H, B = p.batch, RH = p.real_hidden, DH = D * RH;
+  const int64_t H = p.hidden, G = 4 * H, RH = p.real_hidden;
   const bool cell = p.mode == BackwardMode::kFused || p.mode == BackwardMode::kCellOnly;
   const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   const int64_t i0 = blockIdx.y * int64_t(RB);
   if (j >= (cell ? H : RH)) return;
-  const T* src[RB];
-  bool live[RB], chain[RB], last[RB];
-  int64_t row_b[RB], row_t[RB];
-  T acc[RB];
+  BackwardRow<T> rows[RB];
+  bool live[RB];
 #pragma unroll
   for (int r = 0; r < RB; ++r) {
-    live[r] = i0 + r < p.active;
-    const int64_t b = p.order[live[r] ? i0 + r : i0];
-    const int64_t len = p.lengths[b];
-    row_b[r] = b;
-    const int64_t state_h = ((p.layer * D + d) * B + b) * RH + j;
-    if (p.mode == BackwardMode::kFinal) {
-      last[r] = false;
-      chain[r] = live[r];
-      row_t[r] = step_time(d, 0, len);
-      src[r] = pick(p.da, d) + (row_t[r] * B + b) * G;
-      acc[r] = T(0);
-    } else {
-      const int64_t t = step_time(d, p.step, len);
-      row_t[r] = t;
-      last[r] = p.step == len - 1;
-      if (p.mode == BackwardMode::kCellOnly) {
-        chain[r] = false;
-        src[r] = nullptr;
-        acc[r] = pick(p.dm_in, d)[(t * B + b) * H + j];
-      } else {
-        chain[r] = live[r] && !last[r];
-        const T dy = p.dy[(t * B + b) * DH + d * RH + j];
-        acc[r] = last[r] ? dy + p.dh_n[state_h] : dy;
-        src[r] = chain[r] ? pick(p.da, d) + (step_time(d, p.step + 1, len) * B + b) * G : nullptr;
-      }
-    }
+    live[r] = i0 + r < p.active;  // row 0 of a block is always live
+    rows[r] = backward_row(p, d, D, live[r] ? i0 + r : i0, live[r], j);
   }
   if (p.mode != BackwardMode::kCellOnly) {
     const T* w = pick(p.w_hh, d) + j;
@@ -78,40 +121,78 @@ __global__ void backward_step_kernel(BackwardStepParams<T> p) {
       const T wv = w[n * RH];
 #pragma unroll
       for (int r = 0; r < RB; ++r)
-        if (chain[r]) acc[r] = fma_rn(src[r][n], wv, acc[r]);
+        if (rows[r].src) rows[r].acc = fma_rn(rows[r].src[n], wv, rows[r].acc);
     }
   }
 #pragma unroll
+  for (int r = 0; r < RB; ++r)
+    if (live[r]) backward_finish(p, d, D, rows[r], j, rows[r].acc);
+}
+
+// The same step by (direction, kSliceUnits units, kSliceRowGroups * RB rows) blocks that stage
+// their units' columns of W_hh and their rows' da(next step) in shared memory, kSliceK gate rows at
+// a time (see forward_step_slice_kernel). A row without a chain skips the fma, never adds zeros.
+template <typename T, int RB>
+__global__ void __launch_bounds__(kSliceThreads) backward_step_slice_kernel(BackwardStepParams<T> p) {
+  constexpr int kRows = kSliceRowGroups * RB;
+  __shared__ T w_s[kSliceK][kSliceUnits];
+  __shared__ T a_s[kRows][kSliceK + 1];
+  __shared__ const T* src_s[kRows];
+  const int d = blockIdx.z, D = gridDim.z;
+  const int64_t H = p.hidden, G = 4 * H, RH = p.real_hidden;
+  const bool cell = p.mode == BackwardMode::kFused || p.mode == BackwardMode::kCellOnly;
+  const int64_t units = cell ? H : RH;
+  const int u = threadIdx.x % kSliceUnits, q = threadIdx.x / kSliceUnits;
+  const int64_t j0 = blockIdx.x * int64_t(kSliceUnits), j = j0 + u;
+  const int64_t i0 = blockIdx.y * int64_t(kRows);
+  // the rows' chain sources do not depend on the unit: any in-range j does for looking them up
+  for (int rr = threadIdx.x; rr < kRows; rr += kSliceThreads)
+    src_s[rr] = p.mode != BackwardMode::kCellOnly && i0 + rr < p.active
+                    ? backward_row(p, d, D, i0 + rr, true, int64_t(0)).src
+                    : nullptr;
+  BackwardRow<T> rows[RB];
+  bool live[RB];
+#pragma unroll
   for (int r = 0; r < RB; ++r) {
-    if (!live[r]) continue;
-    const int64_t b = row_b[r], t = row_t[r];
-    if (p.mode == BackwardMode::kFinal) {
-      p.dh0[((p.layer * D + d) * B + b) * RH + j] = acc[r];
-      continue;
-    }
-    if (p.mode == BackwardMode::kChainOnly) {
-      pick(p.dh_out, d)[(t * B + b) * RH + j] = acc[r];
-      continue;
-    }
-    const int64_t state_c = ((p.layer * D + d) * B + b) * H + j;
-    const T* g = pick(p.gates, d) + (t * B + b) * G;
-    const T c_prev =
-        p.step == 0 ? p.c0[state_c] : pick(p.cells, d)[(prev_time(d, t) * B + b) * H + j];
-    const T dc_next = last[r] ? p.dc_n[state_c] : p.dc[(d * B + b) * H + j];
-    const CellGrad<T> cg = lstm_cell_backward(acc[r], dc_next, g[j], g[H + j], g[2 * H + j], g[3 * H + j],
-                                              pick(p.cells, d)[(t * B + b) * H + j], c_prev);
-    T* da = pick(p.da, d) + (t * B + b) * G;
-    da[j] = cg.da_i;
-    da[H + j] = cg.da_f;
-    da[2 * H + j] = cg.da_g;
-    da[3 * H + j] = cg.da_o;
-    p.dc[(d * B + b) * H + j] = cg.dc_prev;
+    const int64_t i = i0 + q + r * kSliceRowGroups;
+    live[r] = i < p.active && j < units;
+    if (live[r])
+      rows[r] = backward_row(p, d, D, i, true, j);
+    else
+      rows[r].src = nullptr;
   }
+  if (p.mode != BackwardMode::kCellOnly) {  // the same for the whole launch: barriers stay uniform
+    const T* w = pick(p.w_hh, d);
+    for (int64_t n0 = 0; n0 < G; n0 += kSliceK) {
+      const int nc = static_cast<int>(G - n0 < kSliceK ? G - n0 : kSliceK);
+      __syncthreads();  // the previous chunk is consumed (and, the first time, src_s is written)
+      for (int e = threadIdx.x; e < kSliceK * kSliceUnits; e += kSliceThreads) {
+        const int nn = e / kSliceUnits;
+        const int64_t jj = j0 + e % kSliceUnits;
+        w_s[nn][e % kSliceUnits] = nn < nc && jj < RH ? w[(n0 + nn) * RH + jj] : T(0);
+      }
+      for (int e = threadIdx.x; e < kRows * kSliceK; e += kSliceThreads) {
+        const int rr = e / kSliceK, nn = e % kSliceK;
+        a_s[rr][nn] = nn < nc && src_s[rr] ? src_s[rr][n0 + nn] : T(0);
+      }
+      __syncthreads();
+      for (int nn = 0; nn < nc; ++nn) {
+        const T wv = w_s[nn][u];
+#pragma unroll
+        for (int r = 0; r < RB; ++r)
+          if (rows[r].src) rows[r].acc = fma_rn(a_s[q + r * kSliceRowGroups][nn], wv, rows[r].acc);
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < RB; ++r)
+    if (live[r]) backward_finish(p, d, D, rows[r], j, rows[r].acc);
 }
 
 template <typename T, int RB>
 struct BackwardStep {
   static constexpr auto kernel = backward_step_kernel<T, RB>;
+  static constexpr auto slice_kernel = backward_step_slice_kernel<T, kSliceRowsPerThread>;
 };
 
 template <typename T>

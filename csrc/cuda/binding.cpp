@@ -77,7 +77,7 @@ TORCH_LIBRARY_IMPL(detlstm, CUDA, m) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_launch_variant", &detlstm::cuda::set_launch_variant,
-        "Force the CUDA kernels' launch shapes (0 default, 1, 2); returns the previous variant. "
+        "Force the CUDA kernels' launch shapes (0 default, 1, 2, 3); returns the previous variant. "
         "Results must not change: tests use it as a stand-in for other GPUs.");
   m.def("canonical_unary_bits", &detlstm::canonical_unary_bits_cuda,
         "The canonical exp (0) / sigmoid (1) / tanh (2) of count float32 bit patterns from first.");

@@ -23,39 +23,72 @@ struct ForwardStepParams {
   const T* wt_hh[2];  // W_hh^T (R, 4H): consecutive threads read consecutive gate rows
 };
 
+// One row of a step as a thread sees it: where its h_prev and c_prev are, where its gates go.
+template <typename T>
+struct ForwardRow {
+  const T* hprev;
+  const T* cprev;
+  T* grow;  // the row's pre-activations in, activated gates out
+  int64_t out_row;
+};
+
+// Row i of the step's schedule, in direction d.
+template <typename T>
+__device__ ForwardRow<T> forward_row(const ForwardStepParams<T>& p, int d, int D, int64_t i) {
+  const int64_t H = p.hidden, B = p.batch, RH = p.real_hidden;
+  const int64_t b = p.order[i];
+  const int64_t t = step_time(d, p.step, p.lengths[b]);
+  ForwardRow<T> row;
+  if (p.step == 0) {
+    row.hprev = p.h0 + ((p.layer * D + d) * B + b) * RH;
+    row.cprev = p.c0 + ((p.layer * D + d) * B + b) * H;
+  } else {
+    const int64_t tp = prev_time(d, t);
+    row.hprev = p.y + (tp * B + b) * D * RH + d * RH;
+    row.cprev = pick(p.cells, d) + (tp * B + b) * H;
+  }
+  row.out_row = t * B + b;
+  row.grow = pick(p.gates, d) + row.out_row * 4 * H;
+  return row;
+}
+
+// The cell of unit j of a row whose four pre-activation chains are complete.
+template <typename T>
+__device__ void forward_finish(const ForwardStepParams<T>& p, int d, int D, const ForwardRow<T>& row,
+                               int64_t j, const T (&acc)[4]) {
+  const int64_t H = p.hidden;
+  const CellState<T> st = lstm_cell_forward(acc[0], acc[1], acc[2], acc[3], row.cprev[j]);
+  row.grow[j] = st.i;
+  row.grow[H + j] = st.f;
+  row.grow[2 * H + j] = st.g;
+  row.grow[3 * H + j] = st.o;
+  pick(p.cells, d)[row.out_row * H + j] = st.c;
+  T* m_out = pick(p.m_out, d);
+  if (m_out)
+    m_out[row.out_row * H + j] = st.h;
+  else
+    p.y[row.out_row * D * p.real_hidden + d * H + j] = st.h;
+}
+
 // Thread (unit j, RB rows) of direction blockIdx.z. Each of its 4*RB pre-activations continues as
 // one fma chain over k = 0 .. R-1 (ARITHMETIC.md rule 4), then the cell runs in the same thread.
+// W_hh^T and h_prev are read straight from global memory (L2).
 template <typename T, int RB>
 __global__ void forward_step_kernel(ForwardStepParams<T> p) {
   const int d = blockIdx.z, D = gridDim.z;
-  const int64_t H = p.hidden, G = 4 * H, B = p.batch, RH = p.real_hidden, DH = D * RH;
+  const int64_t H = p.hidden, G = 4 * H, RH = p.real_hidden;
   const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   const int64_t i0 = blockIdx.y * int64_t(RB);
   if (j >= H) return;
-  const T* hprev[RB];
-  const T* cprev[RB];
-  T* grow[RB];
-  int64_t out_row[RB];
+  ForwardRow<T> rows[RB];
   bool live[RB];
   T acc[RB][4];
 #pragma unroll
   for (int r = 0; r < RB; ++r) {
     live[r] = i0 + r < p.active;  // row 0 of a block is always live
-    const int64_t i = live[r] ? i0 + r : i0;
-    const int64_t b = p.order[i];
-    const int64_t t = step_time(d, p.step, p.lengths[b]);
-    if (p.step == 0) {
-      hprev[r] = p.h0 + ((p.layer * D + d) * B + b) * RH;
-      cprev[r] = p.c0 + ((p.layer * D + d) * B + b) * H;
-    } else {
-      const int64_t tp = prev_time(d, t);
-      hprev[r] = p.y + (tp * B + b) * DH + d * RH;
-      cprev[r] = pick(p.cells, d) + (tp * B + b) * H;
-    }
-    out_row[r] = t * B + b;
-    grow[r] = pick(p.gates, d) + out_row[r] * G;
+    rows[r] = forward_row(p, d, D, live[r] ? i0 + r : i0);
 #pragma unroll
-    for (int g = 0; g < 4; ++g) acc[r][g] = grow[r][g * H + j];
+    for (int g = 0; g < 4; ++g) acc[r][g] = rows[r].grow[g * H + j];
   }
   const T* wt = pick(p.wt_hh, d) + j;
   for (int64_t k = 0; k < RH; ++k) {
@@ -64,31 +97,79 @@ __global__ void forward_step_kernel(ForwardStepParams<T> p) {
     for (int g = 0; g < 4; ++g) w[g] = wt[k * G + g * H];
 #pragma unroll
     for (int r = 0; r < RB; ++r) {
-      const T hv = hprev[r][k];
+      const T hv = rows[r].hprev[k];
 #pragma unroll
       for (int g = 0; g < 4; ++g) acc[r][g] = fma_rn(hv, w[g], acc[r][g]);
     }
   }
 #pragma unroll
+  for (int r = 0; r < RB; ++r)
+    if (live[r]) forward_finish(p, d, D, rows[r], j, acc[r]);
+}
+
+// The same step with a block per (direction, kSliceUnits units, kSliceRowGroups * RB rows): the
+// block stages its units' columns of W_hh^T and its rows' h_prev in shared memory, kSliceK values of
+// k at a time, so W_hh is read from L2 once per step per row block instead of once per RB rows.
+// Thread (unit u, row group q) owns rows q, q + kSliceRowGroups, ...; chains and cell as above.
+template <typename T, int RB>
+__global__ void __launch_bounds__(kSliceThreads) forward_step_slice_kernel(ForwardStepParams<T> p) {
+  constexpr int kRows = kSliceRowGroups * RB;
+  __shared__ T w_s[kSliceK][4 * kSliceUnits];
+  __shared__ T h_s[kRows][kSliceK + 1];  // +1: the row groups of a warp fall in different banks
+  __shared__ const T* hprev_s[kRows];
+  const int d = blockIdx.z, D = gridDim.z;
+  const int64_t H = p.hidden, G = 4 * H, RH = p.real_hidden;
+  const int u = threadIdx.x % kSliceUnits, q = threadIdx.x / kSliceUnits;
+  const int64_t j0 = blockIdx.x * int64_t(kSliceUnits), j = j0 + u;
+  const int64_t i0 = blockIdx.y * int64_t(kRows);
+  for (int rr = threadIdx.x; rr < kRows; rr += kSliceThreads)
+    hprev_s[rr] = i0 + rr < p.active ? forward_row(p, d, D, i0 + rr).hprev : nullptr;
+  ForwardRow<T> rows[RB];
+  bool live[RB];
+  T acc[RB][4];
+#pragma unroll
   for (int r = 0; r < RB; ++r) {
-    if (!live[r]) continue;
-    const CellState<T> st = lstm_cell_forward(acc[r][0], acc[r][1], acc[r][2], acc[r][3], cprev[r][j]);
-    grow[r][j] = st.i;
-    grow[r][H + j] = st.f;
-    grow[r][2 * H + j] = st.g;
-    grow[r][3 * H + j] = st.o;
-    pick(p.cells, d)[out_row[r] * H + j] = st.c;
-    T* m_out = pick(p.m_out, d);
-    if (m_out)
-      m_out[out_row[r] * H + j] = st.h;
-    else
-      p.y[out_row[r] * DH + d * H + j] = st.h;
+    const int64_t i = i0 + q + r * kSliceRowGroups;
+    live[r] = i < p.active && j < H;
+    if (live[r]) rows[r] = forward_row(p, d, D, i);
+#pragma unroll
+    for (int g = 0; g < 4; ++g) acc[r][g] = live[r] ? rows[r].grow[g * H + j] : T(0);
   }
+  const T* wt = pick(p.wt_hh, d);
+  for (int64_t k0 = 0; k0 < RH; k0 += kSliceK) {
+    const int kc = static_cast<int>(RH - k0 < kSliceK ? RH - k0 : kSliceK);
+    __syncthreads();  // the previous chunk is consumed (and, the first time, hprev_s is written)
+    for (int e = threadIdx.x; e < kSliceK * 4 * kSliceUnits; e += kSliceThreads) {
+      const int kk = e / (4 * kSliceUnits), c = e % (4 * kSliceUnits);
+      const int64_t jj = j0 + c % kSliceUnits;
+      w_s[kk][c] = kk < kc && jj < H ? wt[(k0 + kk) * G + (c / kSliceUnits) * H + jj] : T(0);
+    }
+    for (int e = threadIdx.x; e < kRows * kSliceK; e += kSliceThreads) {
+      const int rr = e / kSliceK, kk = e % kSliceK;
+      h_s[rr][kk] = kk < kc && hprev_s[rr] ? hprev_s[rr][k0 + kk] : T(0);
+    }
+    __syncthreads();
+    for (int kk = 0; kk < kc; ++kk) {
+      T w[4];
+#pragma unroll
+      for (int g = 0; g < 4; ++g) w[g] = w_s[kk][g * kSliceUnits + u];
+#pragma unroll
+      for (int r = 0; r < RB; ++r) {
+        const T hv = h_s[q + r * kSliceRowGroups][kk];
+#pragma unroll
+        for (int g = 0; g < 4; ++g) acc[r][g] = fma_rn(hv, w[g], acc[r][g]);
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < RB; ++r)
+    if (live[r]) forward_finish(p, d, D, rows[r], j, acc[r]);
 }
 
 template <typename T, int RB>
 struct ForwardStep {
   static constexpr auto kernel = forward_step_kernel<T, RB>;
+  static constexpr auto slice_kernel = forward_step_slice_kernel<T, kSliceRowsPerThread>;
 };
 
 template <typename T>

@@ -18,9 +18,9 @@ using ScratchAlloc = std::function<void*(size_t bytes)>;
 
 // Launch shapes. They decide which thread computes which value, never the order of a value's
 // operations, so every variant gives the same bits (tests force each one as a stand-in for GPUs of
-// other sizes). 0 is the default.
+// other sizes). 0 is the default; 3 runs the steps with the shared-memory "slice" kernels.
 int set_launch_variant(int variant);  // returns the previous one
-constexpr int kLaunchVariants = 3;
+constexpr int kLaunchVariants = 4;
 
 void lstm_forward(const LstmForwardArgs<float>& args, const ScratchAlloc& scratch, cudaStream_t stream);
 void lstm_forward(const LstmForwardArgs<double>& args, const ScratchAlloc& scratch, cudaStream_t stream);
