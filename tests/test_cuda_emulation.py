@@ -104,6 +104,21 @@ def test_cuda_kernel_sources_give_the_cpu_bits_float64(emulated, bidir, proj):
     _assert_same(cpu, emu, "emulated CUDA vs CPU, float64")
 
 
+def _two_layer_bidir_against_cpu(emulated, shape, what, proj=0, seed=0, variant=0, order=0):
+    """A 2-layer bidirectional LSTM with dropout 0.5 of the given sizes, emulated under one launch
+    variant and execution order, compared with the CPU bit for bit."""
+    fwd_args, grads = _call(2, True, True, proj, 0.5, torch.float32, seed=seed, **shape)
+    cpu = _run(ops.lstm_forward, ops.lstm_backward, fwd_args, grads)
+    emulated.set_launch_variant(variant)
+    emulated.set_order(order)
+    try:
+        emu = _run(emulated.lstm_forward, emulated.lstm_backward, fwd_args, grads)
+    finally:
+        emulated.set_launch_variant(0)
+        emulated.set_order(0)
+    _assert_same(cpu, emu, f"{what}, launch variant {variant}, order {order}")
+
+
 # Sizes that are not multiples of any tile or block: hidden 19 spans partial GEMM tiles, batch 9 a
 # partial row block, 37 steps more than two K-tiles of a step's chain with bidirectional inputs.
 MEDIUM = dict(steps=37, batch=9, inputs=21, hidden=19, lengths=(37, 1, 20, 36, 5, 37, 12, 2, 30))
@@ -113,16 +128,7 @@ MEDIUM = dict(steps=37, batch=9, inputs=21, hidden=19, lengths=(37, 1, 20, 36, 5
 @pytest.mark.parametrize("order", [0, 3])
 @pytest.mark.parametrize("proj", [0, 5])
 def test_launch_shapes_and_execution_order_do_not_change_bits(emulated, variant, order, proj):
-    fwd_args, grads = _call(2, True, True, proj, 0.5, torch.float32, seed=7, **MEDIUM)
-    cpu = _run(ops.lstm_forward, ops.lstm_backward, fwd_args, grads)
-    emulated.set_launch_variant(variant)
-    emulated.set_order(order)
-    try:
-        emu = _run(emulated.lstm_forward, emulated.lstm_backward, fwd_args, grads)
-    finally:
-        emulated.set_launch_variant(0)
-        emulated.set_order(0)
-    _assert_same(cpu, emu, f"launch variant {variant}, order {order}")
+    _two_layer_bidir_against_cpu(emulated, MEDIUM, "ragged sizes", proj, 7, variant, order)
 
 
 # More rows than one block of the slice kernels (launch variant 3) holds: two row blocks per step.
@@ -131,33 +137,19 @@ TALL = dict(steps=5, batch=70, inputs=3, hidden=9, lengths=tuple(1 + (7 * b) % 5
 
 @pytest.mark.parametrize("variant", [0, 3])
 def test_many_rows_give_the_cpu_bits(emulated, variant):
-    fwd_args, grads = _call(2, True, True, 0, 0.5, torch.float32, seed=5, **TALL)
-    cpu = _run(ops.lstm_forward, ops.lstm_backward, fwd_args, grads)
-    emulated.set_launch_variant(variant)
-    try:
-        emu = _run(emulated.lstm_forward, emulated.lstm_backward, fwd_args, grads)
-    finally:
-        emulated.set_launch_variant(0)
-    _assert_same(cpu, emu, f"70 rows, launch variant {variant}")
+    _two_layer_bidir_against_cpu(emulated, TALL, "70 rows", 0, 5, variant)
 
 
 # Big enough for the 128x128 GEMM tiles of the default launch (float32, at least 128 rows and 128
-# columns): the input projection (180 rows x 144 gate columns), the weight gradient of W_ih (144 x
-# 130) and the layer-0 input gradient (180 x 130), each with partial tiles at the edges.
+# columns): the input projection (131 rows x 144 gate columns), the weight gradient of W_ih (144 x
+# 130) and the layer-0 input gradient (131 x 130), each with partial tiles at the edges.
 WIDE = dict(steps=23, batch=9, inputs=130, hidden=36, lengths=(23, 1, 20, 22, 5, 23, 12, 2, 23))
 
 
 @pytest.mark.parametrize("variant", [0, 1])
 @pytest.mark.parametrize("proj", [0, 5])
 def test_wide_gemm_tiles_give_the_cpu_bits(emulated, variant, proj):
-    fwd_args, grads = _call(2, True, True, proj, 0.5, torch.float32, seed=3, **WIDE)
-    cpu = _run(ops.lstm_forward, ops.lstm_backward, fwd_args, grads)
-    emulated.set_launch_variant(variant)
-    try:
-        emu = _run(emulated.lstm_forward, emulated.lstm_backward, fwd_args, grads)
-    finally:
-        emulated.set_launch_variant(0)
-    _assert_same(cpu, emu, f"wide tiles, launch variant {variant}")
+    _two_layer_bidir_against_cpu(emulated, WIDE, "wide tiles", proj, 3, variant)
 
 
 # Ranges of float32 bit patterns: both zeros and subnormals, around 1 and the saturation points of
