@@ -72,9 +72,9 @@ inline void micro_scalar(const GemmGroup<T>& g, int mr, int nr, int64_t m0, int6
 #if DETLSTM_CPU_AVX2
 // The same chains as micro_scalar, eight columns per instruction: _mm256_fmadd_ps rounds once per
 // lane exactly like fma_rn, so the two kernels agree bit for bit.
-// apack: with kACols, the tile's A values packed as apack[(p - p0) * kMR + i] (see gemm_task).
+// apack: with kACols, the tile's A values packed as apack[(p - p0) * kMR + i] (see gemm_block).
 // The accumulators are named variables, not arrays, and the function is not inlined: written with
-// arrays and inlined into gemm_task, GCC 12 kept them in memory and stored all twelve every p.
+// arrays and inlined into its caller, GCC 12 kept them in memory and stored all twelve every p.
 #define DETLSTM_FOR_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
 template <int MR, bool kACols, bool kPanels>
 __attribute__((noinline)) void micro_avx2(const GemmGroup<float>& g, int64_t m0, int64_t n0,
@@ -173,36 +173,52 @@ const T* panels_or_null(const std::vector<T>& panels) {
   return panels.empty() ? nullptr : panels.data();
 }
 
-// One task: up to kMR rows and kNB columns of C, the whole reduction.
+// Rows m_begin .. m_end-1 and columns n_begin .. n_end-1 of C, the whole reduction, on the calling
+// thread. Loop order: a kKC slice of p, then each kNR-column strip of B, then every kMR-row tile of
+// the block over that strip, so the strip (kKC x kNR values) is read from L2 once and reused from L1
+// by all the block's tiles. Any order of these loops gives the same bits: each element's chain
+// still runs over p ascending, carried through C between slices.
 template <typename T, bool kACols>
-void gemm_task(const GemmGroup<T>& g, int64_t N, int64_t P, int64_t m0, int64_t nb0) {
-  const int mr = static_cast<int>(std::min<int64_t>(kMR, g.M - m0));
-  const int64_t n_end = std::min<int64_t>(nb0 + kNB, N);
+void gemm_block(const GemmGroup<T>& g, int64_t P, int64_t m_begin, int64_t m_end, int64_t n_begin,
+                int64_t n_end) {
 #if DETLSTM_CPU_AVX2
-  // Column mode reads A(m, p) = a[p][m]: a new row, far from the last, for every p. The task copies
-  // its kMR values of each p once into a contiguous block that all its micro-tiles then stream.
-  alignas(32) float apack[kMR * kKC];
+  // Column mode reads A(m, p) = a[p][m]: a new row, far from the last, for every p. Each tile's kMR
+  // values of every p in the slice are copied once into a contiguous block that its strips stream.
+  thread_local std::vector<float> apack;
 #endif
   for (int64_t p0 = 0; p0 < P; p0 += kKC) {
     const int64_t kc = std::min<int64_t>(kKC, P - p0);
 #if DETLSTM_CPU_AVX2
     if constexpr (std::is_same<T, float>::value && kACols) {
-      if (n_end - nb0 >= kNR)
-        for (int64_t p = p0; p < p0 + kc; ++p)
-          for (int i = 0; i < kMR; ++i) apack[(p - p0) * kMR + i] = i < mr ? g.a[p][m0 + i] : 0.0f;
-    }
-#endif
-    for (int64_t n0 = nb0; n0 < n_end; n0 += kNR) {
-      const int nr = static_cast<int>(std::min<int64_t>(kNR, n_end - n0));
-#if DETLSTM_CPU_AVX2
-      if constexpr (std::is_same<T, float>::value) {
-        if (nr == kNR) {
-          micro_vector<kACols>(g, mr, m0, n0, p0, kc, p0 == 0, P, apack);
-          continue;
+      if (n_end - n_begin >= kNR) {
+        const int64_t tiles = (m_end - m_begin + kMR - 1) / kMR;
+        apack.resize(static_cast<size_t>(tiles * kMR * kKC));
+        for (int64_t tile = 0; tile < tiles; ++tile) {
+          const int64_t m0 = m_begin + tile * kMR;
+          const int mr = static_cast<int>(std::min<int64_t>(kMR, m_end - m0));
+          float* dst = apack.data() + tile * kMR * kKC;
+          for (int64_t p = p0; p < p0 + kc; ++p)
+            for (int i = 0; i < kMR; ++i) dst[(p - p0) * kMR + i] = i < mr ? g.a[p][m0 + i] : 0.0f;
         }
       }
+    }
 #endif
-      micro_scalar<T, kACols>(g, mr, nr, m0, n0, p0, kc, p0 == 0);
+    for (int64_t n0 = n_begin; n0 < n_end; n0 += kNR) {
+      const int nr = static_cast<int>(std::min<int64_t>(kNR, n_end - n0));
+      for (int64_t m0 = m_begin; m0 < m_end; m0 += kMR) {
+        const int mr = static_cast<int>(std::min<int64_t>(kMR, m_end - m0));
+#if DETLSTM_CPU_AVX2
+        if constexpr (std::is_same<T, float>::value) {
+          if (nr == kNR) {
+            const float* tile_pack =
+                kACols ? apack.data() + ((m0 - m_begin) / kMR) * kMR * kKC : nullptr;
+            micro_vector<kACols>(g, mr, m0, n0, p0, kc, p0 == 0, P, tile_pack);
+            continue;
+          }
+        }
+#endif
+        micro_scalar<T, kACols>(g, mr, nr, m0, n0, p0, kc, p0 == 0);
+      }
     }
   }
 }
@@ -211,15 +227,20 @@ void gemm_task(const GemmGroup<T>& g, int64_t N, int64_t P, int64_t m0, int64_t 
 // that go on with those rows' results in the same task.
 template <typename T, bool kACols>
 void gemm_rows(const GemmGroup<T>& g, int64_t N, int64_t P, int64_t m0) {
-  for (int64_t nb0 = 0; nb0 < N; nb0 += kNB) gemm_task<T, kACols>(g, N, P, m0, nb0);
+  gemm_block<T, kACols>(g, P, m0, std::min<int64_t>(m0 + kMR, g.M), 0, N);
 }
 
-// Columns n0 .. n1-1 (at most kNB of them) of one group's product, every row, on the calling
-// thread: the m-tiles run back to back over the same slice of B.
+// Columns n0 .. n1-1 of one group's product, every row, on the calling thread. For the recurrent
+// steps (few rows, long reductions) a tile at a time over the whole reduction measured faster than
+// the slice-major order of gemm_block (single thread, hidden 1024: ~10%).
 template <typename T, bool kACols>
 void gemm_columns(const GemmGroup<T>& g, int64_t P, int64_t n0, int64_t n1) {
-  for (int64_t m0 = 0; m0 < g.M; m0 += kMR) gemm_task<T, kACols>(g, n1, P, m0, n0);
+  for (int64_t m0 = 0; m0 < g.M; m0 += kMR)
+    gemm_block<T, kACols>(g, P, m0, std::min<int64_t>(m0 + kMR, g.M), n0, n1);
 }
+
+// Rows per task of gemm_chain: kMB tiles of kMR rows share each strip of B from L1.
+constexpr int64_t kMB = 8 * kMR;
 
 // Runs every group's product (all with the same N and P) as one parallel region. P >= 1.
 template <typename T, bool kACols>
@@ -228,22 +249,23 @@ void gemm_chain(const std::vector<GemmGroup<T>>& groups, int64_t N, int64_t P,
   const int64_t n_blocks = (N + kNB - 1) / kNB;
   std::vector<int64_t> first_task(groups.size() + 1, 0);
   for (size_t k = 0; k < groups.size(); ++k) {
-    const int64_t m_tiles = (groups[k].M + kMR - 1) / kMR;
-    first_task[k + 1] = first_task[k] + m_tiles * n_blocks;
+    const int64_t m_blocks = (groups[k].M + kMB - 1) / kMB;
+    first_task[k + 1] = first_task[k] + m_blocks * n_blocks;
   }
   const int64_t tasks = first_task.back();
   if (tasks == 0) return;
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / (kMR * kNB * P));
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / (kMB * kNB * P));
   parallel_for(tasks, grain, [&](int64_t begin, int64_t end) {
     DenormalGuard guard;
     size_t k = 0;
     for (int64_t task = begin; task < end; ++task) {
       while (task >= first_task[k + 1]) ++k;
       const GemmGroup<T>& g = groups[k];
-      const int64_t m_tiles = (g.M + kMR - 1) / kMR;
+      const int64_t m_blocks = (g.M + kMB - 1) / kMB;
       const int64_t local = task - first_task[k];
-      // m fastest: consecutive tasks of a chunk reuse the same slice of B from cache
-      gemm_task<T, kACols>(g, N, P, (local % m_tiles) * kMR, (local / m_tiles) * kNB);
+      // m fastest: consecutive tasks of a chunk reuse the same columns of B from cache
+      const int64_t m0 = (local % m_blocks) * kMB, n0 = (local / m_blocks) * kNB;
+      gemm_block<T, kACols>(g, P, m0, std::min(m0 + kMB, g.M), n0, std::min(n0 + kNB, N));
     }
   });
 }
