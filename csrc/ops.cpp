@@ -57,9 +57,10 @@ const cpu::ParallelFor& torch_parallel_for() {
   return pf;
 }
 
-ForwardResult lstm_forward_cpu(const at::Tensor& input, const at::Tensor& lengths, const at::Tensor& h0,
-                 const at::Tensor& c0, at::TensorList weights, bool has_biases, int64_t num_layers,
-                 bool bidirectional, double dropout, bool train, const at::Tensor& seed) {
+ForwardResult lstm_forward_cpu(const at::Tensor& input, const at::Tensor& lengths,
+                               const at::Tensor& h0, const at::Tensor& c0, at::TensorList weights,
+                               bool has_biases, int64_t num_layers, bool bidirectional,
+                               double dropout, bool train, const at::Tensor& seed) {
   const PreparedCall p = prepare_forward(input, lengths, h0, c0, weights, has_biases, num_layers,
                                          bidirectional, dropout, train, seed);
   const KernelVariant& kernels = *current_variant();

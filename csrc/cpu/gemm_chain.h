@@ -184,7 +184,13 @@ void gemm_block(const GemmGroup<T>& g, int64_t P, int64_t m_begin, int64_t m_end
 #if DETLSTM_CPU_AVX2
   // Column mode reads A(m, p) = a[p][m]: a new row, far from the last, for every p. Each tile's kMR
   // values of every p in the slice are copied once into a contiguous block that its strips stream.
-  thread_local std::vector<float> apack;
+  // Only column mode touches the thread's buffer: the row-mode steps call this in their hot loop.
+  float* apack = nullptr;
+  if constexpr (std::is_same<T, float>::value && kACols) {
+    thread_local std::vector<float> buffer;
+    buffer.resize(static_cast<size_t>((m_end - m_begin + kMR - 1) / kMR * kMR * kKC));
+    apack = buffer.data();
+  }
 #endif
   for (int64_t p0 = 0; p0 < P; p0 += kKC) {
     const int64_t kc = std::min<int64_t>(kKC, P - p0);
@@ -192,11 +198,10 @@ void gemm_block(const GemmGroup<T>& g, int64_t P, int64_t m_begin, int64_t m_end
     if constexpr (std::is_same<T, float>::value && kACols) {
       if (n_end - n_begin >= kNR) {
         const int64_t tiles = (m_end - m_begin + kMR - 1) / kMR;
-        apack.resize(static_cast<size_t>(tiles * kMR * kKC));
         for (int64_t tile = 0; tile < tiles; ++tile) {
           const int64_t m0 = m_begin + tile * kMR;
           const int mr = static_cast<int>(std::min<int64_t>(kMR, m_end - m0));
-          float* dst = apack.data() + tile * kMR * kKC;
+          float* dst = apack + tile * kMR * kKC;
           for (int64_t p = p0; p < p0 + kc; ++p)
             for (int i = 0; i < kMR; ++i) dst[(p - p0) * kMR + i] = i < mr ? g.a[p][m0 + i] : 0.0f;
         }
@@ -210,8 +215,7 @@ void gemm_block(const GemmGroup<T>& g, int64_t P, int64_t m_begin, int64_t m_end
 #if DETLSTM_CPU_AVX2
         if constexpr (std::is_same<T, float>::value) {
           if (nr == kNR) {
-            const float* tile_pack =
-                kACols ? apack.data() + ((m0 - m_begin) / kMR) * kMR * kKC : nullptr;
+            const float* tile_pack = kACols ? apack + ((m0 - m_begin) / kMR) * kMR * kKC : nullptr;
             micro_vector<kACols>(g, mr, m0, n0, p0, kc, p0 == 0, P, tile_pack);
             continue;
           }

@@ -35,7 +35,8 @@ std::vector<T> transposed(const T* w, int64_t rows, int64_t cols) {
   for (int64_t r0 = 0; r0 < rows; r0 += kBlock)
     for (int64_t c0 = 0; c0 < cols; c0 += kBlock)
       for (int64_t c = c0; c < std::min(c0 + kBlock, cols); ++c)
-        for (int64_t r = r0; r < std::min(r0 + kBlock, rows); ++r) out[c * rows + r] = w[r * cols + c];
+        for (int64_t r = r0; r < std::min(r0 + kBlock, rows); ++r)
+          out[c * rows + r] = w[r * cols + c];
   return out;
 }
 
@@ -226,9 +227,9 @@ void lstm_forward(const LstmForwardArgs<T>& a, const ParallelFor& parallel_for) 
             gemm_columns<T, false>(groups[d], RH, gate * H + u0, gate * H + u1);
           for (int64_t i = 0; i < n; ++i) {
             const int64_t b = sched.order[i], t = step_time(d, s, len[b]);
-            cell_forward_row<T>(c_rows[d * B + i], c_prev_rows[d * B + i], cells[d] + (t * B + b) * H,
-                                proj ? m_buf.data() + (d * B + i) * H : Y + (t * B + b) * DH + d * RH,
-                                H, u0, u1);
+            T* h_out = proj ? m_buf.data() + (d * B + i) * H : Y + (t * B + b) * DH + d * RH;
+            cell_forward_row<T>(c_rows[d * B + i], c_prev_rows[d * B + i],
+                                cells[d] + (t * B + b) * H, h_out, H, u0, u1);
           }
         }
       });
@@ -365,7 +366,8 @@ void lstm_backward(const LstmBackwardArgs<T>& a, const ParallelFor& parallel_for
           if (proj) dm_rows[d * B + i] = dm.data() + (d * B + b) * H;
         }
         groups.push_back({n_next, a_rows.data() + d * B, b_rows.data() + d * G,
-                          dh_rows.data() + d * B, Init::kFromC, nullptr, panels_or_null(hh_panels[d])});
+                          dh_rows.data() + d * B, Init::kFromC, nullptr,
+                          panels_or_null(hh_panels[d])});
         if (proj)  // dm = W_hr^T dh: one chain per element over q = 0 .. P-1, from 0
           projections.push_back({n, dh_rows.data() + d * B, hr_rows.data() + d * RH,
                                  dm_rows.data() + d * B, Init::kZero, nullptr});
