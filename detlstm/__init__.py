@@ -1,8 +1,9 @@
 """detlstm: a drop-in torch.nn.LSTM with bitwise reproducible results on CPU and CUDA."""
 
-from ._ops import HAS_CUDA_KERNELS, canonical_unary, set_cpu_variant
+from ._ops import HAS_CUDA_KERNELS, canonical_unary, set_cpu_variant, set_cuda_launch_variant
 from .module import LSTM
 from .utils import convert, reverse_padded
 
-__all__ = ["LSTM", "convert", "reverse_padded", "canonical_unary", "set_cpu_variant", "HAS_CUDA_KERNELS"]
+__all__ = ["LSTM", "convert", "reverse_padded", "canonical_unary", "set_cpu_variant",
+           "set_cuda_launch_variant", "HAS_CUDA_KERNELS"]
 __version__ = "0.1.0"

@@ -95,7 +95,8 @@ def set_cuda_launch_variant(variant: int) -> int:
     """Force the CUDA kernels' launch shapes (0 default, 1, 2, 3); returns the previous one. Results
     must not change with it: the tests use it as a stand-in for GPUs of other sizes."""
     if not HAS_CUDA_KERNELS:
-        raise RuntimeError("detlstm was built without its CUDA kernels")
+        raise RuntimeError("detlstm.set_cuda_launch_variant: this build of detlstm has no CUDA kernels "
+                           "(built without nvcc or a CUDA build of torch; DETLSTM_CUDA=1 forces one)")
     return _C_cuda.set_launch_variant(variant)
 
 

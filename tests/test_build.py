@@ -25,3 +25,27 @@ def test_cuda_extension_was_built():
 
 def test_cpu_kernels_pick_a_variant():
     assert detlstm.set_cpu_variant() in ("avx2", "generic")
+
+
+def test_cuda_launch_variant_is_exported_and_checked():
+    assert "set_cuda_launch_variant" in detlstm.__all__
+    if not detlstm.HAS_CUDA_KERNELS:
+        with pytest.raises(RuntimeError, match="set_cuda_launch_variant: this build of detlstm has no CUDA"):
+            detlstm.set_cuda_launch_variant(1)
+        return
+    previous = detlstm.set_cuda_launch_variant(2)
+    try:
+        assert detlstm.set_cuda_launch_variant(3) == 2
+        with pytest.raises(ValueError, match=r"launch variant must be in \[0, 4\), got 7"):
+            detlstm.set_cuda_launch_variant(7)
+    finally:
+        detlstm.set_cuda_launch_variant(previous)
+
+
+def test_cuda_launch_variant_without_cuda_kernels_says_so(monkeypatch):
+    """What a CPU-only build (no nvcc, or a CPU build of torch) answers."""
+    from detlstm import _ops
+
+    monkeypatch.setattr(_ops, "HAS_CUDA_KERNELS", False)
+    with pytest.raises(RuntimeError, match="set_cuda_launch_variant: this build of detlstm has no CUDA"):
+        detlstm.set_cuda_launch_variant(1)

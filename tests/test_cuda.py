@@ -210,3 +210,93 @@ def test_autocast_cuda_matches_cudnn_dtype():
         o, (h, _) = ours(x)
     assert o.dtype == r.dtype and h.dtype == rh.dtype
     torch.testing.assert_close(o.float(), r.float(), atol=5e-3, rtol=5e-3)
+
+
+@pytest.mark.parametrize("proj", [0, 3])
+def test_steps_beyond_every_length_cpu_equals_cuda(proj):
+    """max(lengths) < T: the last steps have no rows and are not launched (an empty grid is an error
+    on a GPU); results still match the CPU."""
+    _, model = make_pair(I, H, num_layers=2, bidirectional=True, dropout=0.5, proj_size=proj)
+    model.train()
+    x = torch.randn(9, B, I, generator=torch.Generator().manual_seed(14))
+    lengths = [4, 2, 3, 1]
+    runs = []
+    for device in ("cpu", "cuda"):
+        m = copy.deepcopy(model).to(device)
+        xd = x.to(device).requires_grad_()
+        out, (h, c) = m(xd, lengths=lengths, dropout_seed=3)
+        loss = (out * torch.linspace(-1, 1, out.numel()).view(out.shape).to(device)).sum() + h.sum() + c.sum()
+        runs.append([t.detach().cpu() for t in [out, h, c, *torch.autograd.grad(loss, [xd, *m.parameters()])]])
+    for k, (a, b) in enumerate(zip(*runs)):
+        assert_bitwise_equal(a, b, f"max(lengths) < T, result {k}")
+
+
+@pytest.mark.parametrize("variant", [0, 3])
+def test_grid_limits_do_not_change_bits_on_gpu(variant):
+    """Grids capped at 3 x 2 blocks on the real device: every kernel covers the rest by looping, as it
+    must past CUDA's own limits (65,535 row blocks); the bits stay the CPU's."""
+    from detlstm._ops import _C_cuda
+
+    _, model = make_pair(21, 19, num_layers=2, bidirectional=True, dropout=0.5)
+    model.train()
+    x = torch.randn(37, 9, 21, generator=torch.Generator().manual_seed(15))
+    lengths = [37, 1, 20, 36, 5, 37, 12, 2, 30]
+    runs = []
+    for device, limit in (("cpu", None), ("cuda", (3, 2))):
+        previous_variant = detlstm.set_cuda_launch_variant(variant)
+        previous = _C_cuda.set_grid_limit(*limit) if limit else None
+        try:
+            m = copy.deepcopy(model).to(device)
+            xd = x.to(device).requires_grad_()
+            out, (h, c) = m(xd, lengths=lengths, dropout_seed=8)
+            loss = (out.square().sum() + h.sum() + c.sum())
+            grads = torch.autograd.grad(loss, [xd, *m.parameters()])
+            torch.cuda.synchronize()
+        finally:
+            if previous:
+                _C_cuda.set_grid_limit(*previous)
+            detlstm.set_cuda_launch_variant(previous_variant)
+        runs.append([t.detach().cpu() for t in [out, h, c, *grads]])
+    for k, (a, b) in enumerate(zip(*runs)):
+        assert_bitwise_equal(a, b, f"grid 3 x 2, launch variant {variant}, result {k}")
+
+
+def test_cuda_graph_replay_gives_the_eager_bits():
+    """A forward + backward captured in a torch.cuda.CUDAGraph and replayed on new input data gives
+    the bits of eager calls on that data (the step schedule reaches the device inside the graph)."""
+    _, model = make_pair(I, H, num_layers=2, bidirectional=True, dropout=0.5, proj_size=3)
+    model = model.cuda().train()
+    g = torch.Generator().manual_seed(21)
+    inputs = [torch.randn(T, B, I, generator=g).cuda() for _ in range(2)]
+    x = inputs[0].clone().requires_grad_()
+    out_shape, state_shape = (T, B, 2 * 3), (4, B, 3)
+    loss_weights = [torch.randn(s, generator=g).cuda() for s in (out_shape, state_shape, (4, B, H))]
+
+    def step():
+        out, (h, c) = model(x, lengths=LENGTHS, dropout_seed=31)
+        loss = sum((t * w).sum() for t, w in zip((out, h, c), loss_weights))
+        return [out, h, c, *torch.autograd.grad(loss, [x, *model.parameters()])]
+
+    eager = []
+    for data in inputs:
+        with torch.no_grad():
+            x.copy_(data)
+        eager.append([t.detach().clone() for t in step()])
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up on a side stream, as graph capture of autograd asks
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = step()
+    for k in (1, 0):
+        for t in static:
+            t.detach().fill_(float("nan"))  # what the replay does not write stays NaN
+        with torch.no_grad():
+            x.copy_(inputs[k])
+        graph.replay()
+        torch.cuda.synchronize()
+        for n, (a, b) in enumerate(zip(eager[k], static)):
+            assert_bitwise_equal(a.cpu(), b.detach().cpu(), f"graph replay on input {k}, result {n}")

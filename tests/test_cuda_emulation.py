@@ -152,6 +152,59 @@ def test_wide_gemm_tiles_give_the_cpu_bits(emulated, variant, proj):
     _two_layer_bidir_against_cpu(emulated, WIDE, "wide tiles", proj, 3, variant)
 
 
+# No sequence reaches the last steps (max(lengths) = 5 of T = 8): those steps have no rows, and
+# launching them would be an empty grid, which a GPU rejects.
+SHORT = dict(steps=8, batch=5, inputs=6, hidden=11, lengths=(5, 2, 5, 3, 1))
+
+
+@pytest.mark.parametrize("variant", [0, 3])
+@pytest.mark.parametrize("proj", [0, 4])
+def test_steps_beyond_every_length_give_the_cpu_bits(emulated, variant, proj):
+    _two_layer_bidir_against_cpu(emulated, SHORT, "max(lengths) < T", proj, 2, variant)
+
+
+# Grids capped far below the work (2 blocks along x, 1 along y): every kernel must cover the blocks
+# of work beyond its grid itself, as a GPU needs beyond 65,535 row blocks or 2^31 - 1 elements'
+# blocks. The emulator rejects any launch over the cap, so a kernel that forgot to loop fails.
+@pytest.mark.parametrize("variant", [0, 1, 2, 3])
+@pytest.mark.parametrize("shape,proj", [(MEDIUM, 5), (WIDE, 0), (TALL, 0)])
+def test_grid_limits_do_not_change_bits(emulated, variant, shape, proj):
+    emulated.set_grid_limit(2, 1)
+    try:
+        _two_layer_bidir_against_cpu(emulated, shape, "grid capped at 2 x 1", proj, 4, variant)
+    finally:
+        emulated.set_grid_limit(0, 0)
+
+
+def test_the_emulator_rejects_a_grid_over_its_limit(emulated):
+    """What makes the test above able to fail: with only the emulator's limit lowered, a kernel that
+    needs 4 blocks (1024 patterns, 256 threads each) is refused; with the kernels' limit lowered too,
+    it runs in one block and gives the same bits."""
+    count, first = 1 << 10, 0x3F800000
+    bits = torch.arange(first, first + count, dtype=torch.int64).to(torch.int32)
+    expected = detlstm.canonical_unary(bits.view(torch.float32), "exp")
+    emulated.set_emulator_max_grid(1, 1)
+    try:
+        with pytest.raises(RuntimeError, match="unary_bits_kernel: invalid launch shape"):
+            emulated.canonical_unary_bits(0, first, count)
+        emulated.set_grid_limit(1, 1)
+        assert_bitwise_equal(expected, emulated.canonical_unary_bits(0, first, count), "one block")
+    finally:
+        emulated.set_grid_limit(0, 0)
+
+
+def test_sync_mode_synchronises_after_every_launch(emulated, monkeypatch):
+    """DETLSTM_CUDA_SYNC=1: a synchronisation (and check) after every kernel; none without it."""
+    fwd_args, grads = _call(2, True, True, 3, 0.5, torch.float32)
+    for setting, expect_syncs in (("1", True), ("0", False)):
+        monkeypatch.setenv("DETLSTM_CUDA_SYNC", setting)
+        launches0, syncs0 = emulated.counts()
+        _run(emulated.lstm_forward, emulated.lstm_backward, fwd_args, grads)
+        launches1, syncs1 = emulated.counts()
+        assert launches1 - launches0 > 50
+        assert syncs1 - syncs0 == (launches1 - launches0 if expect_syncs else 0), setting
+
+
 # Ranges of float32 bit patterns: both zeros and subnormals, around 1 and the saturation points of
 # sigmoid and tanh, exp's overflow and underflow edges, infinities and NaNs (positive and negative).
 BIT_RANGES = [0x00000000, 0x007FF000, 0x3F7FF000, 0x3F800000, 0x41100000, 0x42B17000, 0x42CFF000,
@@ -202,4 +255,4 @@ def test_kernels_stay_inside_their_buffers_and_write_every_output():
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0", UBSAN_OPTIONS="print_stacktrace=1")
     run = subprocess.run([exe], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert run.stdout.strip().splitlines()[-1] == "ok 112"
+    assert run.stdout.strip().splitlines()[-1] == "ok 128"

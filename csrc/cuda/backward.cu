@@ -98,21 +98,25 @@ __device__ void backward_finish(const BackwardStepParams<T>& p, int d, int D,
   p.dc[(d * B + b) * H + j] = cg.dc_prev;
 }
 
-// Thread (unit j, RB rows) of direction blockIdx.z: dh as one chain over the gate rows n of
+// The units a step launch covers: the cell's H, or the R of dh for a chain-only launch.
+template <typename T>
+__host__ __device__ int64_t backward_units(const BackwardStepParams<T>& p) {
+  const bool cell = p.mode == BackwardMode::kFused || p.mode == BackwardMode::kCellOnly;
+  return cell ? p.hidden : p.real_hidden;
+}
+
+// Thread (unit j, RB rows from i0) of direction blockIdx.z: dh as one chain over the gate rows n of
 // da(next step) . W_hh, W_hh and da read straight from global memory (L2).
 template <typename T, int RB>
-__global__ void backward_step_kernel(BackwardStepParams<T> p) {
+__device__ void backward_step_rows(const BackwardStepParams<T>& p, int64_t j, int64_t i0) {
   const int d = blockIdx.z, D = gridDim.z;
-  const int64_t H = p.hidden, G = 4 * H, RH = p.real_hidden;
-  const bool cell = p.mode == BackwardMode::kFused || p.mode == BackwardMode::kCellOnly;
-  const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  const int64_t i0 = blockIdx.y * int64_t(RB);
-  if (j >= (cell ? H : RH)) return;
+  const int64_t G = 4 * p.hidden, RH = p.real_hidden;
+  if (j >= backward_units(p)) return;
   BackwardRow<T> rows[RB];
   bool live[RB];
 #pragma unroll
   for (int r = 0; r < RB; ++r) {
-    live[r] = i0 + r < p.active;  // row 0 of a block is always live
+    live[r] = i0 + r < p.active;  // row i0 is always live
     rows[r] = backward_row(p, d, D, live[r] ? i0 + r : i0, live[r], j);
   }
   if (p.mode != BackwardMode::kCellOnly) {
@@ -129,22 +133,29 @@ __global__ void backward_step_kernel(BackwardStepParams<T> p) {
     if (live[r]) backward_finish(p, d, D, rows[r], j, rows[r].acc);
 }
 
-// The same step by (direction, kSliceUnits units, kSliceRowGroups * RB rows) blocks that stage
-// their units' columns of W_hh and their rows' da(next step) in shared memory, kSliceK gate rows at
-// a time (see forward_step_slice_kernel). A row without a chain skips the fma, never adds zeros.
 template <typename T, int RB>
-__global__ void __launch_bounds__(kSliceThreads) backward_step_slice_kernel(BackwardStepParams<T> p) {
+__global__ void backward_step_kernel(BackwardStepParams<T> p) {
+  for_each_work_block(ceil_div(backward_units(p), blockDim.x), ceil_div(p.active, RB),
+                      [&](int64_t bx, int64_t by) {
+                        backward_step_rows<T, RB>(p, bx * blockDim.x + threadIdx.x, by * RB);
+                      });
+}
+
+// The same step by (direction, kSliceUnits units from j0, kSliceRowGroups * RB rows from i0) blocks
+// that stage their units' columns of W_hh and their rows' da(next step) in shared memory, kSliceK
+// gate rows at a time (see forward_step_slice). A row without a chain skips the fma, never adds
+// zeros. Every thread of the block calls this (it holds barriers).
+template <typename T, int RB>
+__device__ void backward_step_slice(const BackwardStepParams<T>& p, int64_t j0, int64_t i0) {
   constexpr int kRows = kSliceRowGroups * RB;
   __shared__ T w_s[kSliceK][kSliceUnits];
   __shared__ T a_s[kRows][kSliceK + 1];
   __shared__ const T* src_s[kRows];
   const int d = blockIdx.z, D = gridDim.z;
-  const int64_t H = p.hidden, G = 4 * H, RH = p.real_hidden;
-  const bool cell = p.mode == BackwardMode::kFused || p.mode == BackwardMode::kCellOnly;
-  const int64_t units = cell ? H : RH;
+  const int64_t G = 4 * p.hidden, RH = p.real_hidden;
   const int u = threadIdx.x % kSliceUnits, q = threadIdx.x / kSliceUnits;
-  const int64_t j0 = blockIdx.x * int64_t(kSliceUnits), j = j0 + u;
-  const int64_t i0 = blockIdx.y * int64_t(kRows);
+  const int64_t j = j0 + u;
+  __syncthreads();  // a previous block of work of this thread block is done with the shared arrays
   // the rows' chain sources do not depend on the unit: any in-range j does for looking them up
   for (int rr = threadIdx.x; rr < kRows; rr += kSliceThreads)
     src_s[rr] = p.mode != BackwardMode::kCellOnly && i0 + rr < p.active
@@ -155,7 +166,7 @@ __global__ void __launch_bounds__(kSliceThreads) backward_step_slice_kernel(Back
 #pragma unroll
   for (int r = 0; r < RB; ++r) {
     const int64_t i = i0 + q + r * kSliceRowGroups;
-    live[r] = i < p.active && j < units;
+    live[r] = i < p.active && j < backward_units(p);
     if (live[r])
       rows[r] = backward_row(p, d, D, i, true, j);
     else
@@ -190,6 +201,14 @@ __global__ void __launch_bounds__(kSliceThreads) backward_step_slice_kernel(Back
 }
 
 template <typename T, int RB>
+__global__ void __launch_bounds__(kSliceThreads) backward_step_slice_kernel(BackwardStepParams<T> p) {
+  for_each_work_block(ceil_div(backward_units(p), kSliceUnits),
+                      ceil_div(p.active, kSliceRowGroups * RB), [&](int64_t bx, int64_t by) {
+                        backward_step_slice<T, RB>(p, bx * kSliceUnits, by * kSliceRowGroups * RB);
+                      });
+}
+
+template <typename T, int RB>
 struct BackwardStep {
   static constexpr auto kernel = backward_step_kernel<T, RB>;
   static constexpr auto slice_kernel = backward_step_slice_kernel<T, kSliceRowsPerThread>;
@@ -197,9 +216,8 @@ struct BackwardStep {
 
 template <typename T>
 void backward_step(const BackwardStepParams<T>& p, int directions, cudaStream_t stream) {
-  const bool cell = p.mode == BackwardMode::kFused || p.mode == BackwardMode::kCellOnly;
-  launch_step_kernel<BackwardStep, T>(p, cell ? p.hidden : p.real_hidden, p.active, directions,
-                                      stream, "backward_step_kernel");
+  launch_step_kernel<BackwardStep, T>(p, backward_units(p), p.active, directions, stream,
+                                      "backward_step_kernel");
 }
 
 // h_prev of the valid row v in direction d: what multiplied W_hh at that step.
@@ -222,22 +240,22 @@ struct HPrevRows {
 template <typename T>
 __global__ void bias_grad_kernel(const T* da, const int64_t* valid, int64_t rows, int64_t G,
                                  T* db_ih, T* db_hh) {
-  const int64_t n = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (n >= G) return;
-  T acc = T(0);
-  for (int64_t v = 0; v < rows; ++v) acc = acc + da[valid[v] * G + n];
-  db_ih[n] = acc;
-  db_hh[n] = acc;
+  for (int64_t n = stride_start(); n < G; n += stride_step()) {
+    T acc = T(0);
+    for (int64_t v = 0; v < rows; ++v) acc = acc + da[valid[v] * G + n];
+    db_ih[n] = acc;
+    db_hh[n] = acc;
+  }
 }
 
 // m = o * tanh(c) of every valid (t, b), as the forward's cell computed it (for dW_hr).
 template <typename T>
 __global__ void cell_output_kernel(const T* gates, const T* cells, const int64_t* valid,
                                    int64_t rows, int64_t H, T* m) {
-  const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (e >= rows * H) return;
-  const int64_t r = valid[e / H], j = e % H;
-  m[r * H + j] = gates[r * 4 * H + 3 * H + j] * canonical_tanh(cells[r * H + j]);
+  for (int64_t e = stride_start(); e < rows * H; e += stride_step()) {
+    const int64_t r = valid[e / H], j = e % H;
+    m[r * H + j] = gates[r * 4 * H + 3 * H + j] * canonical_tanh(cells[r * H + j]);
+  }
 }
 
 template <typename T>
@@ -306,6 +324,7 @@ void backward_impl(const LstmBackwardArgs<T>& a, const ScratchAlloc& scratch, cu
     for (int64_t s = Tn - 1; s >= 0; --s) {
       p.step = s;
       p.active = sched.active[s];
+      if (p.active == 0) continue;  // a step no row reaches: nothing to do, and no empty grid
       if (!proj) {
         p.mode = BackwardMode::kFused;
         backward_step(p, static_cast<int>(D), stream);
@@ -353,18 +372,16 @@ void backward_impl(const LstmBackwardArgs<T>& a, const ScratchAlloc& scratch, cu
                           static_cast<const T*>(nullptr), stream);
       if (proj) {
         // dW_hr[q][k] = chain over the valid (t, b) in storage order of dh[q] * m[k], from 0.
-        launch_kernel("cell_output_kernel", cell_output_kernel<T>,
-                      static_cast<unsigned>(ceil_div(R * H, 256)), 256, stream, p.gates[d],
-                      p.cells[d], ds.valid, R, H, m_all[d]);
+        launch_kernel("cell_output_kernel", cell_output_kernel<T>, stride_grid(R * H, 256), 256,
+                      stream, p.gates[d], p.cells[d], ds.valid, R, H, m_all[d]);
         gemm_chain<T, true>(RH, H, R, Rows<const T>{dh_all[d], ds.valid, RH, 0},
                             Rows<const T>{m_all[d], ds.valid, H, 0},
                             Rows<T>{a.dw_hr[w], nullptr, H, 0}, GemmInit::kZero,
                             static_cast<const T*>(nullptr), stream);
       }
       if (S.has_bias) {
-        launch_kernel("bias_grad_kernel", bias_grad_kernel<T>,
-                      static_cast<unsigned>(ceil_div(G, 128)), 128, stream, da[d], ds.valid, R, G,
-                      a.db_ih[w], a.db_hh[w]);
+        launch_kernel("bias_grad_kernel", bias_grad_kernel<T>, stride_grid(G, 128), 128, stream,
+                      da[d], ds.valid, R, G, a.db_ih[w], a.db_hh[w]);
       }
     }
 

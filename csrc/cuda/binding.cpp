@@ -79,6 +79,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_launch_variant", &detlstm::cuda::set_launch_variant,
         "Force the CUDA kernels' launch shapes (0 default, 1, 2, 3); returns the previous variant. "
         "Results must not change: tests use it as a stand-in for other GPUs.");
+  m.def(
+      "set_grid_limit",
+      [](int64_t x, int64_t y) {
+        const detlstm::cuda::GridLimit previous = detlstm::cuda::set_grid_limit({x, y});
+        return std::make_pair(previous.x, previous.y);
+      },
+      "Force the largest grid the kernels launch along x and y (values < 1: CUDA's limits); returns "
+      "the previous limits. Results must not change: the kernels cover the rest by looping.");
   m.def("canonical_unary_bits", &detlstm::canonical_unary_bits_cuda,
         "The canonical exp (0) / sigmoid (1) / tanh (2) of count float32 bit patterns from first.");
 }

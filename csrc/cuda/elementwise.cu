@@ -1,4 +1,5 @@
-// Elementwise CUDA kernels: padding, transposes, dropout, the canonical functions.
+// Elementwise CUDA kernels: padding, transposes, dropout, the canonical functions, host uploads; and
+// the launch settings (variant, grid limit) every launch reads.
 #include "kernels_common.cuh"
 
 namespace detlstm {
@@ -6,15 +7,43 @@ namespace cuda {
 
 namespace {
 int g_launch_variant = 0;
+constexpr GridLimit kCudaGridLimit{2147483647, 65535};
+GridLimit g_grid_limit = kCudaGridLimit;
 constexpr int kThreads = 256;
 
-unsigned blocks_for(int64_t n) {
-  const int64_t b = ceil_div(n, kThreads);
-  return static_cast<unsigned>(b < 65535 * 64 ? (b > 0 ? b : 1) : 65535 * 64);
-}
+dim3 blocks_for(int64_t n) { return stride_grid(n, kThreads); }
 }  // namespace
 
 int launch_variant() { return g_launch_variant; }
+
+GridLimit grid_limit() { return g_grid_limit; }
+
+GridLimit set_grid_limit(GridLimit limit) {
+  const GridLimit previous = g_grid_limit;
+  g_grid_limit.x = limit.x >= 1 && limit.x <= kCudaGridLimit.x ? limit.x : kCudaGridLimit.x;
+  g_grid_limit.y = limit.y >= 1 && limit.y <= kCudaGridLimit.y ? limit.y : kCudaGridLimit.y;
+  return previous;
+}
+
+// Up to kUploadWords values per launch, carried in the launch's parameters (4 KB in all, the
+// limit every CUDA version takes).
+constexpr int kUploadWords = 496;
+struct UploadChunk {
+  int64_t words[kUploadWords];
+};
+
+__global__ void upload_kernel(int64_t* device, int64_t count, UploadChunk chunk) {
+  for (int64_t e = threadIdx.x; e < count; e += blockDim.x) device[e] = chunk.words[e];
+}
+
+void upload_int64(const int64_t* host, int64_t count, int64_t* device, cudaStream_t stream) {
+  UploadChunk chunk;
+  for (int64_t first = 0; first < count; first += kUploadWords) {
+    const int64_t n = count - first < kUploadWords ? count - first : kUploadWords;
+    std::copy(host + first, host + first + n, chunk.words);
+    launch_kernel("upload_kernel", upload_kernel, 1, 128, stream, device + first, n, chunk);
+  }
+}
 
 int set_launch_variant(int variant) {
   if (variant < 0 || variant >= kLaunchVariants)
@@ -29,8 +58,7 @@ template <typename T>
 __global__ void zero_padding_kernel(T* base, int64_t width, const int64_t* lengths, int64_t steps,
                                     int64_t batch) {
   const int64_t total = steps * batch * width;
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total;
-       e += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t e = stride_start(); e < total; e += stride_step()) {
     const int64_t row = e / width, t = row / batch, b = row % batch;
     if (t >= lengths[b]) base[e] = T(0);
   }
@@ -46,8 +74,7 @@ void launch_zero_padding(T* base, int64_t width, const int64_t* lengths, int64_t
 template <typename T>
 __global__ void transpose_kernel(const T* in, T* out, int64_t rows, int64_t cols) {
   const int64_t total = rows * cols;
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total;
-       e += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t e = stride_start(); e < total; e += stride_step()) {
     const int64_t c = e / rows, r = e % rows;  // coalesced writes
     out[e] = in[r * cols + c];
   }
@@ -66,8 +93,7 @@ __global__ void dropout_kernel(uint64_t seed, uint64_t threshold, T scale, uint3
                                int64_t batch) {
   const int64_t groups = (width + 3) / 4;
   const int64_t total = rows * groups;
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total;
-       e += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t e = stride_start(); e < total; e += stride_step()) {
     const int64_t r = valid[e / groups], group = e % groups;
     const int64_t t = r / batch, b = r % batch;
     const Philox4x32 draws = dropout_draws(seed, layer, static_cast<uint32_t>(t),
@@ -92,14 +118,12 @@ __device__ inline float unary_apply(int fn, float x) {
 }
 
 __global__ void unary_kernel(int fn, const float* x, float* y, int64_t n) {
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n;
-       e += int64_t(gridDim.x) * blockDim.x)
+  for (int64_t e = stride_start(); e < n; e += stride_step())
     y[e] = unary_apply(fn, x[e]);
 }
 
 __global__ void unary_bits_kernel(int fn, uint32_t first, float* y, int64_t n) {
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n;
-       e += int64_t(gridDim.x) * blockDim.x)
+  for (int64_t e = stride_start(); e < n; e += stride_step())
     y[e] = unary_apply(fn, bits_float(first + static_cast<uint32_t>(e)));
 }
 

@@ -70,22 +70,20 @@ __device__ void forward_finish(const ForwardStepParams<T>& p, int d, int D, cons
     p.y[row.out_row * D * p.real_hidden + d * H + j] = st.h;
 }
 
-// Thread (unit j, RB rows) of direction blockIdx.z. Each of its 4*RB pre-activations continues as
-// one fma chain over k = 0 .. R-1 (ARITHMETIC.md rule 4), then the cell runs in the same thread.
-// W_hh^T and h_prev are read straight from global memory (L2).
+// Thread (unit j, RB rows from i0) of direction blockIdx.z. Each of its 4*RB pre-activations
+// continues as one fma chain over k = 0 .. R-1 (ARITHMETIC.md rule 4), then the cell runs in the same
+// thread. W_hh^T and h_prev are read straight from global memory (L2).
 template <typename T, int RB>
-__global__ void forward_step_kernel(ForwardStepParams<T> p) {
+__device__ void forward_step_rows(const ForwardStepParams<T>& p, int64_t j, int64_t i0) {
   const int d = blockIdx.z, D = gridDim.z;
   const int64_t H = p.hidden, G = 4 * H, RH = p.real_hidden;
-  const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  const int64_t i0 = blockIdx.y * int64_t(RB);
   if (j >= H) return;
   ForwardRow<T> rows[RB];
   bool live[RB];
   T acc[RB][4];
 #pragma unroll
   for (int r = 0; r < RB; ++r) {
-    live[r] = i0 + r < p.active;  // row 0 of a block is always live
+    live[r] = i0 + r < p.active;  // row i0 is always live
     rows[r] = forward_row(p, d, D, live[r] ? i0 + r : i0);
 #pragma unroll
     for (int g = 0; g < 4; ++g) acc[r][g] = rows[r].grow[g * H + j];
@@ -107,12 +105,21 @@ __global__ void forward_step_kernel(ForwardStepParams<T> p) {
     if (live[r]) forward_finish(p, d, D, rows[r], j, acc[r]);
 }
 
-// The same step with a block per (direction, kSliceUnits units, kSliceRowGroups * RB rows): the
-// block stages its units' columns of W_hh^T and its rows' h_prev in shared memory, kSliceK values of
-// k at a time, so W_hh is read from L2 once per step per row block instead of once per RB rows.
-// Thread (unit u, row group q) owns rows q, q + kSliceRowGroups, ...; chains and cell as above.
 template <typename T, int RB>
-__global__ void __launch_bounds__(kSliceThreads) forward_step_slice_kernel(ForwardStepParams<T> p) {
+__global__ void forward_step_kernel(ForwardStepParams<T> p) {
+  for_each_work_block(ceil_div(p.hidden, blockDim.x), ceil_div(p.active, RB),
+                      [&](int64_t bx, int64_t by) {
+                        forward_step_rows<T, RB>(p, bx * blockDim.x + threadIdx.x, by * RB);
+                      });
+}
+
+// The same step with a block per (direction, kSliceUnits units from j0, kSliceRowGroups * RB rows
+// from i0): the block stages its units' columns of W_hh^T and its rows' h_prev in shared memory,
+// kSliceK values of k at a time, so W_hh is read from L2 once per step per row block instead of once
+// per RB rows. Thread (unit u, row group q) owns rows q, q + kSliceRowGroups, ...; chains and cell as
+// above. Every thread of the block calls this (it holds barriers).
+template <typename T, int RB>
+__device__ void forward_step_slice(const ForwardStepParams<T>& p, int64_t j0, int64_t i0) {
   constexpr int kRows = kSliceRowGroups * RB;
   __shared__ T w_s[kSliceK][4 * kSliceUnits];
   __shared__ T h_s[kRows][kSliceK + 1];  // +1: the row groups of a warp fall in different banks
@@ -120,8 +127,8 @@ __global__ void __launch_bounds__(kSliceThreads) forward_step_slice_kernel(Forwa
   const int d = blockIdx.z, D = gridDim.z;
   const int64_t H = p.hidden, G = 4 * H, RH = p.real_hidden;
   const int u = threadIdx.x % kSliceUnits, q = threadIdx.x / kSliceUnits;
-  const int64_t j0 = blockIdx.x * int64_t(kSliceUnits), j = j0 + u;
-  const int64_t i0 = blockIdx.y * int64_t(kRows);
+  const int64_t j = j0 + u;
+  __syncthreads();  // a previous block of work of this thread block is done with the shared arrays
   for (int rr = threadIdx.x; rr < kRows; rr += kSliceThreads)
     hprev_s[rr] = i0 + rr < p.active ? forward_row(p, d, D, i0 + rr).hprev : nullptr;
   ForwardRow<T> rows[RB];
@@ -167,6 +174,14 @@ __global__ void __launch_bounds__(kSliceThreads) forward_step_slice_kernel(Forwa
 }
 
 template <typename T, int RB>
+__global__ void __launch_bounds__(kSliceThreads) forward_step_slice_kernel(ForwardStepParams<T> p) {
+  for_each_work_block(ceil_div(p.hidden, kSliceUnits), ceil_div(p.active, kSliceRowGroups * RB),
+                      [&](int64_t bx, int64_t by) {
+                        forward_step_slice<T, RB>(p, bx * kSliceUnits, by * kSliceRowGroups * RB);
+                      });
+}
+
+template <typename T, int RB>
 struct ForwardStep {
   static constexpr auto kernel = forward_step_kernel<T, RB>;
   static constexpr auto slice_kernel = forward_step_slice_kernel<T, kSliceRowsPerThread>;
@@ -179,8 +194,8 @@ void forward_step(const ForwardStepParams<T>& p, int directions, cudaStream_t st
 
 template <typename T>
 __global__ void bias_sum_kernel(const T* b_ih, const T* b_hh, T* out, int64_t n) {
-  const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (e < n) out[e] = b_ih[e] + b_hh[e];  // the chain's head (rule 4)
+  for (int64_t e = stride_start(); e < n; e += stride_step())
+    out[e] = b_ih[e] + b_hh[e];  // the chain's head (rule 4)
 }
 
 // A final state after step len-1 (forward) or step 0 (reverse): h_n from the layer output (rows of
@@ -189,22 +204,21 @@ template <typename T>
 __global__ void final_state_kernel(const int64_t* lengths, const T* src_fwd, const T* src_rev,
                                    int64_t row_width, int64_t width, bool sliced, T* dst,
                                    int64_t layer, int64_t D, int64_t B) {
-  const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (e >= D * B * width) return;
-  const int64_t d = e / (B * width), b = (e / width) % B, j = e % width;
-  const int64_t t = d == 0 ? lengths[b] - 1 : 0;
-  const T* src = d == 0 ? src_fwd : src_rev;
-  dst[((layer * D + d) * B + b) * width + j] =
-      src[(t * B + b) * row_width + (sliced ? d * width : 0) + j];
+  for (int64_t e = stride_start(); e < D * B * width; e += stride_step()) {
+    const int64_t d = e / (B * width), b = (e / width) % B, j = e % width;
+    const int64_t t = d == 0 ? lengths[b] - 1 : 0;
+    const T* src = d == 0 ? src_fwd : src_rev;
+    dst[((layer * D + d) * B + b) * width + j] =
+        src[(t * B + b) * row_width + (sliced ? d * width : 0) + j];
+  }
 }
 
 template <typename T>
 void launch_final_state(const int64_t* lengths, const T* fwd, const T* rev, int64_t row_width,
                         int64_t width, bool sliced, T* dst, int64_t layer, int64_t D, int64_t B,
                         cudaStream_t stream) {
-  launch_kernel("final_state_kernel", final_state_kernel<T>,
-                static_cast<unsigned>(ceil_div(D * B * width, 256)), 256, stream, lengths, fwd, rev,
-                row_width, width, sliced, dst, layer, D, B);
+  launch_kernel("final_state_kernel", final_state_kernel<T>, stride_grid(D * B * width, 256), 256,
+                stream, lengths, fwd, rev, row_width, width, sliced, dst, layer, D, B);
 }
 
 template <typename T>
@@ -270,9 +284,8 @@ void forward_impl(const LstmForwardArgs<T>& a, const ScratchAlloc& scratch, cuda
       if (proj) launch_transpose(a.weights.w_hr[w], wt_hr[d], RH, H, stream);
       p.m_out[d] = m_buf[d];
       if (S.has_bias) {
-        launch_kernel("bias_sum_kernel", bias_sum_kernel<T>,
-                      static_cast<unsigned>(ceil_div(G, 256)), 256, stream, a.weights.b_ih[w],
-                      a.weights.b_hh[w], bias[d], G);
+        launch_kernel("bias_sum_kernel", bias_sum_kernel<T>, stride_grid(G, 256), 256, stream,
+                      a.weights.b_ih[w], a.weights.b_hh[w], bias[d], G);
       }
       p.gates[d] = a.gates + w * Tn * B * G;
       p.cells[d] = a.cells + w * Tn * B * H;
@@ -282,7 +295,9 @@ void forward_impl(const LstmForwardArgs<T>& a, const ScratchAlloc& scratch, cuda
                            Rows<T>{p.gates[d], ds.valid, G, 0},
                            S.has_bias ? GemmInit::kVector : GemmInit::kZero, bias[d], stream);
     }
-    for (int64_t s = 0; s < Tn; ++s) {
+    // Steps no row reaches (every length below T) are not launched: they have no work, and a launch
+    // with no rows would be an empty grid.
+    for (int64_t s = 0; s < Tn && sched.active[s] > 0; ++s) {
       p.step = s;
       p.active = sched.active[s];
       forward_step(p, static_cast<int>(D), stream);

@@ -18,18 +18,19 @@ enum class GemmInit { kZero, kVector, kFromC };
 
 constexpr int kGemmBK = 16;
 
+// The BM x BN tile of C at (m0, n0). Every thread of the block calls this (it holds barriers); it
+// ends on a barrier, so the block can go on to another tile with the same shared arrays.
 template <typename T, bool kACols, int BM, int BN, int TM, int TN, class ARows, class BRows,
           class CRows>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN))
-    gemm_chain_kernel(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows c, GemmInit init,
-                      const T* init_vec) {
+__device__ void gemm_chain_tile(int64_t M, int64_t N, int64_t P, const ARows& a, const BRows& b,
+                                const CRows& c, GemmInit init, const T* init_vec, int64_t m0,
+                                int64_t n0) {
   constexpr int kThreads = (BM / TM) * (BN / TN);
   // 16-byte aligned rows, so a patch's TM (TN) consecutive values load as vectors
   __shared__ __align__(16) T As[kGemmBK][BM];
   __shared__ __align__(16) T Bs[kGemmBK][BN];
   const int tid = threadIdx.x;
   const int tx = tid % (BN / TN), ty = tid / (BN / TN);
-  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * BM, n0 = static_cast<int64_t>(blockIdx.x) * BN;
 
   T acc[TM][TN];
 #pragma unroll
@@ -93,11 +94,22 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN))
   }
 }
 
+// Block (x, y) computes tile (x, y) of C, then those a grid's width and height further on.
+template <typename T, bool kACols, int BM, int BN, int TM, int TN, class ARows, class BRows,
+          class CRows>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN))
+    gemm_chain_kernel(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows c, GemmInit init,
+                      const T* init_vec) {
+  for_each_work_block(ceil_div(N, BN), ceil_div(M, BM), [&](int64_t bx, int64_t by) {
+    gemm_chain_tile<T, kACols, BM, BN, TM, TN>(M, N, P, a, b, c, init, init_vec, by * BM, bx * BN);
+  });
+}
+
 template <typename T, bool kACols, int BM, int BN, int TM, int TN, class ARows, class BRows,
           class CRows>
 void launch_gemm_tiles(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows c, GemmInit init,
                        const T* init_vec, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(ceil_div(N, BN)), static_cast<unsigned>(ceil_div(M, BM)));
+  const dim3 grid = capped_grid(ceil_div(N, BN), ceil_div(M, BM));
   launch_kernel("gemm_chain_kernel",
                 gemm_chain_kernel<T, kACols, BM, BN, TM, TN, ARows, BRows, CRows>, grid,
                 (BM / TM) * (BN / TN), stream, M, N, P, a, b, c, init, init_vec);

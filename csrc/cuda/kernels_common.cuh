@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -19,7 +20,38 @@ inline void check_cuda(cudaError_t err, const char* what) {
   if (err != cudaSuccess)
     throw std::runtime_error(std::string("detlstm CUDA: ") + what + ": " + cudaGetErrorString(err));
 }
-inline void check_launch(const char* kernel) { check_cuda(cudaGetLastError(), kernel); }
+
+// DETLSTM_CUDA_SYNC=1 (read at every launch): synchronise after each kernel and check, so a fault
+// inside a kernel is reported with that kernel's name instead of surfacing at some later call. Off
+// during stream capture, where synchronising is not allowed (and nothing runs yet anyway).
+inline bool sync_after_launches() {
+  const char* v = std::getenv("DETLSTM_CUDA_SYNC");
+  return v != nullptr && v[0] != '\0' && !(v[0] == '0' && v[1] == '\0');
+}
+
+inline void check_launch(const char* kernel, cudaStream_t stream) {
+  check_cuda(cudaGetLastError(), kernel);  // configuration errors: shape, resources
+  if (!sync_after_launches()) return;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  check_cuda(cudaStreamIsCapturing(stream, &capture), kernel);
+  if (capture == cudaStreamCaptureStatusNone)
+    check_cuda(cudaStreamSynchronize(stream), kernel);  // faults while the kernel ran
+}
+
+// The largest grid a launch may use along x and y: the CUDA limits unless a test forces smaller ones
+// (set_grid_limit). Kernels whose work can outgrow it visit their blocks of work in strides of the
+// grid, so every size that fits in memory runs.
+GridLimit grid_limit();
+
+// A grid of nx x ny x nz blocks of work, capped at the grid limit along x and y (nz is 1 or 2). No
+// work gives an empty grid, which a launch rejects: callers launch only where there is work.
+inline dim3 capped_grid(int64_t nx, int64_t ny = 1, int64_t nz = 1) {
+  const GridLimit limit = grid_limit();
+  const auto cap = [](int64_t n, int64_t most) {
+    return static_cast<unsigned>(n < 1 ? 0 : (n < most ? n : most));
+  };
+  return dim3(cap(nx, limit.x), cap(ny, limit.y), static_cast<unsigned>(nz));
+}
 
 // Every kernel launch goes through here. Under nvcc it is the launch itself; compiled as plain C++ it
 // runs the kernel in the host emulation of tests/cuda_emulation, which lets the CPU-only CI execute
@@ -27,16 +59,36 @@ inline void check_launch(const char* kernel) { check_cuda(cudaGetLastError(), ke
 template <typename... Params, typename... Args>
 void launch_kernel(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block,
                    cudaStream_t stream, Args... args) {
+  const GridLimit limit = grid_limit();
+  if (grid.x > limit.x || grid.y > limit.y)
+    throw std::logic_error(std::string("detlstm CUDA: ") + name + ": grid over the limit");
 #if defined(__CUDACC__)
   kernel<<<grid, block, 0, stream>>>(args...);
 #else
-  (void)stream;
   emulated_launch(kernel, grid, block, args...);
 #endif
-  check_launch(name);
+  check_launch(name, stream);
 }
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+__host__ __device__ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Blocks of `threads` for a grid-stride loop over n elements, capped at the grid limit.
+inline dim3 stride_grid(int64_t n, int threads) { return capped_grid(ceil_div(n, threads)); }
+
+// The index of the first element of this thread in a grid-stride loop, and the stride.
+__device__ __forceinline__ int64_t stride_start() {
+  return blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+}
+__device__ __forceinline__ int64_t stride_step() { return int64_t(gridDim.x) * blockDim.x; }
+
+// Runs body(bx, by) for every block of work (bx < nx, by < ny) this block stands for: its own
+// coordinates, then strides of the grid. The bounds are the same for all threads of a block, so
+// barriers inside the body stay uniform.
+template <class Body>
+__device__ __forceinline__ void for_each_work_block(int64_t nx, int64_t ny, Body&& body) {
+  for (int64_t by = blockIdx.y; by < ny; by += gridDim.y)
+    for (int64_t bx = blockIdx.x; bx < nx; bx += gridDim.x) body(bx, by);
+}
 
 int launch_variant();
 
@@ -78,18 +130,28 @@ T* scratch_array(const ScratchAlloc& scratch, int64_t count) {
   return static_cast<T*>(scratch(static_cast<size_t>(count > 0 ? count : 1) * sizeof(T)));
 }
 
+// Copies count host int64 values to device memory in stream order (elementwise.cu). The values
+// travel as kernel parameters, which a launch copies when it is enqueued and a stream capture copies
+// into the graph: no host buffer has to outlive the call, and CUDA graphs can capture it (a
+// cudaMemcpyAsync from pageable memory cannot be captured, and one from pinned memory would read
+// the buffer again at every replay).
+void upload_int64(const int64_t* host, int64_t count, int64_t* device, cudaStream_t stream);
+
+inline int64_t* upload_array(const std::vector<int64_t>& host, const ScratchAlloc& scratch,
+                             cudaStream_t stream) {
+  int64_t* buf = scratch_array<int64_t>(scratch, static_cast<int64_t>(host.size()));
+  upload_int64(host.data(), static_cast<int64_t>(host.size()), buf, stream);
+  return buf;
+}
+
 inline DeviceSchedule upload_schedule(const StepSchedule& sched, const int64_t* lengths, int64_t B,
                                       const ScratchAlloc& scratch, cudaStream_t stream) {
   const int64_t R = static_cast<int64_t>(sched.valid.size());
-  int64_t* buf = scratch_array<int64_t>(scratch, 2 * B + R);
   std::vector<int64_t> host(static_cast<size_t>(2 * B + R));
   std::copy(lengths, lengths + B, host.begin());
   std::copy(sched.order.begin(), sched.order.end(), host.begin() + B);
   std::copy(sched.valid.begin(), sched.valid.end(), host.begin() + 2 * B);
-  // pageable source: the copy has read `host` before cudaMemcpyAsync returns
-  check_cuda(cudaMemcpyAsync(buf, host.data(), host.size() * sizeof(int64_t), cudaMemcpyHostToDevice,
-                             stream),
-             "upload schedule");
+  const int64_t* buf = upload_array(host, scratch, stream);
   return {buf, buf + B, buf + 2 * B, R};
 }
 
@@ -115,11 +177,7 @@ inline StepRows upload_step_rows(const StepSchedule& sched, const int64_t* lengt
         host.push_back(step_time(d, s, lengths[b]) * B + b);
       }
     }
-  int64_t* buf = scratch_array<int64_t>(scratch, static_cast<int64_t>(host.size()));
-  check_cuda(cudaMemcpyAsync(buf, host.data(), host.size() * sizeof(int64_t), cudaMemcpyHostToDevice,
-                             stream),
-             "upload step rows");
-  out.rows = buf;
+  out.rows = upload_array(host, scratch, stream);
   return out;
 }
 
@@ -133,23 +191,22 @@ constexpr int kSliceRowsPerThread = 2;  // shared memory: float64 at 2 rows take
 
 // Launches a per-step kernel with the current launch variant's shape: Step<T, RB>::kernel (one
 // thread per unit, RB rows per thread) for variants 0-2, Step<T, RB>::slice_kernel (blocks of units
-// x rows staged in shared memory) for variant 3; both directions in grid z. The shape decides only
-// who computes what.
+// x rows staged in shared memory) for variant 3; both directions in grid z, units x row blocks
+// capped at the grid limit (the kernels loop over the rest). The shape decides only who computes
+// what.
 template <template <typename, int> class Step, typename T, typename Params>
 void launch_step_kernel(const Params& p, int64_t units, int64_t rows, int directions,
                         cudaStream_t stream, const char* name) {
   const int variant = launch_variant();
   if (variant == 3) {
-    const dim3 grid(static_cast<unsigned>(ceil_div(units, kSliceUnits)),
-                    static_cast<unsigned>(ceil_div(rows, kSliceRowGroups * kSliceRowsPerThread)),
-                    directions);
+    const dim3 grid = capped_grid(ceil_div(units, kSliceUnits),
+                                  ceil_div(rows, kSliceRowGroups * kSliceRowsPerThread), directions);
     launch_kernel(name, Step<T, kSliceRowsPerThread>::slice_kernel, grid, kSliceThreads, stream, p);
     return;
   }
   const int threads = variant == 1 ? 32 : (variant == 2 ? 256 : 128);
   const int rows_per_thread = variant == 1 ? 1 : (variant == 2 ? 8 : 4);
-  const dim3 grid(static_cast<unsigned>(ceil_div(units, threads)),
-                  static_cast<unsigned>(ceil_div(rows, rows_per_thread)), directions);
+  const dim3 grid = capped_grid(ceil_div(units, threads), ceil_div(rows, rows_per_thread), directions);
   switch (rows_per_thread) {
     case 1: launch_kernel(name, Step<T, 1>::kernel, grid, threads, stream, p); break;
     case 8: launch_kernel(name, Step<T, 8>::kernel, grid, threads, stream, p); break;

@@ -22,6 +22,14 @@ using ScratchAlloc = std::function<void*(size_t bytes)>;
 int set_launch_variant(int variant);  // returns the previous one
 constexpr int kLaunchVariants = 4;
 
+// The most blocks a launch puts along grid x and y. The default is CUDA's own limit (2^31 - 1 and
+// 65535); tests force small limits so that the kernels' loops over blocks beyond the grid, which let
+// any size that fits in memory run, are exercised at small sizes. Values below 1 restore the default.
+struct GridLimit {
+  int64_t x, y;
+};
+GridLimit set_grid_limit(GridLimit limit);  // returns the previous one
+
 void lstm_forward(const LstmForwardArgs<float>& args, const ScratchAlloc& scratch, cudaStream_t stream);
 void lstm_forward(const LstmForwardArgs<double>& args, const ScratchAlloc& scratch, cudaStream_t stream);
 void lstm_backward(const LstmBackwardArgs<float>& args, const ScratchAlloc& scratch, cudaStream_t stream);

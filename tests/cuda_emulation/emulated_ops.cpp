@@ -76,5 +76,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_launch_variant", &detlstm::cuda::set_launch_variant);
   m.def("set_order", &detlstm_emulation::set_order,
         "bit 0: run the blocks last to first; bit 1: run a block's threads last to first");
+  m.def("set_grid_limit", [](int64_t x, int64_t y) {
+    // the kernels' own limit and the emulator's check together: the kernels must keep under it
+    detlstm::cuda::set_grid_limit({x, y});
+    const detlstm::cuda::GridLimit now = detlstm::cuda::grid_limit();
+    detlstm_emulation::set_max_grid(static_cast<unsigned>(now.x), static_cast<unsigned>(now.y));
+  }, "force the largest grid along x and y (values < 1: CUDA's own limits)");
+  m.def("set_emulator_max_grid", [](unsigned x, unsigned y) { detlstm_emulation::set_max_grid(x, y); },
+        "lower the emulator's own grid limit only (the kernels do not know it)");
+  m.def("counts", [] {
+    const auto c = detlstm_emulation::counts();
+    return std::make_pair(c.launches, c.synchronizations);
+  }, "(kernel launches, stream synchronisations) so far");
   m.def("neighbour_read_probe", &detlstm::neighbour_read_probe);
 }

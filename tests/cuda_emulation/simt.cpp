@@ -35,6 +35,8 @@ struct Scheduler {
   const std::function<void()>* body = nullptr;
   int order = 0;
   cudaError_t error = cudaSuccess;
+  unsigned max_grid_x = 2147483647u, max_grid_y = 65535u;
+  Counts counts{0, 0};
 };
 
 Scheduler& scheduler() {
@@ -90,8 +92,10 @@ void run_block(unsigned nthreads, const dim3& block) {
 void run_grid(dim3 grid, dim3 block, const std::function<void()>& thread_body) {
   Scheduler& s = scheduler();
   if (s.current >= 0) throw std::logic_error("emulated launch from inside a kernel");
+  s.counts.launches += 1;
   if (block.x * block.y * block.z == 0 || block.x * block.y * block.z > 1024 ||
-      grid.x * grid.y * grid.z == 0 || grid.y > 65535 || grid.z > 65535) {
+      uint64_t(grid.x) * grid.y * grid.z == 0 || grid.x > s.max_grid_x || grid.y > s.max_grid_y ||
+      grid.z > 65535) {
     s.error = cudaErrorInvalidValue;  // what a real launch reports for such a shape
     return;
   }
@@ -114,6 +118,13 @@ int set_order(int order) {
   scheduler().order = order;
   return previous;
 }
+
+void set_max_grid(unsigned x, unsigned y) {
+  scheduler().max_grid_x = x;
+  scheduler().max_grid_y = y;
+}
+
+Counts counts() { return scheduler().counts; }
 
 }  // namespace detlstm_emulation
 
@@ -142,5 +153,15 @@ const char* cudaGetErrorString(cudaError_t err) {
 
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind, cudaStream_t) {
   std::memmove(dst, src, bytes);
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamSynchronize(cudaStream_t) {
+  detlstm_emulation::scheduler().counts.synchronizations += 1;
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamIsCapturing(cudaStream_t, cudaStreamCaptureStatus* status) {
+  *status = cudaStreamCaptureStatusNone;
   return cudaSuccess;
 }

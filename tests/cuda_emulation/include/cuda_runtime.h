@@ -56,6 +56,15 @@ cudaError_t cudaGetLastError();
 const char* cudaGetErrorString(cudaError_t err);
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
                             cudaStream_t stream);
+// Launches run to completion here, so synchronising only counts (tests check it happens), and no
+// stream is ever being captured.
+cudaError_t cudaStreamSynchronize(cudaStream_t stream);
+enum cudaStreamCaptureStatus {
+  cudaStreamCaptureStatusNone = 0,
+  cudaStreamCaptureStatusActive = 1,
+  cudaStreamCaptureStatusInvalidated = 2
+};
+cudaError_t cudaStreamIsCapturing(cudaStream_t stream, cudaStreamCaptureStatus* status);
 
 namespace detlstm_emulation {
 
@@ -65,6 +74,16 @@ void run_grid(dim3 grid, dim3 block, const std::function<void()>& thread_body);
 
 // Order of execution: bit 0 reverses the blocks, bit 1 reverses the threads within each block.
 int set_order(int order);  // returns the previous one
+
+// The largest grid along x and y a launch may have; a larger one fails as on a GPU. The default is
+// CUDA's (2^31 - 1, 65535); tests lower it to check that kernels cover work beyond their grid.
+void set_max_grid(unsigned x, unsigned y);
+
+// Launches and stream synchronisations since the process started.
+struct Counts {
+  uint64_t launches, synchronizations;
+};
+Counts counts();
 
 }  // namespace detlstm_emulation
 
