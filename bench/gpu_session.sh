@@ -79,7 +79,7 @@ fi
 if want repro; then
   phase repro 60 $PY bench/cudnn_repro.py > "$OUT/cudnn_repro.json" 2>&1
   for k in default deterministic; do
-    status "cuDNN same bits twice, $k" "$($PY -c "import json;print(json.load(open('$OUT/cudnn_repro.json'))['$k']['identical'])" 2>/dev/null || echo unknown)"
+    status "cuDNN, $k settings" "$($PY -c "import json;r=json.load(open('$OUT/cudnn_repro.json'))['$k'];print('processes same bits:', r['identical'], '| in process:', r['same_in_process'], '| batch invariant:', r['batch_invariant'])" 2>/dev/null || echo unknown)"
   done
 fi
 
@@ -92,7 +92,7 @@ if want bench; then
 fi
 
 if want profile; then
-  phase profile 120 $PY -m bench.gpu_profile --variants 0,1,2,3 --out "$OUT/profile.md" \
+  phase profile 120 $PY -m bench.gpu_profile --shapes tagger,large,stream --variants 0,1,2,3 --out "$OUT/profile.md" \
     > /dev/null 2> /tmp/detlstm_profile.err
   rc=$?
   [ $rc -ne 0 ] && tail -5 /tmp/detlstm_profile.err >> "$OUT/profile.md"

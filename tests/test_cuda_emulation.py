@@ -131,7 +131,7 @@ def test_launch_shapes_and_execution_order_do_not_change_bits(emulated, variant,
     _two_layer_bidir_against_cpu(emulated, MEDIUM, "ragged sizes", proj, 7, variant, order)
 
 
-# More rows than one block of the slice kernels (launch variant 3) holds: two row blocks per step.
+# More rows than one block of the slice kernels (launch variant 0) holds: two row blocks per step.
 TALL = dict(steps=5, batch=70, inputs=3, hidden=9, lengths=tuple(1 + (7 * b) % 5 for b in range(70)))
 
 

@@ -181,7 +181,7 @@ inline StepRows upload_step_rows(const StepSchedule& sched, const int64_t* lengt
   return out;
 }
 
-// Blocks of the "slice" step kernels (launch variant 3): kSliceUnits units x kSliceRowGroups row
+// Blocks of the "slice" step kernels (launch variant 0, the default): kSliceUnits units x kSliceRowGroups row
 // groups of threads, staging kSliceK values of the chain's index in shared memory at a time.
 constexpr int kSliceUnits = 8;
 constexpr int kSliceRowGroups = 32;
@@ -189,22 +189,22 @@ constexpr int kSliceThreads = kSliceUnits * kSliceRowGroups;
 constexpr int kSliceK = 32;
 constexpr int kSliceRowsPerThread = 2;  // shared memory: float64 at 2 rows takes ~26 KB of 48
 
-// Launches a per-step kernel with the current launch variant's shape: Step<T, RB>::kernel (one
-// thread per unit, RB rows per thread) for variants 0-2, Step<T, RB>::slice_kernel (blocks of units
-// x rows staged in shared memory) for variant 3; both directions in grid z, units x row blocks
+// Launches a per-step kernel with the current launch variant's shape: Step<T, RB>::slice_kernel
+// (blocks of units x rows staged in shared memory) for variant 0, Step<T, RB>::kernel (one thread per
+// unit, RB rows per thread) for variants 1-3; both directions in grid z, units x row blocks
 // capped at the grid limit (the kernels loop over the rest). The shape decides only who computes
 // what.
 template <template <typename, int> class Step, typename T, typename Params>
 void launch_step_kernel(const Params& p, int64_t units, int64_t rows, int directions,
                         cudaStream_t stream, const char* name) {
   const int variant = launch_variant();
-  if (variant == 3) {
+  if (variant == 0) {
     const dim3 grid = capped_grid(ceil_div(units, kSliceUnits),
                                   ceil_div(rows, kSliceRowGroups * kSliceRowsPerThread), directions);
     launch_kernel(name, Step<T, kSliceRowsPerThread>::slice_kernel, grid, kSliceThreads, stream, p);
     return;
   }
-  const int threads = variant == 1 ? 32 : (variant == 2 ? 256 : 128);
+  const int threads = variant == 1 ? 32 : (variant == 2 ? 256 : 128);  // variant 3: 128 x 4 rows
   const int rows_per_thread = variant == 1 ? 1 : (variant == 2 ? 8 : 4);
   const dim3 grid = capped_grid(ceil_div(units, threads), ceil_div(rows, rows_per_thread), directions);
   switch (rows_per_thread) {

@@ -18,7 +18,8 @@ using ScratchAlloc = std::function<void*(size_t bytes)>;
 
 // Launch shapes. They decide which thread computes which value, never the order of a value's
 // operations, so every variant gives the same bits (tests force each one as a stand-in for GPUs of
-// other sizes). 0 is the default; 3 runs the steps with the shared-memory "slice" kernels.
+// other sizes). 0, the default, runs the steps with the shared-memory "slice" kernels (the fastest
+// on an H100 at tagger and large, 2026-11-23); 1-3 with one thread per unit and 1, 8 or 4 rows.
 int set_launch_variant(int variant);  // returns the previous one
 constexpr int kLaunchVariants = 4;
 
