@@ -163,9 +163,13 @@ def environment(device):
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
     }
+    # DETLSTM_GIT names the commit where the checkout's own .git cannot (the device machine gets a
+    # copy of the working tree whose .git may stand at an older commit)
+    env["git"] = os.environ.get("DETLSTM_GIT", "")
     try:
-        env["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                    text=True, cwd=os.path.dirname(__file__)).stdout.strip()
+        env["git"] = env["git"] or subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+            cwd=os.path.dirname(__file__)).stdout.strip()
     except OSError:
         env["git"] = "unknown"
     if os.path.exists("/proc/cpuinfo"):

@@ -6,7 +6,8 @@
 # A short table last; at most eight files under $OUT (what the device tool brings back):
 #   summary.txt gpu_tests.log canonical.log sanitizer.log cudnn_repro.json profile.md
 #   bench/report_cuda.md bench/results_cuda.json        (build.log only when the build fails)
-# Usage on the device machine, from the repository root:  bash bench/gpu_session.sh
+# Usage on the device machine, from the repository root:
+#   DETLSTM_GIT=$(git rev-parse --short HEAD) bash bench/gpu_session.sh   (the commit, from here)
 # PHASES picks a subset, e.g. PHASES="build bench profile". Every phase has its own time limit and
 # the whole stays under BUDGET seconds (default 570): a phase that no longer fits is skipped, and
 # says so in the table.
@@ -39,7 +40,8 @@ phase() {
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >> "$summary" 2>&1
 $PY -c "import torch;print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())" >> "$summary" 2>&1
-git log -1 --format='git %h %s' >> "$summary" 2>/dev/null
+# the device's copy of .git may stand at an older commit: the caller passes DETLSTM_GIT=<commit>
+echo "git ${DETLSTM_GIT:-$(git log -1 --format=%h 2>/dev/null)} (DETLSTM_GIT or the checkout's HEAD)" >> "$summary"
 
 if want build; then
   start=$(date +%s)
