@@ -8,6 +8,7 @@ isolated build would compile against a different torch than the one that imports
 
 import os
 import platform
+import runpy
 import shutil
 import sys
 
@@ -43,17 +44,12 @@ except ImportError:  # pragma: no cover - exercised only by a wrong install comm
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
+# The version and the kernels' compiler flags live in detlstm/_build_config.py (one place, shared with
+# the tests that compile kernel sources); read without importing the package, which needs the build.
 # The C++ standard is left to BuildExtension, which picks the one the installed torch needs.
-# ARITHMETIC.md rule 2: no contraction of a*b+c into fma behind our back, no fast math.
-CXX_FLAGS = ["-O3", "-ffp-contract=off", "-fno-fast-math"]
-NVCC_FLAGS = [
-    "-O3",
-    "--fmad=false",
-    "-prec-div=true",
-    "-prec-sqrt=true",
-    "-ftz=false",
-    "-Xcompiler=-ffp-contract=off",
-]
+_CONFIG = runpy.run_path(os.path.join(HERE, "detlstm", "_build_config.py"))
+CXX_FLAGS = _CONFIG["CXX_FLAGS"]
+NVCC_FLAGS = _CONFIG["NVCC_FLAGS"]
 CUDA_ARCHS = os.environ.get("DETLSTM_CUDA_ARCHS", "80;90").split(";")
 # at::parallel_for is a header template: without -fopenmp it compiles to a serial loop in our
 # extension even though torch itself runs OpenMP. Linking -fopenmp adds a dependency on libgomp.so.1,
@@ -122,7 +118,7 @@ if want_cuda() and cuda_sources():
 
 setup(
     name="detlstm",
-    version="0.1.0",
+    version=_CONFIG["VERSION"],
     packages=find_packages(include=["detlstm", "detlstm.*"]),
     ext_modules=ext_modules,
     cmdclass={"build_ext": BuildExtension},

@@ -1,9 +1,10 @@
 """detlstm: a drop-in torch.nn.LSTM with bitwise reproducible results on CPU and CUDA."""
 
+from ._build_config import VERSION
 from ._ops import HAS_CUDA_KERNELS, canonical_unary, set_cpu_variant, set_cuda_launch_variant
 from .module import LSTM
 from .utils import convert, reverse_padded
 
 __all__ = ["LSTM", "convert", "reverse_padded", "canonical_unary", "set_cpu_variant",
            "set_cuda_launch_variant", "HAS_CUDA_KERNELS"]
-__version__ = "0.1.0"
+__version__ = VERSION

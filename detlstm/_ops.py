@@ -92,12 +92,19 @@ def canonical_unary(x: torch.Tensor, fn: str) -> torch.Tensor:
 
 
 def set_cuda_launch_variant(variant: int) -> int:
-    """Force the CUDA kernels' launch shapes (0 default, 1, 2, 3); returns the previous one. Results
-    must not change with it: the tests use it as a stand-in for GPUs of other sizes."""
+    """Force the CUDA kernels' launch shape (an index into cuda_launch_shapes(), 0 the default);
+    returns the previous one. Results must not change with it: the tests use it as a stand-in for
+    GPUs of other sizes."""
     if not HAS_CUDA_KERNELS:
         raise RuntimeError("detlstm.set_cuda_launch_variant: this build of detlstm has no CUDA kernels "
                            "(built without nvcc or a CUDA build of torch; DETLSTM_CUDA=1 forces one)")
     return _C_cuda.set_launch_variant(variant)
+
+
+def cuda_launch_shapes() -> list:
+    """The names of the CUDA kernels' launch shapes, by index (0 is the default; see
+    csrc/cuda/launch_shapes.h); empty without CUDA kernels."""
+    return list(_C_cuda.launch_shapes()) if HAS_CUDA_KERNELS else []
 
 
 def set_cpu_variant(name: str = "") -> str:

@@ -85,7 +85,11 @@ def test_large_shape_cpu_equals_cuda():
         assert_bitwise_equal(a, b, f"large shape, result {k}")
 
 
-@pytest.mark.parametrize("variant", [1, 2, 3])
+# Every launch shape of csrc/cuda/launch_shapes.h but the default (index 0, the reference here).
+OTHER_SHAPES = list(range(1, len(detlstm._ops.cuda_launch_shapes()))) or [1]
+
+
+@pytest.mark.parametrize("variant", OTHER_SHAPES)
 def test_launch_shapes_do_not_change_bits(variant):
     reference = _large_case("cuda")
     previous = detlstm.set_cuda_launch_variant(variant)

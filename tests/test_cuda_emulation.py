@@ -10,6 +10,7 @@ memory model of blocks running at once, which tests/test_cuda.py does on a real 
 
 import itertools
 import os
+import re
 import subprocess
 
 import pytest
@@ -17,12 +18,24 @@ import torch
 from torch.utils.cpp_extension import load
 
 import detlstm  # noqa: F401  (registers the CPU operators)
+from detlstm._build_config import EMULATION_CXX_FLAGS
 from helpers import assert_bitwise_equal
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EMULATION = os.path.join(HERE, "cuda_emulation")
 BUILD_DIR = os.path.join(os.path.dirname(HERE), "build", "cuda_emulation")
 ops = torch.ops.detlstm
+REPO = os.path.dirname(HERE)
+
+
+def _launch_shape_count():
+    """The entries of csrc/cuda/launch_shapes.h's table (checked against the compiled count below)."""
+    with open(os.path.join(REPO, "csrc", "cuda", "launch_shapes.h")) as f:
+        table = f.read().split("kLaunchShapes[] = {", 1)[1].split("};", 1)[0]
+    return len(re.findall(r"StepKernel::", table))
+
+
+SHAPES = list(range(_launch_shape_count()))
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +46,7 @@ def emulated():
     module = load(name="detlstm_cuda_emulated",
                   sources=[os.path.join(EMULATION, s) for s in sources],
                   extra_include_paths=[os.path.join(EMULATION, "include")],
-                  extra_cflags=["-O2", "-ffp-contract=off", "-fno-fast-math"],
+                  extra_cflags=["-O2"] + EMULATION_CXX_FLAGS,
                   build_directory=BUILD_DIR, verbose=False)
     module.set_launch_variant(0)
     module.set_order(0)
@@ -124,7 +137,7 @@ def _two_layer_bidir_against_cpu(emulated, shape, what, proj=0, seed=0, variant=
 MEDIUM = dict(steps=37, batch=9, inputs=21, hidden=19, lengths=(37, 1, 20, 36, 5, 37, 12, 2, 30))
 
 
-@pytest.mark.parametrize("variant", [0, 1, 2, 3])
+@pytest.mark.parametrize("variant", SHAPES)
 @pytest.mark.parametrize("order", [0, 3])
 @pytest.mark.parametrize("proj", [0, 5])
 def test_launch_shapes_and_execution_order_do_not_change_bits(emulated, variant, order, proj):
@@ -166,7 +179,7 @@ def test_steps_beyond_every_length_give_the_cpu_bits(emulated, variant, proj):
 # Grids capped far below the work (2 blocks along x, 1 along y): every kernel must cover the blocks
 # of work beyond its grid itself, as a GPU needs beyond 65,535 row blocks or 2^31 - 1 elements'
 # blocks. The emulator rejects any launch over the cap, so a kernel that forgot to loop fails.
-@pytest.mark.parametrize("variant", [0, 1, 2, 3])
+@pytest.mark.parametrize("variant", SHAPES)
 @pytest.mark.parametrize("shape,proj", [(MEDIUM, 5), (WIDE, 0), (TALL, 0)])
 def test_grid_limits_do_not_change_bits(emulated, variant, shape, proj):
     emulated.set_grid_limit(2, 1)
@@ -223,6 +236,10 @@ def test_canonical_functions_on_the_emulated_device_match_the_cpu(emulated, fn, 
                              f"{name} on bit patterns from {first:#010x}")
 
 
+def test_the_launch_shape_table_is_what_the_tests_iterate(emulated):
+    assert emulated.launch_shape_count() == len(SHAPES) >= 4
+
+
 def test_emulator_shows_a_missing_barrier_and_reports_a_divergent_one(emulated):
     # with the barrier, every thread reads its neighbour's value of this launch, in any order
     for order in (0, 2):
@@ -248,7 +265,7 @@ def test_kernels_stay_inside_their_buffers_and_write_every_output():
                "kernels_elementwise.cpp"]
     compiler = os.environ.get("CXX", "g++")
     subprocess.run([compiler, "-std=c++20", "-O1", "-g", "-fsanitize=address,undefined",
-                    "-fno-sanitize-recover=all", "-ffp-contract=off", "-fno-fast-math",
+                    "-fno-sanitize-recover=all", *EMULATION_CXX_FLAGS,
                     "-I", os.path.join(EMULATION, "include"), "-o", exe,
                     *[os.path.join(EMULATION, s) for s in sources]], check=True)
     # leak checking needs ptrace, which containers often forbid; leaks are not what this looks for

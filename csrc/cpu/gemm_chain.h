@@ -9,16 +9,14 @@
 //
 // Included by lstm_cpu_impl.h inside one instruction-set variant's namespace.
 
-enum class Init { kZero, kVector, kFromC };
-
 template <typename T>
 struct GemmGroup {
   int64_t M;
   const T* const* a;  // row mode: A(m, p) = a[m][p]; column mode: A(m, p) = a[p][m]
   const T* const* b;  // B(p, n) = b[p][n]
   T* const* c;        // C(m, n) = c[m][n]
-  Init init;
-  const T* init_vec;  // Init::kVector: init(m, n) = init_vec[n]
+  GemmInit init;
+  const T* init_vec;  // GemmInit::kVector: init(m, n) = init_vec[n]
   // Optional copy of B in panels of kNR columns (pack_b_panels): the vector kernel then streams
   // contiguous memory instead of following a row pointer per p. Same values, so the same bits.
   const T* b_panels = nullptr;
@@ -42,9 +40,9 @@ struct DenormalGuard {
 template <typename T>
 inline T gemm_init_value(const GemmGroup<T>& g, int64_t m, int64_t n) {
   switch (g.init) {
-    case Init::kZero:
+    case GemmInit::kZero:
       return T(0);
-    case Init::kVector:
+    case GemmInit::kVector:
       return g.init_vec[n];
     default:
       return g.c[m][n];
@@ -81,14 +79,14 @@ __attribute__((noinline)) void micro_avx2(const GemmGroup<float>& g, int64_t m0,
                                           int64_t p0, int64_t kc, bool first, const float* panel,
                                           const float* apack) {
   static_assert(MR >= 1 && MR <= kMR, "rows per micro-tile");
-  const bool from_c = !first || g.init == Init::kFromC;
+  const bool from_c = !first || g.init == GemmInit::kFromC;
   const __m256 zero = _mm256_setzero_ps();
 #define DETLSTM_INIT(i)                                                                          \
   __m256 lo##i = zero, hi##i = zero;                                                             \
   const float* arow##i = nullptr;                                                                \
   if constexpr (i < MR) {                                                                        \
     const float* src = from_c ? g.c[m0 + i] + n0                                                 \
-                              : (g.init == Init::kVector ? g.init_vec + n0 : nullptr);           \
+                              : (g.init == GemmInit::kVector ? g.init_vec + n0 : nullptr);           \
     if (src) {                                                                                   \
       lo##i = _mm256_loadu_ps(src);                                                              \
       hi##i = _mm256_loadu_ps(src + 8);                                                          \

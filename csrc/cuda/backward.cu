@@ -1,7 +1,8 @@
-// The LSTM backward on the GPU, the same chains as csrc/cpu/lstm_cpu_impl.h (ARITHMETIC.md rule 8):
-// per layer, steps in reverse processing order (one launch per step, both directions in grid z),
-// each thread continuing dh as a chain over the gate rows of da(next step) . W_hh and running the
-// cell's backward; then the input gradient and the weight gradients as fixed-order GEMMs.
+// The LSTM backward on the GPU, in the phases of csrc/common/phases.h (the same names as
+// csrc/cpu/lstm_cpu_backward.h), the same chains as the CPU (ARITHMETIC.md rule 8): per layer, steps
+// in reverse processing order (one launch per step, both directions in grid z), each thread
+// continuing dh as a chain over the gate rows of da(next step) . W_hh and running the cell's
+// backward; then the initial-state, input, weight and bias gradients.
 #include "gemm_chain.cuh"
 
 namespace detlstm {
@@ -13,21 +14,22 @@ enum class BackwardMode : int { kFused, kChainOnly, kCellOnly, kFinal };
 
 template <typename T>
 struct BackwardStepParams {
+  CallDims c;
   const int64_t* lengths;
   const int64_t* order;
-  int64_t batch, hidden, real_hidden, layer, step, active;  // real_hidden: width of h (R)
+  int64_t layer, step, active;
   BackwardMode mode;  // kFinal: dh0 = chain over da(step 0) from 0, no cell
-  const T* dy;        // gradient w.r.t. this layer's output (T, B, D*R)
-  const T* dh_n;      // (L*D, B, R)
+  const T* dy;        // gradient w.r.t. this layer's output (T, B, D*RH)
+  const T* dh_n;      // (L*D, B, RH)
   const T* dc_n;      // (L*D, B, H)
   const T* c0;
   const T* gates[2];  // activated gates (T, B, 4H)
   const T* cells[2];
-  const T* w_hh[2];   // (4H, R): consecutive threads read consecutive columns
+  const T* w_hh[2];   // (4H, RH): consecutive threads read consecutive columns
   T* da[2];           // gate pre-activation gradients (T, B, 4H)
   T* dc;              // (D, B, H): gradient reaching c_prev, carried between launches
-  T* dh0;             // (L*D, B, R)
-  T* dh_out[2];       // kChainOnly: dh of every (t, b) (T, B, R)
+  T* dh0;             // (L*D, B, RH)
+  T* dh_out[2];       // kChainOnly: dh of every (t, b) (T, B, RH)
   const T* dm_in[2];  // kCellOnly: dm of every (t, b) (T, B, H)
 };
 
@@ -41,16 +43,16 @@ struct BackwardRow {
 };
 
 template <typename T>
-__device__ BackwardRow<T> backward_row(const BackwardStepParams<T>& p, int d, int D, int64_t i,
-                                       bool live, int64_t j) {
-  const int64_t H = p.hidden, G = 4 * H, B = p.batch, RH = p.real_hidden, DH = D * RH;
+__device__ BackwardRow<T> backward_row(const BackwardStepParams<T>& p, int d, int64_t i, bool live,
+                                       int64_t j) {
+  const CallDims& c = p.c;
   BackwardRow<T> row;
   row.b = p.order[i];
   const int64_t len = p.lengths[row.b];
   if (p.mode == BackwardMode::kFinal) {
     row.last = false;
     row.t = step_time(d, 0, len);
-    row.src = live ? pick(p.da, d) + (row.t * B + row.b) * G : nullptr;
+    row.src = live ? pick(p.da, d) + c.row(row.t, row.b) * c.G : nullptr;
     row.acc = T(0);
     return row;
   }
@@ -58,12 +60,12 @@ __device__ BackwardRow<T> backward_row(const BackwardStepParams<T>& p, int d, in
   row.last = p.step == len - 1;
   if (p.mode == BackwardMode::kCellOnly) {
     row.src = nullptr;
-    row.acc = pick(p.dm_in, d)[(row.t * B + row.b) * H + j];
+    row.acc = pick(p.dm_in, d)[c.row(row.t, row.b) * c.H + j];
     return row;
   }
-  const T dy = p.dy[(row.t * B + row.b) * DH + d * RH + j];
-  row.acc = row.last ? dy + p.dh_n[((p.layer * D + d) * B + row.b) * RH + j] : dy;
-  row.src = live && !row.last ? pick(p.da, d) + (step_time(d, p.step + 1, len) * B + row.b) * G
+  const T dy = p.dy[c.out_offset(row.t, row.b, d) + j];
+  row.acc = row.last ? dy + p.dh_n[c.state_row(p.layer, d, row.b) * c.RH + j] : dy;
+  row.src = live && !row.last ? pick(p.da, d) + c.row(step_time(d, p.step + 1, len), row.b) * c.G
                               : nullptr;
   return row;
 }
@@ -71,53 +73,53 @@ __device__ BackwardRow<T> backward_row(const BackwardStepParams<T>& p, int d, in
 // What a row's unit j does once its dh chain is complete: store dh (kChainOnly, kFinal) or run the
 // cell's backward (kFused, kCellOnly).
 template <typename T>
-__device__ void backward_finish(const BackwardStepParams<T>& p, int d, int D,
-                                const BackwardRow<T>& row, int64_t j, T dh) {
-  const int64_t H = p.hidden, G = 4 * H, B = p.batch, RH = p.real_hidden;
-  const int64_t b = row.b, t = row.t;
+__device__ void backward_finish(const BackwardStepParams<T>& p, int d, const BackwardRow<T>& row,
+                                int64_t j, T dh) {
+  const CallDims& c = p.c;
+  const int64_t H = c.H, b = row.b, t = row.t;
   if (p.mode == BackwardMode::kFinal) {
-    p.dh0[((p.layer * D + d) * B + b) * RH + j] = dh;
+    p.dh0[c.state_row(p.layer, d, b) * c.RH + j] = dh;
     return;
   }
   if (p.mode == BackwardMode::kChainOnly) {
-    pick(p.dh_out, d)[(t * B + b) * RH + j] = dh;
+    pick(p.dh_out, d)[c.row(t, b) * c.RH + j] = dh;
     return;
   }
-  const int64_t state_c = ((p.layer * D + d) * B + b) * H + j;
-  const T* g = pick(p.gates, d) + (t * B + b) * G;
-  const T c_prev =
-      p.step == 0 ? p.c0[state_c] : pick(p.cells, d)[(prev_time(d, t) * B + b) * H + j];
-  const T dc_next = row.last ? p.dc_n[state_c] : p.dc[(d * B + b) * H + j];
+  const T* g = pick(p.gates, d) + c.row(t, b) * c.G;
+  const T* cells = pick(p.cells, d);
+  const T c_prev = c_prev_of(c, p.c0, cells, p.layer, d, t, b, p.lengths[b])[j];
+  const T dc_next =
+      row.last ? p.dc_n[c.state_row(p.layer, d, b) * H + j] : p.dc[(d * c.B + b) * H + j];
   const CellGrad<T> cg = lstm_cell_backward(dh, dc_next, g[j], g[H + j], g[2 * H + j], g[3 * H + j],
-                                            pick(p.cells, d)[(t * B + b) * H + j], c_prev);
-  T* da = pick(p.da, d) + (t * B + b) * G;
+                                            cells[c.row(t, b) * H + j], c_prev);
+  T* da = pick(p.da, d) + c.row(t, b) * c.G;
   da[j] = cg.da_i;
   da[H + j] = cg.da_f;
   da[2 * H + j] = cg.da_g;
   da[3 * H + j] = cg.da_o;
-  p.dc[(d * B + b) * H + j] = cg.dc_prev;
+  p.dc[(d * c.B + b) * H + j] = cg.dc_prev;
 }
 
-// The units a step launch covers: the cell's H, or the R of dh for a chain-only launch.
+// The units a step launch covers: the cell's H, or the RH of dh for a chain-only launch.
 template <typename T>
 __host__ __device__ int64_t backward_units(const BackwardStepParams<T>& p) {
   const bool cell = p.mode == BackwardMode::kFused || p.mode == BackwardMode::kCellOnly;
-  return cell ? p.hidden : p.real_hidden;
+  return cell ? p.c.H : p.c.RH;
 }
 
 // Thread (unit j, RB rows from i0) of direction blockIdx.z: dh as one chain over the gate rows n of
 // da(next step) . W_hh, W_hh and da read straight from global memory (L2).
 template <typename T, int RB>
 __device__ void backward_step_rows(const BackwardStepParams<T>& p, int64_t j, int64_t i0) {
-  const int d = blockIdx.z, D = gridDim.z;
-  const int64_t G = 4 * p.hidden, RH = p.real_hidden;
+  const int d = blockIdx.z;
+  const int64_t G = p.c.G, RH = p.c.RH;
   if (j >= backward_units(p)) return;
   BackwardRow<T> rows[RB];
   bool live[RB];
 #pragma unroll
   for (int r = 0; r < RB; ++r) {
     live[r] = i0 + r < p.active;  // row i0 is always live
-    rows[r] = backward_row(p, d, D, live[r] ? i0 + r : i0, live[r], j);
+    rows[r] = backward_row(p, d, live[r] ? i0 + r : i0, live[r], j);
   }
   if (p.mode != BackwardMode::kCellOnly) {
     const T* w = pick(p.w_hh, d) + j;
@@ -130,7 +132,7 @@ __device__ void backward_step_rows(const BackwardStepParams<T>& p, int64_t j, in
   }
 #pragma unroll
   for (int r = 0; r < RB; ++r)
-    if (live[r]) backward_finish(p, d, D, rows[r], j, rows[r].acc);
+    if (live[r]) backward_finish(p, d, rows[r], j, rows[r].acc);
 }
 
 template <typename T, int RB>
@@ -151,15 +153,15 @@ __device__ void backward_step_slice(const BackwardStepParams<T>& p, int64_t j0, 
   __shared__ T w_s[kSliceK][kSliceUnits];
   __shared__ T a_s[kRows][kSliceK + 1];
   __shared__ const T* src_s[kRows];
-  const int d = blockIdx.z, D = gridDim.z;
-  const int64_t G = 4 * p.hidden, RH = p.real_hidden;
+  const int d = blockIdx.z;
+  const int64_t G = p.c.G, RH = p.c.RH;
   const int u = threadIdx.x % kSliceUnits, q = threadIdx.x / kSliceUnits;
   const int64_t j = j0 + u;
   __syncthreads();  // a previous block of work of this thread block is done with the shared arrays
   // the rows' chain sources do not depend on the unit: any in-range j does for looking them up
   for (int rr = threadIdx.x; rr < kRows; rr += kSliceThreads)
     src_s[rr] = p.mode != BackwardMode::kCellOnly && i0 + rr < p.active
-                    ? backward_row(p, d, D, i0 + rr, true, int64_t(0)).src
+                    ? backward_row(p, d, i0 + rr, true, int64_t(0)).src
                     : nullptr;
   BackwardRow<T> rows[RB];
   bool live[RB];
@@ -168,7 +170,7 @@ __device__ void backward_step_slice(const BackwardStepParams<T>& p, int64_t j0, 
     const int64_t i = i0 + q + r * kSliceRowGroups;
     live[r] = i < p.active && j < backward_units(p);
     if (live[r])
-      rows[r] = backward_row(p, d, D, i, true, j);
+      rows[r] = backward_row(p, d, i, true, j);
     else
       rows[r].src = nullptr;
   }
@@ -197,7 +199,7 @@ __device__ void backward_step_slice(const BackwardStepParams<T>& p, int64_t j0, 
   }
 #pragma unroll
   for (int r = 0; r < RB; ++r)
-    if (live[r]) backward_finish(p, d, D, rows[r], j, rows[r].acc);
+    if (live[r]) backward_finish(p, d, rows[r], j, rows[r].acc);
 }
 
 template <typename T, int RB>
@@ -215,24 +217,23 @@ struct BackwardStep {
 };
 
 template <typename T>
-void backward_step(const BackwardStepParams<T>& p, int directions, cudaStream_t stream) {
-  launch_step_kernel<BackwardStep, T>(p, backward_units(p), p.active, directions, stream,
-                                      "backward_step_kernel");
+void backward_step(const BackwardStepParams<T>& p, cudaStream_t stream) {
+  launch_step_kernel<BackwardStep, T>(p, backward_units(p), p.active, static_cast<int>(p.c.D),
+                                      stream, "backward_step_kernel");
 }
 
 // h_prev of the valid row v in direction d: what multiplied W_hh at that step.
 template <typename T>
 struct HPrevRows {
+  CallDims c;
   const T* h0;
   const T* y;
   const int64_t* valid;
   const int64_t* lengths;
-  int64_t batch, hidden, width, direction, layer_direction;
+  int64_t layer, direction;
   __device__ const T* operator()(int64_t v) const {
-    const int64_t r = valid[v], t = r / batch, b = r % batch;
-    const bool first = direction == 0 ? t == 0 : t == lengths[b] - 1;
-    if (first) return h0 + (layer_direction * batch + b) * hidden;
-    return y + (prev_time(direction, t) * batch + b) * width + direction * hidden;
+    const int64_t r = valid[v], t = r / c.B, b = r % c.B;
+    return h_prev_of(c, h0, y, layer, direction, t, b, lengths[b]);
   }
 };
 
@@ -258,137 +259,205 @@ __global__ void cell_output_kernel(const T* gates, const T* cells, const int64_t
   }
 }
 
+// Buffers the backward keeps across layers (call scratch).
+template <typename T>
+struct BackwardScratch {
+  T* dropped;      // a layer's input after dropout
+  T* grad_buf[2];  // gradient w.r.t. a layer's output, built by the layer above
+  T* da[2];        // per direction: gate pre-activation gradients (T, B, 4H)
+  T* dc;           // (D, B, H): the gradient reaching c, carried between steps
+  T* dh_all[2];    // with projections: dh of every (t, b) (T, B, RH)
+  T* dm_all[2];    // with projections: dm = W_hr^T dh of every (t, b) (T, B, H)
+  T* m_all[2];     // with projections: the cell outputs m, for dW_hr (T, B, H)
+};
+
+template <typename T>
+BackwardScratch<T> backward_scratch(const CallDims& c, const ScratchAlloc& scratch, bool dropout) {
+  BackwardScratch<T> s{};
+  const int64_t rows = c.T * c.B;
+  s.dropped = dropout && c.L > 1 ? scratch_array<T>(scratch, rows * c.DH) : nullptr;
+  if (c.L > 1)
+    for (auto& buf : s.grad_buf) buf = scratch_array<T>(scratch, rows * c.DH);
+  for (int64_t d = 0; d < c.D; ++d) s.da[d] = scratch_array<T>(scratch, rows * c.G);
+  s.dc = scratch_array<T>(scratch, c.D * c.B * c.H);
+  for (int64_t d = 0; c.proj && d < c.D; ++d) {
+    s.dh_all[d] = scratch_array<T>(scratch, rows * c.RH);
+    s.dm_all[d] = scratch_array<T>(scratch, rows * c.H);
+    s.m_all[d] = scratch_array<T>(scratch, rows * c.H);
+  }
+  return s;
+}
+
+// What the phases of one layer share.
+template <typename T>
+struct BackwardLayer {
+  int64_t l, K;
+  const T* X;   // the layer's input (after dropout)
+  const T* Y;   // its output
+  const T* dY;  // the gradient w.r.t. its output
+  const T* gates[2];
+  const T* cells[2];
+};
+
+template <typename T>
+BackwardLayer<T> backward_layer(const LstmForwardArgs<T>& f, const CallDims& c, int64_t l,
+                                const T* X, const T* dY) {
+  BackwardLayer<T> L{l, c.layer_input(l), X, layer_output(f, l), dY, {nullptr, nullptr},
+                     {nullptr, nullptr}};
+  for (int64_t d = 0; d < c.D; ++d) {
+    L.gates[d] = f.gates + c.saved_rows(l, d) * c.G;
+    L.cells[d] = f.cells + c.saved_rows(l, d) * c.H;
+  }
+  return L;
+}
+
+// The step launches' parameters for layer L, before a step and mode are set.
+template <typename T>
+BackwardStepParams<T> step_params(const LstmBackwardArgs<T>& a, const CallDims& c,
+                                  const DeviceSchedule& ds, const BackwardLayer<T>& L,
+                                  const BackwardScratch<T>& s) {
+  BackwardStepParams<T> p{c};
+  p.lengths = ds.lengths;
+  p.order = ds.order;
+  p.layer = L.l;
+  p.dy = L.dY;
+  p.dh_n = a.dh_n;
+  p.dc_n = a.dc_n;
+  p.c0 = a.fwd.c0;
+  p.dc = s.dc;
+  p.dh0 = a.dh0;
+  for (int64_t d = 0; d < c.D; ++d) {
+    p.gates[d] = L.gates[d];
+    p.cells[d] = L.cells[d];
+    p.w_hh[d] = a.fwd.weights.w_hh[L.l * c.D + d];
+    p.da[d] = s.da[d];
+    p.dh_out[d] = s.dh_all[d];
+    p.dm_in[d] = s.dm_all[d];
+  }
+  return p;
+}
+
+// Recurrence backward (phases.h): one launch per step in reverse processing order (three with
+// projections: dh, then dm = W_hr^T dh as one chain per element over q = 0 .. P-1 from 0, then the
+// cell). Steps no row reaches are not launched.
+template <typename T>
+void recurrence_backward(const LstmBackwardArgs<T>& a, const CallDims& c, const StepSchedule& sched,
+                         const StepRows& step_rows, const BackwardScratch<T>& s,
+                         BackwardStepParams<T> p, cudaStream_t stream) {
+  for (int64_t step = c.T - 1; step >= 0; --step) {
+    p.step = step;
+    p.active = sched.active[step];
+    if (p.active == 0) continue;
+    if (!c.proj) {
+      p.mode = BackwardMode::kFused;
+      backward_step(p, stream);
+      continue;
+    }
+    p.mode = BackwardMode::kChainOnly;
+    backward_step(p, stream);
+    for (int64_t d = 0; d < c.D; ++d) {
+      const int64_t* rows = step_rows.rows + step_rows.offset(d, step);
+      gemm_chain<T, false>(p.active, c.H, c.RH, Rows<const T>{s.dh_all[d], rows, c.RH, 0},
+                           Rows<const T>{a.fwd.weights.w_hr[p.layer * c.D + d], nullptr, c.H, 0},
+                           Rows<T>{s.dm_all[d], rows, c.H, 0}, GemmInit::kZero,
+                           static_cast<const T*>(nullptr), stream);
+    }
+    p.mode = BackwardMode::kCellOnly;
+    backward_step(p, stream);
+  }
+}
+
+// Initial-state gradients (phases.h): dh0 = the chain over da(first step) . W_hh from 0 (a kFinal
+// launch over every row); dc0 = what reached c_prev at the first step.
+template <typename T>
+void initial_state_gradients(const LstmBackwardArgs<T>& a, const CallDims& c,
+                             BackwardStepParams<T> p, cudaStream_t stream) {
+  p.step = 0;
+  p.active = c.B;
+  p.mode = BackwardMode::kFinal;
+  backward_step(p, stream);
+  for (int64_t d = 0; d < c.D; ++d)
+    check_cuda(cudaMemcpyAsync(a.dc0 + (p.layer * c.D + d) * c.B * c.H, p.dc + d * c.B * c.H,
+                               c.B * c.H * sizeof(T), cudaMemcpyDeviceToDevice, stream),
+               "copy dc0");
+}
+
+// Input gradient (phases.h): the forward direction's gate rows, then the reverse's, one chain from
+// 0. Returns where it went: dx for layer 0, else a buffer.
+template <typename T>
+T* input_gradient(const LstmBackwardArgs<T>& a, const CallDims& c, const DeviceSchedule& ds,
+                  const BackwardLayer<T>& L, const BackwardScratch<T>& s, cudaStream_t stream) {
+  T* dX = L.l == 0 ? a.dx : s.grad_buf[L.l % 2];
+  for (int64_t d = 0; d < c.D; ++d)
+    gemm_chain<T, false>(ds.rows, L.K, c.G, Rows<const T>{s.da[d], ds.valid, c.G, 0},
+                         Rows<const T>{a.fwd.weights.w_ih[L.l * c.D + d], nullptr, L.K, 0},
+                         Rows<T>{dX, ds.valid, L.K, 0},
+                         d == 0 ? GemmInit::kZero : GemmInit::kFromC,
+                         static_cast<const T*>(nullptr), stream);
+  return dX;
+}
+
+// Weight gradients (phases.h): chains over the valid (t, b) in storage order, from 0.
+template <typename T>
+void weight_gradients(const LstmBackwardArgs<T>& a, const CallDims& c, const DeviceSchedule& ds,
+                      const BackwardLayer<T>& L, const BackwardScratch<T>& s,
+                      cudaStream_t stream) {
+  const int64_t R = ds.rows;
+  for (int64_t d = 0; d < c.D; ++d) {
+    const int64_t w = L.l * c.D + d;
+    gemm_chain<T, true>(c.G, L.K, R, Rows<const T>{s.da[d], ds.valid, c.G, 0},
+                        Rows<const T>{L.X, ds.valid, L.K, 0}, Rows<T>{a.dw_ih[w], nullptr, L.K, 0},
+                        GemmInit::kZero, static_cast<const T*>(nullptr), stream);
+    gemm_chain<T, true>(c.G, c.RH, R, Rows<const T>{s.da[d], ds.valid, c.G, 0},
+                        HPrevRows<T>{c, a.fwd.h0, L.Y, ds.valid, ds.lengths, L.l, d},
+                        Rows<T>{a.dw_hh[w], nullptr, c.RH, 0}, GemmInit::kZero,
+                        static_cast<const T*>(nullptr), stream);
+    if (!c.proj) continue;
+    // dW_hr[q][k] = chain over the valid (t, b) in storage order of dh[q] * m[k], from 0.
+    launch_kernel("cell_output_kernel", cell_output_kernel<T>, stride_grid(R * c.H, 256), 256,
+                  stream, L.gates[d], L.cells[d], ds.valid, R, c.H, s.m_all[d]);
+    gemm_chain<T, true>(c.RH, c.H, R, Rows<const T>{s.dh_all[d], ds.valid, c.RH, 0},
+                        Rows<const T>{s.m_all[d], ds.valid, c.H, 0},
+                        Rows<T>{a.dw_hr[w], nullptr, c.H, 0}, GemmInit::kZero,
+                        static_cast<const T*>(nullptr), stream);
+  }
+}
+
+// Bias gradients (phases.h): one add chain per gate row over the valid rows, for b_ih and b_hh.
+template <typename T>
+void bias_gradients(const LstmBackwardArgs<T>& a, const CallDims& c, const DeviceSchedule& ds,
+                    const BackwardLayer<T>& L, const BackwardScratch<T>& s, cudaStream_t stream) {
+  if (!c.bias) return;
+  for (int64_t d = 0; d < c.D; ++d) {
+    const int64_t w = L.l * c.D + d;
+    launch_kernel("bias_grad_kernel", bias_grad_kernel<T>, stride_grid(c.G, 128), 128, stream,
+                  s.da[d], ds.valid, ds.rows, c.G, a.db_ih[w], a.db_hh[w]);
+  }
+}
+
 template <typename T>
 void backward_impl(const LstmBackwardArgs<T>& a, const ScratchAlloc& scratch, cudaStream_t stream) {
   const LstmForwardArgs<T>& f = a.fwd;
-  const LstmShape& S = f.shape;
-  const int64_t Tn = S.steps, B = S.batch, H = S.hidden_size, L = S.num_layers, D = S.directions;
-  const bool proj = S.proj_size > 0;
-  const int64_t RH = proj ? S.proj_size : H;
-  const int64_t DH = D * RH, G = 4 * H;
-  const StepSchedule sched(f.lengths, Tn, B);
-  const DeviceSchedule ds = upload_schedule(sched, f.lengths, B, scratch, stream);
-  const int64_t R = ds.rows;
+  const CallDims c(f.shape);
+  const StepSchedule sched(f.lengths, c.T, c.B);
+  const DeviceSchedule ds = upload_schedule(sched, f.lengths, c.B, scratch, stream);
   const StepRows step_rows =
-      proj ? upload_step_rows(sched, f.lengths, B, D, scratch, stream) : StepRows{};
-
-  launch_zero_padding(a.dx, S.input_size, ds.lengths, Tn, B, stream);
-  T* dropped = (f.dropout.active && L > 1) ? scratch_array<T>(scratch, Tn * B * DH) : nullptr;
-  T* grad_buf[2] = {nullptr, nullptr};
-  if (L > 1)
-    for (auto& buf : grad_buf) buf = scratch_array<T>(scratch, Tn * B * DH);
-  T* da[2];
-  for (int64_t d = 0; d < D; ++d) da[d] = scratch_array<T>(scratch, Tn * B * G);
-  T* dc = scratch_array<T>(scratch, D * B * H);
-  // with projections: dh and dm = W_hr^T dh of every (t, b), and the cell outputs m for dW_hr
-  T* dh_all[2] = {nullptr, nullptr};
-  T* dm_all[2] = {nullptr, nullptr};
-  T* m_all[2] = {nullptr, nullptr};
-  for (int64_t d = 0; proj && d < D; ++d) {
-    dh_all[d] = scratch_array<T>(scratch, Tn * B * RH);
-    dm_all[d] = scratch_array<T>(scratch, Tn * B * H);
-    m_all[d] = scratch_array<T>(scratch, Tn * B * H);
-  }
-
+      c.proj ? upload_step_rows(sched, f.lengths, c.B, c.D, scratch, stream) : StepRows{};
+  const BackwardScratch<T> s = backward_scratch<T>(c, scratch, f.dropout.active);
+  launch_zero_padding(a.dx, c.I, ds.lengths, c.T, c.B, stream);
   const T* dY = a.dy;
-  for (int64_t l = L - 1; l >= 0; --l) {
-    const int64_t K = layer_input_size(S, l);
-    const T* X = layer_input(f, l);
-    if (l > 0 && f.dropout.active) {
-      launch_apply_dropout(f.dropout, l - 1, X, dropped, DH, ds, B, stream);
-      X = dropped;
-    }
-    const T* Y = layer_output(f, l);
-
-    BackwardStepParams<T> p{};
-    p.lengths = ds.lengths;
-    p.order = ds.order;
-    p.batch = B;
-    p.hidden = H;
-    p.real_hidden = RH;
-    p.layer = l;
-    p.dy = dY;
-    p.dh_n = a.dh_n;
-    p.dc_n = a.dc_n;
-    p.c0 = f.c0;
-    p.dc = dc;
-    p.dh0 = a.dh0;
-    for (int64_t d = 0; d < D; ++d) {
-      p.gates[d] = f.gates + (l * D + d) * Tn * B * G;
-      p.cells[d] = f.cells + (l * D + d) * Tn * B * H;
-      p.w_hh[d] = f.weights.w_hh[l * D + d];
-      p.da[d] = da[d];
-      p.dh_out[d] = dh_all[d];
-      p.dm_in[d] = dm_all[d];
-    }
-    for (int64_t s = Tn - 1; s >= 0; --s) {
-      p.step = s;
-      p.active = sched.active[s];
-      if (p.active == 0) continue;  // a step no row reaches: nothing to do, and no empty grid
-      if (!proj) {
-        p.mode = BackwardMode::kFused;
-        backward_step(p, static_cast<int>(D), stream);
-        continue;
-      }
-      p.mode = BackwardMode::kChainOnly;
-      backward_step(p, static_cast<int>(D), stream);
-      // dm = W_hr^T dh: one chain per element over q = 0 .. P-1, from 0.
-      for (int64_t d = 0; d < D; ++d) {
-        const int64_t* rows = step_rows.rows + step_rows.offset(d, s);
-        gemm_chain<T, false>(p.active, H, RH, Rows<const T>{dh_all[d], rows, RH, 0},
-                             Rows<const T>{f.weights.w_hr[l * D + d], nullptr, H, 0},
-                             Rows<T>{dm_all[d], rows, H, 0}, GemmInit::kZero,
-                             static_cast<const T*>(nullptr), stream);
-      }
-      p.mode = BackwardMode::kCellOnly;
-      backward_step(p, static_cast<int>(D), stream);
-    }
-    p.step = 0;
-    p.active = B;
-    p.mode = BackwardMode::kFinal;
-    backward_step(p, static_cast<int>(D), stream);
-    for (int64_t d = 0; d < D; ++d)
-      check_cuda(cudaMemcpyAsync(a.dc0 + (l * D + d) * B * H, dc + d * B * H, B * H * sizeof(T),
-                                 cudaMemcpyDeviceToDevice, stream),
-                 "copy dc0");
-
-    // Input gradient: forward direction's gate rows, then the reverse's, one chain from 0.
-    T* dX = l == 0 ? a.dx : grad_buf[l % 2];
-    for (int64_t d = 0; d < D; ++d)
-      gemm_chain<T, false>(R, K, G, Rows<const T>{da[d], ds.valid, G, 0},
-                           Rows<const T>{f.weights.w_ih[l * D + d], nullptr, K, 0},
-                           Rows<T>{dX, ds.valid, K, 0}, d == 0 ? GemmInit::kZero : GemmInit::kFromC,
-                           static_cast<const T*>(nullptr), stream);
-
-    // Weight gradients: chains over the valid (t, b) in storage order, from 0.
-    for (int64_t d = 0; d < D; ++d) {
-      const int64_t w = l * D + d;
-      gemm_chain<T, true>(G, K, R, Rows<const T>{da[d], ds.valid, G, 0},
-                          Rows<const T>{X, ds.valid, K, 0}, Rows<T>{a.dw_ih[w], nullptr, K, 0},
-                          GemmInit::kZero, static_cast<const T*>(nullptr), stream);
-      gemm_chain<T, true>(G, RH, R, Rows<const T>{da[d], ds.valid, G, 0},
-                          HPrevRows<T>{f.h0, Y, ds.valid, ds.lengths, B, RH, DH, d, w},
-                          Rows<T>{a.dw_hh[w], nullptr, RH, 0}, GemmInit::kZero,
-                          static_cast<const T*>(nullptr), stream);
-      if (proj) {
-        // dW_hr[q][k] = chain over the valid (t, b) in storage order of dh[q] * m[k], from 0.
-        launch_kernel("cell_output_kernel", cell_output_kernel<T>, stride_grid(R * H, 256), 256,
-                      stream, p.gates[d], p.cells[d], ds.valid, R, H, m_all[d]);
-        gemm_chain<T, true>(RH, H, R, Rows<const T>{dh_all[d], ds.valid, RH, 0},
-                            Rows<const T>{m_all[d], ds.valid, H, 0},
-                            Rows<T>{a.dw_hr[w], nullptr, H, 0}, GemmInit::kZero,
-                            static_cast<const T*>(nullptr), stream);
-      }
-      if (S.has_bias) {
-        launch_kernel("bias_grad_kernel", bias_grad_kernel<T>, stride_grid(G, 128), 128, stream,
-                      da[d], ds.valid, R, G, a.db_ih[w], a.db_hh[w]);
-      }
-    }
-
-    if (l > 0) {
-      if (f.dropout.active) launch_apply_dropout(f.dropout, l - 1, dX, dX, DH, ds, B, stream);
-      dY = dX;
-    }
+  for (int64_t l = c.L - 1; l >= 0; --l) {
+    const BackwardLayer<T> L =
+        backward_layer(f, c, l, dropped_layer_input(f, c, l, ds, s.dropped, stream), dY);
+    const BackwardStepParams<T> p = step_params(a, c, ds, L, s);
+    recurrence_backward(a, c, sched, step_rows, s, p, stream);
+    initial_state_gradients(a, c, p, stream);
+    T* dX = input_gradient(a, c, ds, L, s, stream);
+    weight_gradients(a, c, ds, L, s, stream);
+    bias_gradients(a, c, ds, L, s, stream);
+    // Through the dropout between layer l-1 and l: the forward's mask, regenerated.
+    if (l > 0 && f.dropout.active) launch_apply_dropout(f.dropout, l - 1, dX, dX, c.DH, ds, c.B, stream);
+    dY = dX;
   }
 }
 

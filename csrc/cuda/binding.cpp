@@ -5,6 +5,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
 
+#include <string>
 #include <vector>
 
 #include "../op_checks.h"
@@ -76,9 +77,14 @@ TORCH_LIBRARY_IMPL(detlstm, CUDA, m) {
 }  // namespace detlstm
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("set_launch_variant", &detlstm::cuda::set_launch_variant,
-        "Force the CUDA kernels' launch shapes (0 default, 1, 2, 3); returns the previous variant. "
-        "Results must not change: tests use it as a stand-in for other GPUs.");
+  m.def("set_launch_variant", &detlstm::cuda::set_launch_shape,
+        "Force the CUDA kernels' launch shape (an index into launch_shapes()); returns the previous "
+        "one. Results must not change: tests use it as a stand-in for other GPUs.");
+  m.def("launch_shapes", [] {
+    std::vector<std::string> names;
+    for (const auto& shape : detlstm::cuda::kLaunchShapes) names.push_back(shape.name);
+    return names;
+  }, "The names of the launch shapes, in index order (0 is the default).");
   m.def(
       "set_grid_limit",
       [](int64_t x, int64_t y) {

@@ -1,29 +1,14 @@
-// Elementwise CUDA kernels: padding, transposes, dropout, the canonical functions, host uploads; and
-// the launch settings (variant, grid limit) every launch reads.
+// Elementwise CUDA kernels: padding, transposes, dropout, the canonical functions, host uploads.
 #include "kernels_common.cuh"
 
 namespace detlstm {
 namespace cuda {
 
 namespace {
-int g_launch_variant = 0;
-constexpr GridLimit kCudaGridLimit{2147483647, 65535};
-GridLimit g_grid_limit = kCudaGridLimit;
 constexpr int kThreads = 256;
 
 dim3 blocks_for(int64_t n) { return stride_grid(n, kThreads); }
 }  // namespace
-
-int launch_variant() { return g_launch_variant; }
-
-GridLimit grid_limit() { return g_grid_limit; }
-
-GridLimit set_grid_limit(GridLimit limit) {
-  const GridLimit previous = g_grid_limit;
-  g_grid_limit.x = limit.x >= 1 && limit.x <= kCudaGridLimit.x ? limit.x : kCudaGridLimit.x;
-  g_grid_limit.y = limit.y >= 1 && limit.y <= kCudaGridLimit.y ? limit.y : kCudaGridLimit.y;
-  return previous;
-}
 
 // Up to kUploadWords values per launch, carried in the launch's parameters (4 KB in all, the
 // limit every CUDA version takes).
@@ -43,15 +28,6 @@ void upload_int64(const int64_t* host, int64_t count, int64_t* device, cudaStrea
     std::copy(host + first, host + first + n, chunk.words);
     launch_kernel("upload_kernel", upload_kernel, 1, 128, stream, device + first, n, chunk);
   }
-}
-
-int set_launch_variant(int variant) {
-  if (variant < 0 || variant >= kLaunchVariants)
-    throw std::invalid_argument("detlstm CUDA: launch variant must be in [0, " +
-                                std::to_string(kLaunchVariants) + "), got " + std::to_string(variant));
-  const int previous = g_launch_variant;
-  g_launch_variant = variant;
-  return previous;
 }
 
 template <typename T>

@@ -1,9 +1,9 @@
-// The LSTM forward on the GPU: per layer, the input projection of every valid step as one
+// The LSTM forward on the GPU, in the phases of csrc/common/phases.h (the same names as
+// csrc/cpu/lstm_cpu_forward.h): per layer, the input projection of every valid step as one
 // fixed-order GEMM (the head of each pre-activation chain), then one launch per step that continues
-// the chains with h_prev . W_hh^T and runs the cell (csrc/common/lstm_cell.h). Both directions share
-// each launch (grid z). Same chains and same cell as the CPU kernels, so the same bits. With
-// projections the cell's output m = o * tanh(c) goes to a buffer and h = W_hr m is one more
-// fixed-order GEMM per step.
+// the chains with h_prev . W_hh^T and runs the cell (csrc/common/lstm_cell.h), both directions in
+// grid z. Same chains and same cell as the CPU kernels, so the same bits. With projections the cell's
+// output m = o * tanh(c) goes to a buffer and h = W_hr m is one more fixed-order GEMM per step.
 #include "gemm_chain.cuh"
 
 namespace detlstm {
@@ -11,16 +11,17 @@ namespace cuda {
 
 template <typename T>
 struct ForwardStepParams {
+  CallDims c;
   const int64_t* lengths;
   const int64_t* order;
-  int64_t batch, hidden, real_hidden, layer, step, active;  // real_hidden: width of h (R)
-  const T* h0;  // (L*D, B, R)
+  int64_t layer, step, active;
+  const T* h0;  // (L*D, B, RH)
   const T* c0;  // (L*D, B, H)
-  T* y;         // this layer's output (T, B, D*R)
+  T* y;         // this layer's output (T, B, D*RH)
   T* m_out[2];  // with projections: the cell outputs (T, B, H) per direction; else null
   T* gates[2];  // per direction: pre-activations in, activated gates out (T, B, 4H)
   T* cells[2];  // (T, B, H)
-  const T* wt_hh[2];  // W_hh^T (R, 4H): consecutive threads read consecutive gate rows
+  const T* wt_hh[2];  // W_hh^T (RH, 4H): consecutive threads read consecutive gate rows
 };
 
 // One row of a step as a thread sees it: where its h_prev and c_prev are, where its gates go.
@@ -34,29 +35,23 @@ struct ForwardRow {
 
 // Row i of the step's schedule, in direction d.
 template <typename T>
-__device__ ForwardRow<T> forward_row(const ForwardStepParams<T>& p, int d, int D, int64_t i) {
-  const int64_t H = p.hidden, B = p.batch, RH = p.real_hidden;
-  const int64_t b = p.order[i];
-  const int64_t t = step_time(d, p.step, p.lengths[b]);
+__device__ ForwardRow<T> forward_row(const ForwardStepParams<T>& p, int d, int64_t i) {
+  const CallDims& c = p.c;
+  const int64_t b = p.order[i], len = p.lengths[b];
+  const int64_t t = step_time(d, p.step, len);
   ForwardRow<T> row;
-  if (p.step == 0) {
-    row.hprev = p.h0 + ((p.layer * D + d) * B + b) * RH;
-    row.cprev = p.c0 + ((p.layer * D + d) * B + b) * H;
-  } else {
-    const int64_t tp = prev_time(d, t);
-    row.hprev = p.y + (tp * B + b) * D * RH + d * RH;
-    row.cprev = pick(p.cells, d) + (tp * B + b) * H;
-  }
-  row.out_row = t * B + b;
-  row.grow = pick(p.gates, d) + row.out_row * 4 * H;
+  row.hprev = h_prev_of(c, p.h0, static_cast<const T*>(p.y), p.layer, d, t, b, len);
+  row.cprev = c_prev_of(c, p.c0, static_cast<const T*>(pick(p.cells, d)), p.layer, d, t, b, len);
+  row.out_row = c.row(t, b);
+  row.grow = pick(p.gates, d) + row.out_row * c.G;
   return row;
 }
 
 // The cell of unit j of a row whose four pre-activation chains are complete.
 template <typename T>
-__device__ void forward_finish(const ForwardStepParams<T>& p, int d, int D, const ForwardRow<T>& row,
+__device__ void forward_finish(const ForwardStepParams<T>& p, int d, const ForwardRow<T>& row,
                                int64_t j, const T (&acc)[4]) {
-  const int64_t H = p.hidden;
+  const int64_t H = p.c.H;
   const CellState<T> st = lstm_cell_forward(acc[0], acc[1], acc[2], acc[3], row.cprev[j]);
   row.grow[j] = st.i;
   row.grow[H + j] = st.f;
@@ -67,7 +62,7 @@ __device__ void forward_finish(const ForwardStepParams<T>& p, int d, int D, cons
   if (m_out)
     m_out[row.out_row * H + j] = st.h;
   else
-    p.y[row.out_row * D * p.real_hidden + d * H + j] = st.h;
+    p.y[row.out_row * p.c.DH + d * p.c.RH + j] = st.h;
 }
 
 // Thread (unit j, RB rows from i0) of direction blockIdx.z. Each of its 4*RB pre-activations
@@ -75,8 +70,8 @@ __device__ void forward_finish(const ForwardStepParams<T>& p, int d, int D, cons
 // thread. W_hh^T and h_prev are read straight from global memory (L2).
 template <typename T, int RB>
 __device__ void forward_step_rows(const ForwardStepParams<T>& p, int64_t j, int64_t i0) {
-  const int d = blockIdx.z, D = gridDim.z;
-  const int64_t H = p.hidden, G = 4 * H, RH = p.real_hidden;
+  const int d = blockIdx.z;
+  const int64_t H = p.c.H, G = p.c.G, RH = p.c.RH;
   if (j >= H) return;
   ForwardRow<T> rows[RB];
   bool live[RB];
@@ -84,7 +79,7 @@ __device__ void forward_step_rows(const ForwardStepParams<T>& p, int64_t j, int6
 #pragma unroll
   for (int r = 0; r < RB; ++r) {
     live[r] = i0 + r < p.active;  // row i0 is always live
-    rows[r] = forward_row(p, d, D, live[r] ? i0 + r : i0);
+    rows[r] = forward_row(p, d, live[r] ? i0 + r : i0);
 #pragma unroll
     for (int g = 0; g < 4; ++g) acc[r][g] = rows[r].grow[g * H + j];
   }
@@ -102,12 +97,12 @@ __device__ void forward_step_rows(const ForwardStepParams<T>& p, int64_t j, int6
   }
 #pragma unroll
   for (int r = 0; r < RB; ++r)
-    if (live[r]) forward_finish(p, d, D, rows[r], j, acc[r]);
+    if (live[r]) forward_finish(p, d, rows[r], j, acc[r]);
 }
 
 template <typename T, int RB>
 __global__ void forward_step_kernel(ForwardStepParams<T> p) {
-  for_each_work_block(ceil_div(p.hidden, blockDim.x), ceil_div(p.active, RB),
+  for_each_work_block(ceil_div(p.c.H, blockDim.x), ceil_div(p.active, RB),
                       [&](int64_t bx, int64_t by) {
                         forward_step_rows<T, RB>(p, bx * blockDim.x + threadIdx.x, by * RB);
                       });
@@ -124,13 +119,13 @@ __device__ void forward_step_slice(const ForwardStepParams<T>& p, int64_t j0, in
   __shared__ T w_s[kSliceK][4 * kSliceUnits];
   __shared__ T h_s[kRows][kSliceK + 1];  // +1: the row groups of a warp fall in different banks
   __shared__ const T* hprev_s[kRows];
-  const int d = blockIdx.z, D = gridDim.z;
-  const int64_t H = p.hidden, G = 4 * H, RH = p.real_hidden;
+  const int d = blockIdx.z;
+  const int64_t H = p.c.H, G = p.c.G, RH = p.c.RH;
   const int u = threadIdx.x % kSliceUnits, q = threadIdx.x / kSliceUnits;
   const int64_t j = j0 + u;
   __syncthreads();  // a previous block of work of this thread block is done with the shared arrays
   for (int rr = threadIdx.x; rr < kRows; rr += kSliceThreads)
-    hprev_s[rr] = i0 + rr < p.active ? forward_row(p, d, D, i0 + rr).hprev : nullptr;
+    hprev_s[rr] = i0 + rr < p.active ? forward_row(p, d, i0 + rr).hprev : nullptr;
   ForwardRow<T> rows[RB];
   bool live[RB];
   T acc[RB][4];
@@ -138,7 +133,7 @@ __device__ void forward_step_slice(const ForwardStepParams<T>& p, int64_t j0, in
   for (int r = 0; r < RB; ++r) {
     const int64_t i = i0 + q + r * kSliceRowGroups;
     live[r] = i < p.active && j < H;
-    if (live[r]) rows[r] = forward_row(p, d, D, i);
+    if (live[r]) rows[r] = forward_row(p, d, i);
 #pragma unroll
     for (int g = 0; g < 4; ++g) acc[r][g] = live[r] ? rows[r].grow[g * H + j] : T(0);
   }
@@ -170,12 +165,12 @@ __device__ void forward_step_slice(const ForwardStepParams<T>& p, int64_t j0, in
   }
 #pragma unroll
   for (int r = 0; r < RB; ++r)
-    if (live[r]) forward_finish(p, d, D, rows[r], j, acc[r]);
+    if (live[r]) forward_finish(p, d, rows[r], j, acc[r]);
 }
 
 template <typename T, int RB>
 __global__ void __launch_bounds__(kSliceThreads) forward_step_slice_kernel(ForwardStepParams<T> p) {
-  for_each_work_block(ceil_div(p.hidden, kSliceUnits), ceil_div(p.active, kSliceRowGroups * RB),
+  for_each_work_block(ceil_div(p.c.H, kSliceUnits), ceil_div(p.active, kSliceRowGroups * RB),
                       [&](int64_t bx, int64_t by) {
                         forward_step_slice<T, RB>(p, bx * kSliceUnits, by * kSliceRowGroups * RB);
                       });
@@ -188,8 +183,9 @@ struct ForwardStep {
 };
 
 template <typename T>
-void forward_step(const ForwardStepParams<T>& p, int directions, cudaStream_t stream) {
-  launch_step_kernel<ForwardStep, T>(p, p.hidden, p.active, directions, stream, "forward_step_kernel");
+void forward_step(const ForwardStepParams<T>& p, cudaStream_t stream) {
+  launch_step_kernel<ForwardStep, T>(p, p.c.H, p.active, static_cast<int>(p.c.D), stream,
+                                     "forward_step_kernel");
 }
 
 template <typename T>
@@ -221,97 +217,161 @@ void launch_final_state(const int64_t* lengths, const T* fwd, const T* rev, int6
                 stream, lengths, fwd, rev, row_width, width, sliced, dst, layer, D, B);
 }
 
+// One direction's weights as the kernels read them (call scratch): W_ih^T (K, 4H), W_hh^T (RH, 4H),
+// W_hr^T (H, RH), the chains' head b_ih + b_hh, and with projections the cell outputs m (T, B, H).
+template <typename T>
+struct DirectionWeights {
+  T* wt_ih;
+  T* wt_hh;
+  T* wt_hr;
+  T* bias;
+  T* m_buf;
+};
+
+template <typename T>
+struct ForwardScratch {
+  T* dropped;  // a layer's input after dropout
+  DirectionWeights<T> w[2];
+};
+
+template <typename T>
+ForwardScratch<T> forward_scratch(const CallDims& c, const ScratchAlloc& scratch, bool dropout) {
+  ForwardScratch<T> s{};
+  s.dropped = dropout && c.L > 1 ? scratch_array<T>(scratch, c.T * c.B * c.DH) : nullptr;
+  const int64_t k_max = c.I > c.DH ? c.I : c.DH;
+  for (int64_t d = 0; d < c.D; ++d) {
+    DirectionWeights<T>& w = s.w[d];
+    w.wt_ih = scratch_array<T>(scratch, k_max * c.G);
+    w.wt_hh = scratch_array<T>(scratch, c.RH * c.G);
+    w.bias = scratch_array<T>(scratch, c.G);
+    w.wt_hr = c.proj ? scratch_array<T>(scratch, c.H * c.RH) : nullptr;
+    w.m_buf = c.proj ? scratch_array<T>(scratch, c.T * c.B * c.H) : nullptr;
+  }
+  return s;
+}
+
+// What the phases of one layer share.
+template <typename T>
+struct ForwardLayer {
+  int64_t l, K;
+  const T* X;  // the layer's input (after dropout)
+  T* Y;        // its output
+  T* gates[2];
+  T* cells[2];
+};
+
+template <typename T>
+ForwardLayer<T> forward_layer(const LstmForwardArgs<T>& a, const CallDims& c, int64_t l,
+                              const T* X) {
+  ForwardLayer<T> L{l, c.layer_input(l), X, layer_output(a, l), {nullptr, nullptr},
+                    {nullptr, nullptr}};
+  for (int64_t d = 0; d < c.D; ++d) {
+    L.gates[d] = a.gates + c.saved_rows(l, d) * c.G;
+    L.cells[d] = a.cells + c.saved_rows(l, d) * c.H;
+  }
+  return L;
+}
+
+// Padding rows of every output the forward writes are 0.
+template <typename T>
+void zero_forward_padding(const LstmForwardArgs<T>& a, const CallDims& c, const DeviceSchedule& ds,
+                          cudaStream_t stream) {
+  launch_zero_padding(a.y, c.DH, ds.lengths, c.T, c.B, stream);
+  for (int64_t l = 0; l + 1 < c.L; ++l)
+    launch_zero_padding(a.layer_out + l * c.T * c.B * c.DH, c.DH, ds.lengths, c.T, c.B, stream);
+  for (int64_t ld = 0; ld < c.L * c.D; ++ld) {
+    launch_zero_padding(a.gates + ld * c.T * c.B * c.G, c.G, ds.lengths, c.T, c.B, stream);
+    launch_zero_padding(a.cells + ld * c.T * c.B * c.H, c.H, ds.lengths, c.T, c.B, stream);
+  }
+}
+
+// The layer's weights transposed for the products, and b_ih + b_hh.
+template <typename T>
+void layer_weights(const LstmForwardArgs<T>& a, const CallDims& c, const ForwardLayer<T>& L,
+                   ForwardScratch<T>& s, cudaStream_t stream) {
+  for (int64_t d = 0; d < c.D; ++d) {
+    const int64_t w = L.l * c.D + d;
+    launch_transpose(a.weights.w_ih[w], s.w[d].wt_ih, c.G, L.K, stream);
+    launch_transpose(a.weights.w_hh[w], s.w[d].wt_hh, c.G, c.RH, stream);
+    if (c.proj) launch_transpose(a.weights.w_hr[w], s.w[d].wt_hr, c.RH, c.H, stream);
+    if (c.bias)
+      launch_kernel("bias_sum_kernel", bias_sum_kernel<T>, stride_grid(c.G, 256), 256, stream,
+                    a.weights.b_ih[w], a.weights.b_hh[w], s.w[d].bias, c.G);
+  }
+}
+
+// Input projection (phases.h): every valid step's x . W_ih^T, the head of each gate's chain.
+template <typename T>
+void input_projection(const CallDims& c, const DeviceSchedule& ds, const ForwardLayer<T>& L,
+                      const ForwardScratch<T>& s, cudaStream_t stream) {
+  for (int64_t d = 0; d < c.D; ++d)
+    gemm_chain<T, false>(ds.rows, c.G, L.K, Rows<const T>{L.X, ds.valid, L.K, 0},
+                         Rows<const T>{s.w[d].wt_ih, nullptr, c.G, 0},
+                         Rows<T>{L.gates[d], ds.valid, c.G, 0},
+                         c.bias ? GemmInit::kVector : GemmInit::kZero,
+                         static_cast<const T*>(s.w[d].bias), stream);
+}
+
+// The recurrence (phases.h): one launch per step in processing order, continuing every gate's chain
+// with h_prev . W_hh^T and running the cell; with projections h = W_hr m for the step's rows, one
+// chain per element over k = 0 .. H-1, from 0. Steps no row reaches are not launched: they have no
+// work, and a launch with no rows would be an empty grid.
+template <typename T>
+void recurrence(const LstmForwardArgs<T>& a, const CallDims& c, const StepSchedule& sched,
+                const DeviceSchedule& ds, const StepRows& step_rows, const ForwardLayer<T>& L,
+                const ForwardScratch<T>& s, cudaStream_t stream) {
+  ForwardStepParams<T> p{c};
+  p.lengths = ds.lengths;
+  p.order = ds.order;
+  p.layer = L.l;
+  p.h0 = a.h0;
+  p.c0 = a.c0;
+  p.y = L.Y;
+  for (int64_t d = 0; d < c.D; ++d) {
+    p.m_out[d] = s.w[d].m_buf;
+    p.gates[d] = L.gates[d];
+    p.cells[d] = L.cells[d];
+    p.wt_hh[d] = s.w[d].wt_hh;
+  }
+  for (int64_t step = 0; step < c.T && sched.active[step] > 0; ++step) {
+    p.step = step;
+    p.active = sched.active[step];
+    forward_step(p, stream);
+    for (int64_t d = 0; c.proj && d < c.D; ++d) {
+      const int64_t* rows = step_rows.rows + step_rows.offset(d, step);
+      gemm_chain<T, false>(p.active, c.RH, c.H, Rows<const T>{s.w[d].m_buf, rows, c.H, 0},
+                           Rows<const T>{s.w[d].wt_hr, nullptr, c.RH, 0},
+                           Rows<T>{L.Y, rows, c.DH, d * c.RH}, GemmInit::kZero,
+                           static_cast<const T*>(nullptr), stream);
+    }
+  }
+}
+
+// Final states (phases.h): h_n and c_n, forward after step len-1, reverse after step 0.
+template <typename T>
+void final_states(const LstmForwardArgs<T>& a, const CallDims& c, const DeviceSchedule& ds,
+                  const ForwardLayer<T>& L, cudaStream_t stream) {
+  launch_final_state<T>(ds.lengths, L.Y, L.Y, c.DH, c.RH, true, a.h_n, L.l, c.D, c.B, stream);
+  launch_final_state<T>(ds.lengths, L.cells[0], L.cells[c.D - 1], c.H, c.H, false, a.c_n, L.l, c.D,
+                        c.B, stream);
+}
+
 template <typename T>
 void forward_impl(const LstmForwardArgs<T>& a, const ScratchAlloc& scratch, cudaStream_t stream) {
-  const LstmShape& S = a.shape;
-  const int64_t Tn = S.steps, B = S.batch, H = S.hidden_size, L = S.num_layers, D = S.directions;
-  const bool proj = S.proj_size > 0;
-  const int64_t RH = proj ? S.proj_size : H;
-  const int64_t DH = D * RH, G = 4 * H;
-  const StepSchedule sched(a.lengths, Tn, B);
-  const DeviceSchedule ds = upload_schedule(sched, a.lengths, B, scratch, stream);
-  const int64_t R = ds.rows;
+  const CallDims c(a.shape);
+  const StepSchedule sched(a.lengths, c.T, c.B);
+  const DeviceSchedule ds = upload_schedule(sched, a.lengths, c.B, scratch, stream);
   const StepRows step_rows =
-      proj ? upload_step_rows(sched, a.lengths, B, D, scratch, stream) : StepRows{};
-
-  launch_zero_padding(a.y, DH, ds.lengths, Tn, B, stream);
-  for (int64_t l = 0; l + 1 < L; ++l)
-    launch_zero_padding(a.layer_out + l * Tn * B * DH, DH, ds.lengths, Tn, B, stream);
-  for (int64_t ld = 0; ld < L * D; ++ld) {
-    launch_zero_padding(a.gates + ld * Tn * B * G, G, ds.lengths, Tn, B, stream);
-    launch_zero_padding(a.cells + ld * Tn * B * H, H, ds.lengths, Tn, B, stream);
-  }
-
-  const int64_t k_max = S.input_size > DH ? S.input_size : DH;
-  T* dropped = (a.dropout.active && L > 1) ? scratch_array<T>(scratch, Tn * B * DH) : nullptr;
-  T* wt_ih[2];
-  T* wt_hh[2];
-  T* wt_hr[2] = {nullptr, nullptr};
-  T* m_buf[2] = {nullptr, nullptr};
-  T* bias[2];
-  for (int64_t d = 0; d < D; ++d) {
-    wt_ih[d] = scratch_array<T>(scratch, k_max * G);
-    wt_hh[d] = scratch_array<T>(scratch, RH * G);
-    bias[d] = scratch_array<T>(scratch, G);
-    if (proj) {
-      wt_hr[d] = scratch_array<T>(scratch, H * RH);
-      m_buf[d] = scratch_array<T>(scratch, Tn * B * H);
-    }
-  }
-
-  for (int64_t l = 0; l < L; ++l) {
-    const int64_t K = layer_input_size(S, l);
-    const T* X = layer_input(a, l);
-    if (l > 0 && a.dropout.active) {
-      launch_apply_dropout(a.dropout, l - 1, X, dropped, DH, ds, B, stream);
-      X = dropped;
-    }
-    T* Y = layer_output(a, l);
-    ForwardStepParams<T> p{};
-    p.lengths = ds.lengths;
-    p.order = ds.order;
-    p.batch = B;
-    p.hidden = H;
-    p.real_hidden = RH;
-    p.layer = l;
-    p.h0 = a.h0;
-    p.c0 = a.c0;
-    p.y = Y;
-    for (int64_t d = 0; d < D; ++d) {
-      const int64_t w = l * D + d;
-      launch_transpose(a.weights.w_ih[w], wt_ih[d], G, K, stream);
-      launch_transpose(a.weights.w_hh[w], wt_hh[d], G, RH, stream);
-      if (proj) launch_transpose(a.weights.w_hr[w], wt_hr[d], RH, H, stream);
-      p.m_out[d] = m_buf[d];
-      if (S.has_bias) {
-        launch_kernel("bias_sum_kernel", bias_sum_kernel<T>, stride_grid(G, 256), 256, stream,
-                      a.weights.b_ih[w], a.weights.b_hh[w], bias[d], G);
-      }
-      p.gates[d] = a.gates + w * Tn * B * G;
-      p.cells[d] = a.cells + w * Tn * B * H;
-      p.wt_hh[d] = wt_hh[d];
-      gemm_chain<T, false>(R, G, K, Rows<const T>{X, ds.valid, K, 0},
-                           Rows<const T>{wt_ih[d], nullptr, G, 0},
-                           Rows<T>{p.gates[d], ds.valid, G, 0},
-                           S.has_bias ? GemmInit::kVector : GemmInit::kZero, bias[d], stream);
-    }
-    // Steps no row reaches (every length below T) are not launched: they have no work, and a launch
-    // with no rows would be an empty grid.
-    for (int64_t s = 0; s < Tn && sched.active[s] > 0; ++s) {
-      p.step = s;
-      p.active = sched.active[s];
-      forward_step(p, static_cast<int>(D), stream);
-      // h = W_hr m for this step's rows: one chain per element over k = 0 .. H-1, from 0.
-      for (int64_t d = 0; proj && d < D; ++d) {
-        const int64_t* rows = step_rows.rows + step_rows.offset(d, s);
-        gemm_chain<T, false>(p.active, RH, H, Rows<const T>{m_buf[d], rows, H, 0},
-                             Rows<const T>{wt_hr[d], nullptr, RH, 0}, Rows<T>{Y, rows, DH, d * RH},
-                             GemmInit::kZero, static_cast<const T*>(nullptr), stream);
-      }
-    }
-    launch_final_state<T>(ds.lengths, Y, Y, DH, RH, true, a.h_n, l, D, B, stream);
-    launch_final_state<T>(ds.lengths, p.cells[0], p.cells[D - 1], H, H, false, a.c_n, l, D, B,
-                          stream);
+      c.proj ? upload_step_rows(sched, a.lengths, c.B, c.D, scratch, stream) : StepRows{};
+  ForwardScratch<T> s = forward_scratch<T>(c, scratch, a.dropout.active);
+  zero_forward_padding(a, c, ds, stream);
+  for (int64_t l = 0; l < c.L; ++l) {
+    const ForwardLayer<T> L =
+        forward_layer(a, c, l, dropped_layer_input(a, c, l, ds, s.dropped, stream));
+    layer_weights(a, c, L, s, stream);
+    input_projection(c, ds, L, s, stream);
+    recurrence(a, c, sched, ds, step_rows, L, s, stream);
+    final_states(a, c, ds, L, stream);
   }
 }
 

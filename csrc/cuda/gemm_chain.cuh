@@ -14,8 +14,6 @@
 namespace detlstm {
 namespace cuda {
 
-enum class GemmInit { kZero, kVector, kFromC };
-
 constexpr int kGemmBK = 16;
 
 // The BM x BN tile of C at (m0, n0). Every thread of the block calls this (it holds barriers); it
@@ -120,16 +118,18 @@ template <typename T, bool kACols, class ARows, class BRows, class CRows>
 void gemm_chain(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows c, GemmInit init,
                 const T* init_vec, cudaStream_t stream) {
   if (M <= 0 || N <= 0) return;
-  // Large float products get 128x128 tiles of 8x8 patches: twice the fma per shared-memory load of
-  // 4x4 patches (64 per 16 values instead of 16 per 8). Small ones, and float64 (whose 8x8 patch would
-  // take 128 registers of accumulators), keep 64x64 tiles of 4x4.
-  if (launch_variant() == 1) {
-    launch_gemm_tiles<T, kACols, 32, 32, 4, 4>(M, N, P, a, b, c, init, init_vec, stream);
-    return;
-  }
-  if (launch_variant() == 2) {
-    launch_gemm_tiles<T, kACols, 64, 32, 4, 4>(M, N, P, a, b, c, init, init_vec, stream);
-    return;
+  // GemmTiles::kAuto: large float products get 128x128 tiles of 8x8 patches, twice the fma per
+  // shared-memory load of 4x4 patches (64 per 16 values instead of 16 per 8). Small ones, and float64
+  // (whose 8x8 patch would take 128 registers of accumulators), keep 64x64 tiles of 4x4.
+  switch (launch_shape().gemm) {
+    case GemmTiles::k32x32:
+      launch_gemm_tiles<T, kACols, 32, 32, 4, 4>(M, N, P, a, b, c, init, init_vec, stream);
+      return;
+    case GemmTiles::k64x32:
+      launch_gemm_tiles<T, kACols, 64, 32, 4, 4>(M, N, P, a, b, c, init, init_vec, stream);
+      return;
+    case GemmTiles::kAuto:
+      break;
   }
   if constexpr (sizeof(T) == 4) {
     if (M >= 128 && N >= 128) {

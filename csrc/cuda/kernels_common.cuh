@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/layout.h"
 #include "../common/lstm_cell.h"
 #include "../common/schedule.h"
 #include "lstm_cuda.h"
@@ -38,11 +39,6 @@ inline void check_launch(const char* kernel, cudaStream_t stream) {
     check_cuda(cudaStreamSynchronize(stream), kernel);  // faults while the kernel ran
 }
 
-// The largest grid a launch may use along x and y: the CUDA limits unless a test forces smaller ones
-// (set_grid_limit). Kernels whose work can outgrow it visit their blocks of work in strides of the
-// grid, so every size that fits in memory runs.
-GridLimit grid_limit();
-
 // A grid of nx x ny x nz blocks of work, capped at the grid limit along x and y (nz is 1 or 2). No
 // work gives an empty grid, which a launch rejects: callers launch only where there is work.
 inline dim3 capped_grid(int64_t nx, int64_t ny = 1, int64_t nz = 1) {
@@ -53,9 +49,11 @@ inline dim3 capped_grid(int64_t nx, int64_t ny = 1, int64_t nz = 1) {
   return dim3(cap(nx, limit.x), cap(ny, limit.y), static_cast<unsigned>(nz));
 }
 
-// Every kernel launch goes through here. Under nvcc it is the launch itself; compiled as plain C++ it
-// runs the kernel in the host emulation of tests/cuda_emulation, which lets the CPU-only CI execute
-// these very sources and compare their bits with the CPU kernels'.
+// Every kernel launch goes through here. Under nvcc it is the launch itself. Compiled as plain C++
+// with DETLSTM_CUDA_EMULATION defined (tests/cuda_emulation, whose cuda_runtime.h stands in for
+// CUDA's) it runs the kernel in the host emulation, which lets the CPU-only CI execute these very
+// sources and compare their bits with the CPU kernels'. Kernels whose work can outgrow the grid
+// limit (launch_shapes.h) visit their blocks of work in strides of the grid.
 template <typename... Params, typename... Args>
 void launch_kernel(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block,
                    cudaStream_t stream, Args... args) {
@@ -64,8 +62,10 @@ void launch_kernel(const char* name, void (*kernel)(Params...), dim3 grid, dim3 
     throw std::logic_error(std::string("detlstm CUDA: ") + name + ": grid over the limit");
 #if defined(__CUDACC__)
   kernel<<<grid, block, 0, stream>>>(args...);
-#else
+#elif defined(DETLSTM_CUDA_EMULATION)
   emulated_launch(kernel, grid, block, args...);
+#else
+#error "csrc/cuda compiles with nvcc, or as C++ for the host emulation with DETLSTM_CUDA_EMULATION"
 #endif
   check_launch(name, stream);
 }
@@ -90,15 +90,13 @@ __device__ __forceinline__ void for_each_work_block(int64_t nx, int64_t ny, Body
     for (int64_t bx = blockIdx.x; bx < nx; bx += gridDim.x) body(bx, by);
 }
 
-int launch_variant();
-
-// Time index of processing step s for a row of this length: forward t = s, reverse t = len-1-s.
-__host__ __device__ inline int64_t step_time(int64_t direction, int64_t s, int64_t length) {
-  return direction == 0 ? s : length - 1 - s;
-}
-__host__ __device__ inline int64_t prev_time(int64_t direction, int64_t t) {
-  return direction == 0 ? t - 1 : t + 1;
-}
+using ::detlstm::CallDims;
+using ::detlstm::GemmInit;
+using ::detlstm::StepSchedule;
+using ::detlstm::c_prev_of;
+using ::detlstm::h_prev_of;
+using ::detlstm::prev_time;
+using ::detlstm::step_time;
 
 // One of a pair of per-direction pointers. A kernel parameter array indexed at run time is copied to
 // local memory; a select keeps it in the parameter space.
@@ -181,36 +179,27 @@ inline StepRows upload_step_rows(const StepSchedule& sched, const int64_t* lengt
   return out;
 }
 
-// Blocks of the "slice" step kernels (launch variant 0, the default): kSliceUnits units x kSliceRowGroups row
-// groups of threads, staging kSliceK values of the chain's index in shared memory at a time.
-constexpr int kSliceUnits = 8;
-constexpr int kSliceRowGroups = 32;
-constexpr int kSliceThreads = kSliceUnits * kSliceRowGroups;
-constexpr int kSliceK = 32;
-constexpr int kSliceRowsPerThread = 2;  // shared memory: float64 at 2 rows takes ~26 KB of 48
-
-// Launches a per-step kernel with the current launch variant's shape: Step<T, RB>::slice_kernel
-// (blocks of units x rows staged in shared memory) for variant 0, Step<T, RB>::kernel (one thread per
-// unit, RB rows per thread) for variants 1-3; both directions in grid z, units x row blocks
-// capped at the grid limit (the kernels loop over the rest). The shape decides only who computes
-// what.
+// Launches a per-step kernel in the current launch shape (launch_shapes.h): Step<T, RB>::slice_kernel
+// (blocks of units x rows staged in shared memory) or Step<T, RB>::kernel (one thread per unit, RB
+// rows per thread); both directions in grid z, units x row blocks capped at the grid limit (the
+// kernels loop over the rest). The shape decides only who computes what.
 template <template <typename, int> class Step, typename T, typename Params>
 void launch_step_kernel(const Params& p, int64_t units, int64_t rows, int directions,
                         cudaStream_t stream, const char* name) {
-  const int variant = launch_variant();
-  if (variant == 0) {
-    const dim3 grid = capped_grid(ceil_div(units, kSliceUnits),
-                                  ceil_div(rows, kSliceRowGroups * kSliceRowsPerThread), directions);
+  const LaunchShape& shape = launch_shape();
+  const int64_t rows_per_block = static_cast<int64_t>(shape.rows_per_thread) *
+                                 (shape.step == StepKernel::kSlice ? kSliceRowGroups : 1);
+  const int64_t units_per_block = shape.step == StepKernel::kSlice ? kSliceUnits : shape.threads;
+  const dim3 grid = capped_grid(ceil_div(units, units_per_block), ceil_div(rows, rows_per_block),
+                                directions);
+  if (shape.step == StepKernel::kSlice) {
     launch_kernel(name, Step<T, kSliceRowsPerThread>::slice_kernel, grid, kSliceThreads, stream, p);
     return;
   }
-  const int threads = variant == 1 ? 32 : (variant == 2 ? 256 : 128);  // variant 3: 128 x 4 rows
-  const int rows_per_thread = variant == 1 ? 1 : (variant == 2 ? 8 : 4);
-  const dim3 grid = capped_grid(ceil_div(units, threads), ceil_div(rows, rows_per_thread), directions);
-  switch (rows_per_thread) {
-    case 1: launch_kernel(name, Step<T, 1>::kernel, grid, threads, stream, p); break;
-    case 8: launch_kernel(name, Step<T, 8>::kernel, grid, threads, stream, p); break;
-    default: launch_kernel(name, Step<T, 4>::kernel, grid, threads, stream, p); break;
+  switch (shape.rows_per_thread) {
+    case 1: launch_kernel(name, Step<T, 1>::kernel, grid, shape.threads, stream, p); break;
+    case 8: launch_kernel(name, Step<T, 8>::kernel, grid, shape.threads, stream, p); break;
+    default: launch_kernel(name, Step<T, 4>::kernel, grid, shape.threads, stream, p); break;
   }
 }
 
@@ -223,6 +212,17 @@ void launch_transpose(const T* in, T* out, int64_t rows, int64_t cols, cudaStrea
 template <typename T>
 void launch_apply_dropout(const DropoutParams& dp, int64_t layer, const T* y, T* out, int64_t width,
                           const DeviceSchedule& sched, int64_t batch, cudaStream_t stream);
+
+// Layer l's input as the layer reads it (phases.h: dropped layer input): x for layer 0; above, the
+// layer below's output, through dropout into `dropped` when dropout is on.
+template <typename T>
+const T* dropped_layer_input(const LstmForwardArgs<T>& f, const CallDims& c, int64_t l,
+                             const DeviceSchedule& ds, T* dropped, cudaStream_t stream) {
+  const T* X = layer_input(f, l);
+  if (l == 0 || !f.dropout.active) return X;
+  launch_apply_dropout(f.dropout, l - 1, X, dropped, c.DH, ds, c.B, stream);
+  return dropped;
+}
 
 }  // namespace cuda
 }  // namespace detlstm

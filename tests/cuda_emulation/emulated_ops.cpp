@@ -73,7 +73,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lstm_forward", &detlstm::lstm_forward_emulated);
   m.def("lstm_backward", &detlstm::lstm_backward_emulated);
   m.def("canonical_unary_bits", &detlstm::canonical_unary_bits_emulated);
-  m.def("set_launch_variant", &detlstm::cuda::set_launch_variant);
+  m.def("set_launch_variant", &detlstm::cuda::set_launch_shape);
+  m.def("launch_shape_count", [] { return detlstm::cuda::kLaunchShapeCount; });
   m.def("set_order", &detlstm_emulation::set_order,
         "bit 0: run the blocks last to first; bit 1: run a block's threads last to first");
   m.def("set_grid_limit", [](int64_t x, int64_t y) {

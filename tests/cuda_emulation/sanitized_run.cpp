@@ -52,7 +52,7 @@ struct Scratch {
 template <typename T>
 bool run_case(const LstmShape& s, const std::vector<int64_t>& lengths, bool dropout, int variant,
               const std::string& name) {
-  detlstm::cuda::set_launch_variant(variant);
+  detlstm::cuda::set_launch_shape(variant);
   const size_t T_ = s.steps, B = s.batch, H = s.hidden_size, L = s.num_layers, D = s.directions;
   const size_t R = s.proj_size > 0 ? s.proj_size : H, G = 4 * H;
   Buffers<T> buf;
@@ -134,7 +134,7 @@ int main() {
   };
   int passed = 0;
   for (size_t c = 0; c < cases.size(); ++c)
-    for (int variant = 0; variant < detlstm::cuda::kLaunchVariants; ++variant)
+    for (int variant = 0; variant < detlstm::cuda::kLaunchShapeCount; ++variant)
       for (int dropout = 0; dropout < 2; ++dropout) {
         const std::string name = "case " + std::to_string(c) + " variant " +
                                  std::to_string(variant) + " dropout " + std::to_string(dropout);

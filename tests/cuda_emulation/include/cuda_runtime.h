@@ -1,6 +1,16 @@
 // Host emulation of the part of CUDA that csrc/cuda uses, so the real kernel sources compile with g++
 // and run on the CPU (tests/test_cuda_emulation.py). It stands in for <cuda_runtime.h>: this folder
-// comes first on the include path of the emulated build, and nowhere else.
+// comes first on the include path of the emulated build, and nowhere else; the build also defines
+// DETLSTM_CUDA_EMULATION, which makes csrc/cuda's launch_kernel call emulated_launch below.
+//
+// The subset of CUDA it supports, and nothing more (a kernel using anything else does not compile):
+// - __global__, __device__, __host__, __forceinline__, __launch_bounds__, __align__, __shared__;
+// - threadIdx, blockIdx, blockDim, gridDim; dim3 and uint3; __syncthreads();
+// - launches through emulated_launch (grid and block shapes checked as a GPU checks them, with a
+//   settable grid limit), cudaGetLastError, cudaGetErrorString;
+// - cudaMemcpyAsync (a plain memmove: host and device memory are one), cudaStreamSynchronize (counts
+//   calls), cudaStreamIsCapturing (never capturing); streams are opaque pointers.
+// No atomics, warp intrinsics, dynamic shared memory, events, or device properties.
 //
 // What it models: a grid of blocks, each a set of threads with threadIdx/blockIdx/blockDim/gridDim,
 // block-local __shared__ memory and __syncthreads() as a real barrier (every thread is a fiber of

@@ -1,0 +1,376 @@
+// The CPU backward, in the phases of csrc/common/phases.h (the same names as csrc/cuda/backward.cu):
+// per layer from the top, the recurrence backward, the initial-state gradients, the input gradient,
+// the weight gradients and the bias gradients. Included by lstm_cpu_impl.h inside one
+// instruction-set variant's namespace.
+
+// Buffers the backward keeps across layers.
+template <typename T>
+struct BackwardBuffers {
+  std::vector<T> dropped;                 // a layer's input after dropout
+  std::vector<T> grad_buf[2];             // gradient w.r.t. a layer's output, built by the layer above
+  std::vector<std::vector<T>> da;         // per direction: gate pre-activation gradients (T, B, 4H)
+  std::vector<std::vector<T>> dh;         // per direction: dh of every (t, b) (T, B, RH), for dW_hr
+  std::vector<T> dc;                      // (D, B, H): the gradient reaching c, carried between steps
+  std::vector<T> dm;                      // with projections: dm = W_hr^T dh of a step's rows
+  std::vector<std::vector<T>> m_all;      // with projections: the cell outputs m of every (t, b)
+
+  explicit BackwardBuffers(const math::CallDims& c) {
+    const size_t rows = static_cast<size_t>(c.T * c.B);
+    if (c.L > 1)
+      for (auto& buf : grad_buf) buf.assign(rows * c.DH, T(0));
+    da.assign(c.D, std::vector<T>(rows * c.G, T(0)));
+    dh.assign(c.D, std::vector<T>(rows * c.RH, T(0)));
+    dc.resize(static_cast<size_t>(c.D * c.B * c.H));
+    if (c.proj) {
+      dm.resize(static_cast<size_t>(c.D * c.B * c.H));
+      m_all.assign(c.D, std::vector<T>(rows * c.H, T(0)));
+    }
+  }
+};
+
+// What the phases of one layer share.
+template <typename T>
+struct BackwardLayer {
+  int64_t l, K;
+  const T* X;   // the layer's input (after dropout)
+  const T* Y;   // its output
+  const T* dY;  // the gradient w.r.t. its output
+  std::vector<const T*> gates, cells;  // per direction, as the forward saved them
+};
+
+template <typename T>
+BackwardLayer<T> backward_layer(const LstmForwardArgs<T>& f, const math::CallDims& c, int64_t l,
+                                const T* X, const T* dY) {
+  BackwardLayer<T> L{l, c.layer_input(l), X, layer_output(f, l), dY, {}, {}};
+  for (int64_t d = 0; d < c.D; ++d) {
+    L.gates.push_back(f.gates + c.saved_rows(l, d) * c.G);
+    L.cells.push_back(f.cells + c.saved_rows(l, d) * c.H);
+  }
+  return L;
+}
+
+// W_hh rows (4H of RH: the dh chain runs over gate rows) and W_hr rows, per direction.
+template <typename T>
+struct BackwardOperands {
+  std::vector<const T*> hh_rows, hr_rows;
+  std::vector<std::vector<T>> hh_panels;
+};
+
+template <typename T>
+BackwardOperands<T> backward_operands(const LstmForwardArgs<T>& f, const math::CallDims& c,
+                                      int64_t l) {
+  BackwardOperands<T> ops;
+  ops.hh_rows.resize(c.D * c.G);
+  ops.hh_panels.resize(c.D);
+  for (int64_t d = 0; d < c.D; ++d) {
+    for (int64_t p = 0; p < c.G; ++p) ops.hh_rows[d * c.G + p] = f.weights.w_hh[l * c.D + d] + p * c.RH;
+    ops.hh_panels[d] = panels_for_vector_kernel(ops.hh_rows.data() + d * c.G, c.G, c.RH);
+  }
+  if (c.proj) {
+    ops.hr_rows.resize(c.D * c.RH);
+    for (int64_t d = 0; d < c.D; ++d)
+      for (int64_t q = 0; q < c.RH; ++q) ops.hr_rows[d * c.RH + q] = f.weights.w_hr[l * c.D + d] + q * c.H;
+  }
+  return ops;
+}
+
+// One backward step's rows (schedule order), per direction d at [d * B, d * B + active).
+template <typename T>
+struct BackwardStepRows {
+  std::vector<const T*> da_next;  // da of the row's next processing step (rows that continue)
+  std::vector<T*> dh, dm;
+  explicit BackwardStepRows(int64_t rows) : da_next(rows), dh(rows), dm(rows) {}
+};
+
+// The backward of one step: dh of every unit, then the cell backward (phases.h: recurrence
+// backward). Rows i < n_next continue after this step (the schedule is by length, longest first):
+// their dh chain runs over da(next step). The others are at their last step: dh = dy + dh_n.
+template <typename T>
+class BackwardStep {
+ public:
+  BackwardStep(const LstmBackwardArgs<T>& a, const math::CallDims& c, const StepSchedule& sched,
+               const BackwardLayer<T>& L, BackwardBuffers<T>& buf, const BackwardOperands<T>& ops,
+               int64_t s)
+      : a_(a), c_(c), sched_(sched), L_(L), buf_(buf), ops_(ops), s_(s), n_(sched.active[s]),
+        n_next_(sched.active[s + 1]), rows_(c.D * c.B) {
+    for (int64_t d = 0; d < c.D; ++d) fill_rows(d);
+  }
+
+  void run(const ParallelFor& parallel_for) {
+    std::vector<GemmGroup<T>> groups, projections;
+    for (int64_t d = 0; d < c_.D; ++d) {
+      const int64_t k = d * c_.B;
+      groups.push_back({n_next_, rows_.da_next.data() + k, ops_.hh_rows.data() + d * c_.G,
+                        rows_.dh.data() + k, GemmInit::kFromC, nullptr,
+                        panels_or_null(ops_.hh_panels[d])});
+      if (c_.proj)  // dm = W_hr^T dh: one chain per element over q = 0 .. P-1, from 0
+        projections.push_back({n_, rows_.dh.data() + k, ops_.hr_rows.data() + d * c_.RH,
+                               rows_.dm.data() + k, GemmInit::kZero, nullptr});
+    }
+    // Tasks take blocks of units, as in the forward: a unit's dh (its chain over da(next step) of its
+    // row), and without projections its cell backward, need no other unit. With projections dm =
+    // W_hr^T dh needs all of a row's dh: dm and the cell then run in a second region.
+    const int64_t unit_blocks = (c_.RH + kUnitBlock - 1) / kUnitBlock;
+    parallel_for(c_.D * unit_blocks, 1, [&](int64_t begin, int64_t end) {
+      DenormalGuard guard;
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t d = task / unit_blocks, u0 = (task % unit_blocks) * kUnitBlock;
+        const int64_t u1 = std::min(u0 + kUnitBlock, c_.RH);
+        dh_heads(d, u0, u1);
+        if (n_next_ > 0) gemm_columns<T, false>(groups[d], c_.G, u0, u1);
+        if (!c_.proj) cells_backward(d, 0, n_, u0, u1);
+      }
+    });
+    if (!c_.proj) return;
+    const int64_t tiles = (n_ + kMR - 1) / kMR;
+    parallel_for(c_.D * tiles, 1, [&](int64_t begin, int64_t end) {
+      DenormalGuard guard;
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t d = task / tiles, i0 = (task % tiles) * kMR;
+        gemm_rows<T, false>(projections[d], c_.H, c_.RH, i0);
+        cells_backward(d, i0, std::min(i0 + kMR, n_), 0, c_.H);
+      }
+    });
+  }
+
+ private:
+  int64_t row_of(int64_t i) const { return sched_.order[i]; }
+  int64_t time_of(int64_t d, int64_t i) const {
+    return math::step_time(d, s_, a_.fwd.lengths[row_of(i)]);
+  }
+
+  void fill_rows(int64_t d) {
+    for (int64_t i = 0; i < n_; ++i) {
+      const int64_t b = row_of(i), t = time_of(d, i), k = d * c_.B + i;
+      rows_.dh[k] = buf_.dh[d].data() + c_.row(t, b) * c_.RH;
+      if (i < n_next_) {
+        const int64_t t_next = math::step_time(d, s_ + 1, a_.fwd.lengths[b]);
+        rows_.da_next[k] = buf_.da[d].data() + c_.row(t_next, b) * c_.G;
+      }
+      if (c_.proj) rows_.dm[k] = buf_.dm.data() + (d * c_.B + b) * c_.H;
+    }
+  }
+
+  // The heads of units u0 .. u1-1 of every row's dh chain: dy, plus dh_n at a row's last step.
+  void dh_heads(int64_t d, int64_t u0, int64_t u1) {
+    for (int64_t i = 0; i < n_; ++i) {
+      const int64_t b = row_of(i);
+      const T* dy_row = L_.dY + c_.out_offset(time_of(d, i), b, d);
+      T* dh_row = rows_.dh[d * c_.B + i];
+      if (i >= n_next_) {
+        const T* dh_n = a_.dh_n + c_.state_row(L_.l, d, b) * c_.RH;
+        for (int64_t j = u0; j < u1; ++j) dh_row[j] = dy_row[j] + dh_n[j];
+      } else {
+        std::copy(dy_row + u0, dy_row + u1, dh_row + u0);
+      }
+    }
+  }
+
+  // The cell backward of rows i0 .. i1-1, units j0 .. j1-1 (dc_n enters at a row's last step).
+  void cells_backward(int64_t d, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = row_of(i), t = time_of(d, i), len = a_.fwd.lengths[b];
+      T* dc_row = buf_.dc.data() + (d * c_.B + b) * c_.H;
+      if (i >= n_next_) {
+        const T* dc_n = a_.dc_n + c_.state_row(L_.l, d, b) * c_.H;
+        std::copy(dc_n + j0, dc_n + j1, dc_row + j0);
+      }
+      const T* c_prev = math::c_prev_of(c_, a_.fwd.c0, L_.cells[d], L_.l, d, t, b, len);
+      const T* dh = c_.proj ? rows_.dm[d * c_.B + i] : rows_.dh[d * c_.B + i];
+      cell_backward_row<T>(dh, dc_row, L_.gates[d] + c_.row(t, b) * c_.G,
+                           L_.cells[d] + c_.row(t, b) * c_.H, c_prev,
+                           buf_.da[d].data() + c_.row(t, b) * c_.G, c_.H, j0, j1);
+    }
+  }
+
+  const LstmBackwardArgs<T>& a_;
+  const math::CallDims& c_;
+  const StepSchedule& sched_;
+  const BackwardLayer<T>& L_;
+  BackwardBuffers<T>& buf_;
+  const BackwardOperands<T>& ops_;
+  const int64_t s_, n_, n_next_;
+  BackwardStepRows<T> rows_;
+};
+
+// Recurrence backward (phases.h): the steps in reverse processing order; steps no row reaches are
+// skipped.
+template <typename T>
+void recurrence_backward(const LstmBackwardArgs<T>& a, const math::CallDims& c,
+                         const StepSchedule& sched, const BackwardLayer<T>& L,
+                         BackwardBuffers<T>& buf, const BackwardOperands<T>& ops,
+                         const ParallelFor& parallel_for) {
+  for (int64_t s = c.T - 1; s >= 0; --s)
+    if (sched.active[s] > 0) BackwardStep<T>(a, c, sched, L, buf, ops, s).run(parallel_for);
+}
+
+// Initial-state gradients (phases.h): dh0 = the chain over da(first step) . W_hh from 0; dc0 = what
+// reached c_prev at the first step.
+template <typename T>
+void initial_state_gradients(const LstmBackwardArgs<T>& a, const math::CallDims& c,
+                             const BackwardLayer<T>& L, BackwardBuffers<T>& buf,
+                             const BackwardOperands<T>& ops, const ParallelFor& parallel_for) {
+  std::vector<const T*> a_rows(c.D * c.B);
+  std::vector<T*> c_rows(c.D * c.B);
+  std::vector<GemmGroup<T>> groups;
+  for (int64_t d = 0; d < c.D; ++d) {
+    for (int64_t b = 0; b < c.B; ++b) {
+      const int64_t t = math::step_time(d, 0, a.fwd.lengths[b]);
+      a_rows[d * c.B + b] = buf.da[d].data() + c.row(t, b) * c.G;
+      c_rows[d * c.B + b] = a.dh0 + c.state_row(L.l, d, b) * c.RH;
+    }
+    groups.push_back({c.B, a_rows.data() + d * c.B, ops.hh_rows.data() + d * c.G,
+                      c_rows.data() + d * c.B, GemmInit::kZero, nullptr,
+                      panels_or_null(ops.hh_panels[d])});
+  }
+  gemm_chain<T, false>(groups, c.RH, c.G, parallel_for);
+  for (int64_t d = 0; d < c.D; ++d)
+    std::copy(buf.dc.begin() + d * c.B * c.H, buf.dc.begin() + (d + 1) * c.B * c.H,
+              a.dc0 + (L.l * c.D + d) * c.B * c.H);
+}
+
+// Input gradient (phases.h): one chain per element over the forward direction's gate rows, then the
+// reverse direction's, each ascending, from 0. Returns where it went: dx for layer 0, else a buffer.
+template <typename T>
+T* input_gradient(const LstmBackwardArgs<T>& a, const math::CallDims& c, const StepSchedule& sched,
+                  const BackwardLayer<T>& L, BackwardBuffers<T>& buf,
+                  const ParallelFor& parallel_for) {
+  const int64_t R = static_cast<int64_t>(sched.valid.size()), K = L.K;
+  T* dX = L.l == 0 ? a.dx : buf.grad_buf[L.l % 2].data();
+  std::vector<const T*> a_rows(R), b_rows(c.G);
+  std::vector<T*> c_rows(R);
+  for (int64_t v = 0; v < R; ++v) c_rows[v] = dX + sched.valid[v] * K;
+  for (int64_t d = 0; d < c.D; ++d) {
+    for (int64_t v = 0; v < R; ++v) a_rows[v] = buf.da[d].data() + sched.valid[v] * c.G;
+    for (int64_t p = 0; p < c.G; ++p) b_rows[p] = a.fwd.weights.w_ih[L.l * c.D + d] + p * K;
+    const std::vector<T> panels = panels_for_vector_kernel(b_rows.data(), c.G, K);
+    const std::vector<GemmGroup<T>> groups{{R, a_rows.data(), b_rows.data(), c_rows.data(),
+                                            d == 0 ? GemmInit::kZero : GemmInit::kFromC, nullptr,
+                                            panels_or_null(panels)}};
+    gemm_chain<T, false>(groups, K, c.G, parallel_for);
+  }
+  return dX;
+}
+
+// m = o * tanh(c) of every valid (t, b), recomputed exactly as the forward's cell computed it.
+template <typename T>
+void cell_outputs(const math::CallDims& c, const StepSchedule& sched, const BackwardLayer<T>& L,
+                  BackwardBuffers<T>& buf, const ParallelFor& parallel_for) {
+  const int64_t R = static_cast<int64_t>(sched.valid.size());
+  parallel_for(R, std::max<int64_t>(1, 2048 / c.H), [&](int64_t begin, int64_t end) {
+    DenormalGuard guard;
+    for (int64_t v = begin; v < end; ++v) {
+      const int64_t r = sched.valid[v];
+      for (int64_t d = 0; d < c.D; ++d) {
+        const T* g = L.gates[d] + r * c.G;
+        const T* cell = L.cells[d] + r * c.H;
+        T* m = buf.m_all[d].data() + r * c.H;
+        for (int64_t j = 0; j < c.H; ++j) m[j] = g[3 * c.H + j] * math::canonical_tanh(cell[j]);
+      }
+    }
+  });
+}
+
+// dW[m][p] = one chain from 0 over the valid (t, b) in storage order of A(v, m) * B(v, p), for every
+// direction: A's rows and B's rows per direction, D * R of each (B's may be shared: b_step 0).
+template <typename T>
+void weight_gradient(const math::CallDims& c, int64_t R, const std::vector<const T*>& a_rows,
+                     const std::vector<const T*>& b_rows, int64_t b_step, int64_t M, int64_t N,
+                     const std::vector<T*>& out, const ParallelFor& parallel_for) {
+  std::vector<std::vector<T*>> c_rows(c.D, std::vector<T*>(M));
+  std::vector<std::vector<T>> panels(c.D);
+  std::vector<GemmGroup<T>> groups;
+  for (int64_t d = 0; d < c.D; ++d) {
+    for (int64_t m = 0; m < M; ++m) c_rows[d][m] = out[d] + m * N;
+    if (d == 0 || b_step != 0) panels[d] = panels_for_vector_kernel(b_rows.data() + d * b_step, R, N);
+    groups.push_back({M, a_rows.data() + d * R, b_rows.data() + d * b_step, c_rows[d].data(),
+                      GemmInit::kZero, nullptr, panels_or_null(panels[b_step != 0 ? d : 0])});
+  }
+  gemm_chain<T, true>(groups, N, R, parallel_for);
+}
+
+// Weight gradients (phases.h): dW_ih, dW_hh and dW_hr, chains over the valid (t, b) in storage
+// order, from 0 (rule 8).
+template <typename T>
+void weight_gradients(const LstmBackwardArgs<T>& a, const math::CallDims& c,
+                      const StepSchedule& sched, const BackwardLayer<T>& L,
+                      BackwardBuffers<T>& buf, const ParallelFor& parallel_for) {
+  const int64_t R = static_cast<int64_t>(sched.valid.size());
+  std::vector<const T*> da_rows(c.D * R), x_rows(R), hp_rows(c.D * R), dh_rows, m_rows;
+  std::vector<T*> dw_ih(c.D), dw_hh(c.D), dw_hr(c.D);
+  for (int64_t v = 0; v < R; ++v) x_rows[v] = L.X + sched.valid[v] * L.K;
+  for (int64_t d = 0; d < c.D; ++d) {
+    const int64_t w = L.l * c.D + d;
+    dw_ih[d] = a.dw_ih[w];
+    dw_hh[d] = a.dw_hh[w];
+    dw_hr[d] = c.proj ? a.dw_hr[w] : nullptr;
+    for (int64_t v = 0; v < R; ++v) {
+      const int64_t r = sched.valid[v], t = r / c.B, b = r % c.B;
+      da_rows[d * R + v] = buf.da[d].data() + r * c.G;
+      hp_rows[d * R + v] = math::h_prev_of(c, a.fwd.h0, L.Y, L.l, d, t, b, a.fwd.lengths[b]);
+    }
+  }
+  weight_gradient(c, R, da_rows, x_rows, 0, c.G, L.K, dw_ih, parallel_for);
+  weight_gradient(c, R, da_rows, hp_rows, R, c.G, c.RH, dw_hh, parallel_for);
+  if (!c.proj) return;
+  // dW_hr[q][k] = chain over the valid (t, b) in storage order of dh[q] * m[k], from 0.
+  cell_outputs(c, sched, L, buf, parallel_for);
+  for (int64_t d = 0; d < c.D; ++d)
+    for (int64_t v = 0; v < R; ++v) {
+      dh_rows.push_back(buf.dh[d].data() + sched.valid[v] * c.RH);
+      m_rows.push_back(buf.m_all[d].data() + sched.valid[v] * c.H);
+    }
+  weight_gradient(c, R, dh_rows, m_rows, R, c.RH, c.H, dw_hr, parallel_for);
+}
+
+// Bias gradients (phases.h): db[n] = chain of adds over the valid (t, b) in storage order, from 0;
+// b_ih and b_hh enter the pre-activation the same way, so both get this one value. A task takes a
+// block of kBiasBlock consecutive n and walks the rows once, each row's block contiguous; every n
+// keeps its own chain in row order (the adds are lane-wise).
+template <typename T>
+void bias_gradients(const LstmBackwardArgs<T>& a, const math::CallDims& c,
+                    const StepSchedule& sched, const BackwardLayer<T>& L,
+                    const BackwardBuffers<T>& buf, const ParallelFor& parallel_for) {
+  if (!c.bias) return;
+  const int64_t R = static_cast<int64_t>(sched.valid.size());
+  constexpr int64_t kBiasBlock = 64;
+  const int64_t blocks = (c.G + kBiasBlock - 1) / kBiasBlock;
+  parallel_for(c.D * blocks, 1, [&](int64_t begin, int64_t end) {
+    DenormalGuard guard;
+    T acc[kBiasBlock];
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t d = item / blocks, n0 = (item % blocks) * kBiasBlock;
+      const int64_t width = std::min(kBiasBlock, c.G - n0);
+      std::fill(acc, acc + kBiasBlock, T(0));
+      for (int64_t v = 0; v < R; ++v) {
+        const T* row = buf.da[d].data() + sched.valid[v] * c.G + n0;
+        for (int64_t k = 0; k < width; ++k) acc[k] = acc[k] + row[k];
+      }
+      std::copy(acc, acc + width, a.db_ih[L.l * c.D + d] + n0);
+      std::copy(acc, acc + width, a.db_hh[L.l * c.D + d] + n0);
+    }
+  });
+}
+
+template <typename T>
+void lstm_backward(const LstmBackwardArgs<T>& a, const ParallelFor& parallel_for) {
+  const LstmForwardArgs<T>& f = a.fwd;
+  const math::CallDims c(f.shape);
+  const StepSchedule sched(f.lengths, c.T, c.B);
+  zero_padding(a.dx, c.I, f.lengths, c.T, c.B);
+  BackwardBuffers<T> buf(c);
+  const T* dY = a.dy;
+  for (int64_t l = c.L - 1; l >= 0; --l) {
+    const BackwardLayer<T> L =
+        backward_layer(f, c, l, dropped_layer_input(f, l, sched, buf.dropped, parallel_for), dY);
+    const BackwardOperands<T> ops = backward_operands(f, c, l);
+    recurrence_backward(a, c, sched, L, buf, ops, parallel_for);
+    initial_state_gradients(a, c, L, buf, ops, parallel_for);
+    T* dX = input_gradient(a, c, sched, L, buf, parallel_for);
+    weight_gradients(a, c, sched, L, buf, parallel_for);
+    bias_gradients(a, c, sched, L, buf, parallel_for);
+    // Through the dropout between layer l-1 and l: the forward's mask, regenerated.
+    if (l > 0 && f.dropout.active) apply_dropout(f.dropout, l - 1, dX, dX, c.DH, sched, c.B, parallel_for);
+    dY = dX;
+  }
+}

@@ -1,0 +1,205 @@
+// The CPU forward, in the phases of csrc/common/phases.h (the same names as csrc/cuda/forward.cu):
+// per layer the dropped layer input, the input projection, the recurrence and the final states.
+// Included by lstm_cpu_impl.h inside one instruction-set variant's namespace.
+
+// One direction's weights as the products read them: W_ih^T (K, 4H) and W_hh^T (RH, 4H), so a row
+// of B runs over gate rows; W_hr^T (H, RH); and b_ih + b_hh, the head of every gate's chain.
+template <typename T>
+struct DirectionWeights {
+  std::vector<T> wt_ih, wt_hh, wt_hr, bias;
+};
+
+// What the phases of one layer share.
+template <typename T>
+struct ForwardLayer {
+  int64_t l, K;
+  const T* X;                         // the layer's input (after dropout)
+  T* Y;                               // its output (T, B, D*RH)
+  std::vector<T*> gates, cells;       // per direction: (T, B, 4H) and (T, B, H)
+  std::vector<DirectionWeights<T>> w; // per direction
+};
+
+template <typename T>
+ForwardLayer<T> forward_layer(const LstmForwardArgs<T>& a, const math::CallDims& c, int64_t l,
+                              const T* X) {
+  ForwardLayer<T> L{l, c.layer_input(l), X, layer_output(a, l), {}, {}, {}};
+  for (int64_t d = 0; d < c.D; ++d) {
+    const int64_t w = l * c.D + d;
+    DirectionWeights<T> dw;
+    dw.wt_ih = transposed(a.weights.w_ih[w], c.G, L.K);
+    dw.wt_hh = transposed(a.weights.w_hh[w], c.G, c.RH);
+    if (c.proj) dw.wt_hr = transposed(a.weights.w_hr[w], c.RH, c.H);
+    dw.bias.assign(static_cast<size_t>(c.G), T(0));
+    if (c.bias)
+      for (int64_t n = 0; n < c.G; ++n) dw.bias[n] = a.weights.b_ih[w][n] + a.weights.b_hh[w][n];
+    L.w.push_back(std::move(dw));
+    L.gates.push_back(a.gates + c.saved_rows(l, d) * c.G);
+    L.cells.push_back(a.cells + c.saved_rows(l, d) * c.H);
+  }
+  return L;
+}
+
+// Padding rows of every output the forward writes are 0.
+template <typename T>
+void zero_forward_padding(const LstmForwardArgs<T>& a, const math::CallDims& c) {
+  zero_padding(a.y, c.DH, a.lengths, c.T, c.B);
+  for (int64_t l = 0; l + 1 < c.L; ++l)
+    zero_padding(a.layer_out + l * c.T * c.B * c.DH, c.DH, a.lengths, c.T, c.B);
+  for (int64_t ld = 0; ld < c.L * c.D; ++ld) {
+    zero_padding(a.gates + ld * c.T * c.B * c.G, c.G, a.lengths, c.T, c.B);
+    zero_padding(a.cells + ld * c.T * c.B * c.H, c.H, a.lengths, c.T, c.B);
+  }
+}
+
+// Input projection (phases.h): every valid step's x . W_ih^T, the head of each gate's chain, for
+// all steps and both directions in one parallel region.
+template <typename T>
+void input_projection(const math::CallDims& c, const StepSchedule& sched, const ForwardLayer<T>& L,
+                      const ParallelFor& parallel_for) {
+  const int64_t R = static_cast<int64_t>(sched.valid.size()), K = L.K;
+  std::vector<const T*> a_rows(R), b_rows(c.D * K);
+  std::vector<T*> c_rows(c.D * R);
+  std::vector<std::vector<T>> panels(c.D);
+  std::vector<GemmGroup<T>> groups;
+  for (int64_t v = 0; v < R; ++v) a_rows[v] = L.X + sched.valid[v] * K;
+  for (int64_t d = 0; d < c.D; ++d) {
+    for (int64_t v = 0; v < R; ++v) c_rows[d * R + v] = L.gates[d] + sched.valid[v] * c.G;
+    for (int64_t p = 0; p < K; ++p) b_rows[d * K + p] = L.w[d].wt_ih.data() + p * c.G;
+    panels[d] = panels_for_vector_kernel(b_rows.data() + d * K, K, c.G);
+    groups.push_back({R, a_rows.data(), b_rows.data() + d * K, c_rows.data() + d * R,
+                      GemmInit::kVector, L.w[d].bias.data(), panels_or_null(panels[d])});
+  }
+  gemm_chain<T, false>(groups, c.G, K, parallel_for);
+}
+
+// The row pointers of one step of the recurrence, per direction d at [d * B, d * B + active).
+template <typename T>
+struct StepRowsCpu {
+  std::vector<const T*> h_prev, c_prev, m;  // m: the cell outputs with projections
+  std::vector<T*> gates, h, cell, out;      // out: where the cell writes h (or m)
+  explicit StepRowsCpu(int64_t rows)
+      : h_prev(rows), c_prev(rows), m(rows), gates(rows), h(rows), cell(rows), out(rows) {}
+};
+
+// The recurrence's fixed operands: W_hh^T and W_hr^T rows, panels, and the m buffer.
+template <typename T>
+struct RecurrenceOperands {
+  std::vector<const T*> hh_rows, hr_rows;
+  std::vector<std::vector<T>> hh_panels;
+  std::vector<T> m_buf;  // with projections the cell's output m = o * tanh(c), before h = W_hr m
+};
+
+template <typename T>
+RecurrenceOperands<T> recurrence_operands(const math::CallDims& c, const ForwardLayer<T>& L) {
+  RecurrenceOperands<T> ops;
+  ops.hh_rows.resize(c.D * c.RH);
+  ops.hh_panels.resize(c.D);
+  for (int64_t d = 0; d < c.D; ++d) {
+    for (int64_t p = 0; p < c.RH; ++p) ops.hh_rows[d * c.RH + p] = L.w[d].wt_hh.data() + p * c.G;
+    ops.hh_panels[d] = panels_for_vector_kernel(ops.hh_rows.data() + d * c.RH, c.RH, c.G);
+  }
+  if (c.proj) {
+    ops.hr_rows.resize(c.D * c.H);
+    for (int64_t d = 0; d < c.D; ++d)
+      for (int64_t p = 0; p < c.H; ++p) ops.hr_rows[d * c.H + p] = L.w[d].wt_hr.data() + p * c.RH;
+    ops.m_buf.resize(static_cast<size_t>(c.D * c.B * c.H));
+  }
+  return ops;
+}
+
+// Step s's rows (schedule order) in direction d: where h_prev, c_prev and the gates are.
+template <typename T>
+void fill_step_rows(const LstmForwardArgs<T>& a, const math::CallDims& c, const StepSchedule& sched,
+                    const ForwardLayer<T>& L, RecurrenceOperands<T>& ops, int64_t s, int64_t d,
+                    StepRowsCpu<T>& rows) {
+  for (int64_t i = 0; i < sched.active[s]; ++i) {
+    const int64_t b = sched.order[i], len = a.lengths[b], t = math::step_time(d, s, len);
+    const int64_t k = d * c.B + i;
+    rows.h_prev[k] = math::h_prev_of(c, a.h0, static_cast<const T*>(L.Y), L.l, d, t, b, len);
+    rows.c_prev[k] = math::c_prev_of(c, a.c0, static_cast<const T*>(L.cells[d]), L.l, d, t, b, len);
+    rows.gates[k] = L.gates[d] + c.row(t, b) * c.G;
+    rows.cell[k] = L.cells[d] + c.row(t, b) * c.H;
+    rows.h[k] = L.Y + c.out_offset(t, b, d);
+    rows.m[k] = c.proj ? ops.m_buf.data() + k * c.H : nullptr;
+    rows.out[k] = c.proj ? ops.m_buf.data() + k * c.H : rows.h[k];
+  }
+}
+
+// One step of the recurrence (phases.h): each gate chain continues with h_prev . W_hh^T, then the
+// cell runs. A hidden unit's four gates, its cell and its h depend on no other unit of the step, so
+// one task per (direction, block of kUnitBlock units) runs the recurrent product for the block's gate
+// columns over all rows, then their cells, reading its slice of W_hh^T once per step. With
+// projections h = W_hr m needs every unit of a row: a second region, by row tiles.
+template <typename T>
+void recurrence_step(const math::CallDims& c, int64_t n, const RecurrenceOperands<T>& ops,
+                     StepRowsCpu<T>& rows, const ParallelFor& parallel_for) {
+  std::vector<GemmGroup<T>> groups, projections;
+  for (int64_t d = 0; d < c.D; ++d) {
+    const int64_t k = d * c.B;
+    groups.push_back({n, rows.h_prev.data() + k, ops.hh_rows.data() + d * c.RH,
+                      rows.gates.data() + k, GemmInit::kFromC, nullptr,
+                      panels_or_null(ops.hh_panels[d])});
+    if (c.proj)  // h = W_hr m: one chain per element over k = 0 .. H-1, from 0 (rule 4)
+      projections.push_back({n, rows.m.data() + k, ops.hr_rows.data() + d * c.H,
+                             rows.h.data() + k, GemmInit::kZero, nullptr});
+  }
+  const int64_t unit_blocks = (c.H + kUnitBlock - 1) / kUnitBlock;
+  parallel_for(c.D * unit_blocks, 1, [&](int64_t begin, int64_t end) {
+    DenormalGuard guard;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t d = task / unit_blocks, u0 = (task % unit_blocks) * kUnitBlock;
+      const int64_t u1 = std::min(u0 + kUnitBlock, c.H);
+      for (int64_t gate = 0; gate < 4; ++gate)
+        gemm_columns<T, false>(groups[d], c.RH, gate * c.H + u0, gate * c.H + u1);
+      for (int64_t i = d * c.B; i < d * c.B + n; ++i)
+        cell_forward_row<T>(rows.gates[i], rows.c_prev[i], rows.cell[i], rows.out[i], c.H, u0, u1);
+    }
+  });
+  if (!c.proj) return;
+  const int64_t tiles = (n + kMR - 1) / kMR;
+  parallel_for(c.D * tiles, 1, [&](int64_t begin, int64_t end) {
+    DenormalGuard guard;
+    for (int64_t task = begin; task < end; ++task)
+      gemm_rows<T, false>(projections[task / tiles], c.RH, c.H, (task % tiles) * kMR);
+  });
+}
+
+// The recurrence (phases.h): the steps in order; steps no row reaches are skipped.
+template <typename T>
+void recurrence(const LstmForwardArgs<T>& a, const math::CallDims& c, const StepSchedule& sched,
+                const ForwardLayer<T>& L, const ParallelFor& parallel_for) {
+  RecurrenceOperands<T> ops = recurrence_operands(c, L);
+  StepRowsCpu<T> rows(c.D * c.B);
+  for (int64_t s = 0; s < c.T && sched.active[s] > 0; ++s) {
+    for (int64_t d = 0; d < c.D; ++d) fill_step_rows(a, c, sched, L, ops, s, d, rows);
+    recurrence_step(c, sched.active[s], ops, rows, parallel_for);
+  }
+}
+
+// Final states (phases.h): h_n and c_n, forward after step len-1, reverse after step 0.
+template <typename T>
+void final_states(const LstmForwardArgs<T>& a, const math::CallDims& c, const ForwardLayer<T>& L) {
+  for (int64_t d = 0; d < c.D; ++d)
+    for (int64_t b = 0; b < c.B; ++b) {
+      const int64_t t = d == 0 ? a.lengths[b] - 1 : 0;
+      const T* h = L.Y + c.out_offset(t, b, d);
+      const T* cell = L.cells[d] + c.row(t, b) * c.H;
+      std::copy(h, h + c.RH, a.h_n + c.state_row(L.l, d, b) * c.RH);
+      std::copy(cell, cell + c.H, a.c_n + c.state_row(L.l, d, b) * c.H);
+    }
+}
+
+template <typename T>
+void lstm_forward(const LstmForwardArgs<T>& a, const ParallelFor& parallel_for) {
+  const math::CallDims c(a.shape);
+  const StepSchedule sched(a.lengths, c.T, c.B);
+  zero_forward_padding(a, c);
+  std::vector<T> dropped;
+  for (int64_t l = 0; l < c.L; ++l) {
+    const ForwardLayer<T> L =
+        forward_layer(a, c, l, dropped_layer_input(a, l, sched, dropped, parallel_for));
+    input_projection(c, sched, L, parallel_for);
+    recurrence(a, c, sched, L, parallel_for);
+    final_states(a, c, L);
+  }
+}

@@ -1,0 +1,89 @@
+// Launch shapes as data: how the per-step kernels and the fixed-order GEMM split their work among
+// threads and blocks. A shape decides only which thread computes which value, never the order of a
+// value's operations, so every shape gives the same bits; tests and the profiler iterate over the
+// table (forcing each one stands in for GPUs of other sizes). Shape 0 is the default.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace detlstm {
+namespace cuda {
+
+// Blocks of the "slice" step kernels: kSliceUnits units x kSliceRowGroups row groups of threads,
+// staging kSliceK values of the chain's index in shared memory at a time.
+constexpr int kSliceUnits = 8;
+constexpr int kSliceRowGroups = 32;
+constexpr int kSliceThreads = kSliceUnits * kSliceRowGroups;
+constexpr int kSliceK = 32;
+constexpr int kSliceRowsPerThread = 2;  // shared memory: float64 at 2 rows takes ~26 KB of 48
+
+enum class StepKernel {
+  kSlice,    // a block per (units, rows) stages W_hh's columns and the rows in shared memory
+  kPerUnit,  // a thread per unit and rows_per_thread rows, W_hh and the rows read from L2
+};
+
+enum class GemmTiles {
+  kAuto,    // float products of at least 128 x 128: 128x128 tiles of 8x8; else 64x64 tiles of 4x4
+  k32x32,   // 32x32 tiles of 4x4
+  k64x32,   // 64 rows x 32 columns, tiles of 4x4
+};
+
+struct LaunchShape {
+  const char* name;
+  StepKernel step;
+  int threads;          // per block of the step kernels
+  int rows_per_thread;  // kPerUnit: 1, 4 or 8 (the kernels are instantiated for these)
+  GemmTiles gemm;
+};
+
+// Measured on an H100 (bench/GPU_NOTES.md, 2026-11-23): the slice kernels are the fastest at the
+// tagger, large and stream shapes, so they are the default.
+constexpr LaunchShape kLaunchShapes[] = {
+    {"slice", StepKernel::kSlice, kSliceThreads, kSliceRowsPerThread, GemmTiles::kAuto},
+    {"unit x 1 row, 32 threads", StepKernel::kPerUnit, 32, 1, GemmTiles::k32x32},
+    {"unit x 8 rows, 256 threads", StepKernel::kPerUnit, 256, 8, GemmTiles::k64x32},
+    {"unit x 4 rows, 128 threads", StepKernel::kPerUnit, 128, 4, GemmTiles::kAuto},
+};
+constexpr int kLaunchShapeCount = static_cast<int>(sizeof(kLaunchShapes) / sizeof(kLaunchShapes[0]));
+
+// The largest grid a launch may use along x and y. The default is CUDA's own limit; tests force small
+// limits so that the kernels' loops over blocks of work beyond the grid run at small sizes.
+struct GridLimit {
+  int64_t x, y;
+};
+constexpr GridLimit kCudaGridLimit{2147483647, 65535};
+
+// The process-wide launch settings: the shape in use (an index into kLaunchShapes) and the limit.
+struct LaunchSettings {
+  int shape = 0;
+  GridLimit grid = kCudaGridLimit;
+};
+inline LaunchSettings& launch_settings() {
+  static LaunchSettings settings;
+  return settings;
+}
+inline const LaunchShape& launch_shape() { return kLaunchShapes[launch_settings().shape]; }
+inline GridLimit grid_limit() { return launch_settings().grid; }
+
+// Selects shape `index` of kLaunchShapes; returns the previous index.
+inline int set_launch_shape(int index) {
+  if (index < 0 || index >= kLaunchShapeCount)
+    throw std::invalid_argument("detlstm CUDA: launch variant must be in [0, " +
+                                std::to_string(kLaunchShapeCount) + "), got " + std::to_string(index));
+  const int previous = launch_settings().shape;
+  launch_settings().shape = index;
+  return previous;
+}
+
+// Sets the grid limit (values below 1 or above CUDA's restore CUDA's); returns the previous one.
+inline GridLimit set_grid_limit(GridLimit limit) {
+  const GridLimit previous = launch_settings().grid;
+  const auto pick = [](int64_t v, int64_t most) { return v >= 1 && v <= most ? v : most; };
+  launch_settings().grid = {pick(limit.x, kCudaGridLimit.x), pick(limit.y, kCudaGridLimit.y)};
+  return previous;
+}
+
+}  // namespace cuda
+}  // namespace detlstm
