@@ -16,7 +16,7 @@ import sys
 import torch
 
 from bench.competitors import all_competitors
-from bench.core import (SHAPES, Spec, cpu_peak_mib, cuda_peak_mib, environment, make_inputs,
+from bench.core import (SHAPES, cpu_peak_mib, cuda_peak_mib, environment, make_inputs,
                         median_ms, parse_custom, step_fn)
 
 MODES = ("forward", "forward+backward")

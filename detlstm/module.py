@@ -2,12 +2,15 @@
 
 Every input form (padded, batch_first, unbatched, PackedSequence, padded + lengths) is normalised at
 the boundary into one layout, time-major padded (T, B, F) plus int64 lengths in the caller's batch
-order, and the whole stack runs as one registered operator (detlstm::lstm_forward).
+order, and the whole stack runs as one registered operator (detlstm::lstm_forward). forward is those
+three steps: LSTM._canonical_inputs (checks and normalisation), LSTM._run (dtypes, dropout seed, the
+operator) and _restore_form (the results in the caller's form).
 """
 
 import math
 import numbers
 import warnings
+from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -93,6 +96,59 @@ def _packed_to_padded(packed: PackedSequence):
     return padded.view(steps, batch, data.size(1)), lengths, slot_of_row.to(data.device)
 
 
+class _CallerForm(NamedTuple):
+    """How the caller passed the input, so the results go back in the same form."""
+    packed: Optional[PackedSequence]  # the caller's PackedSequence: its batch_sizes and indices
+    packed_slots: Optional[torch.Tensor]  # padded slot (t * B + b) of every packed row
+    batched: bool  # False: unbatched (T, F) input, one sequence
+    batch_first: bool  # (B, T, *) output
+
+
+def _restore_form(form: _CallerForm, output, h_n, c_n):
+    """The canonical results (output (T, B, *), h_n, c_n) in the caller's form, as nn.LSTM gives them."""
+    if form.packed is not None:
+        flat = output.reshape(output.size(0) * output.size(1), output.size(-1))
+        packed = form.packed
+        return PackedSequence(flat[form.packed_slots], packed.batch_sizes, packed.sorted_indices,
+                              packed.unsorted_indices), (h_n, c_n)
+    if not form.batched:
+        return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
+    if form.batch_first:
+        output = output.transpose(0, 1)
+    return output, (h_n, c_n)
+
+
+def _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size, dtype):
+    """The constructor's argument checks, with nn.LSTM's messages and exception types."""
+    if not isinstance(dropout, numbers.Number) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
+        raise ValueError(
+            "dropout should be a number in range [0, 1] representing the probability of an "
+            "element being zeroed"
+        )
+    if dropout > 0 and num_layers == 1:
+        warnings.warn(
+            "dropout option adds dropout after all but last recurrent layer, so non-zero "
+            f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
+            f"num_layers={num_layers}",
+            stacklevel=3,  # the caller of LSTM(...)
+        )
+    for name, value in (("bias", bias), ("batch_first", batch_first)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
+    for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
+        if not isinstance(value, int):
+            raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+        if value <= 0:
+            raise ValueError(f"{name} must be greater than zero")
+    if proj_size < 0:
+        raise ValueError("proj_size should be a positive integer or zero to disable projections")
+    if proj_size >= hidden_size:
+        raise ValueError("proj_size has to be smaller than hidden_size")
+    if dtype is not None and dtype not in _SUPPORTED_DTYPES:
+        raise ValueError(
+            f"detlstm.LSTM supports dtypes float32, float64, float16 and bfloat16, got {dtype}")
+
+
 class LSTM(nn.Module):
     """Drop-in replacement for :class:`torch.nn.LSTM` with bitwise reproducible results.
 
@@ -105,42 +161,7 @@ class LSTM(nn.Module):
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None):
         super().__init__()
-        if not isinstance(dropout, numbers.Number) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
-            raise ValueError(
-                "dropout should be a number in range [0, 1] representing the probability of an "
-                "element being zeroed"
-            )
-        if dropout > 0 and num_layers == 1:
-            warnings.warn(
-                "dropout option adds dropout after all but last recurrent layer, so non-zero "
-                f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
-                f"num_layers={num_layers}",
-                stacklevel=2,
-            )
-        if not isinstance(bias, bool):
-            raise TypeError(f"bias should be of type bool, got: {type(bias).__name__}")
-        if not isinstance(batch_first, bool):
-            raise TypeError(f"batch_first should be of type bool, got: {type(batch_first).__name__}")
-        if not isinstance(input_size, int):
-            raise TypeError(f"input_size should be of type int, got: {type(input_size).__name__}")
-        if input_size <= 0:
-            raise ValueError("input_size must be greater than zero")
-        if not isinstance(hidden_size, int):
-            raise TypeError(f"hidden_size should be of type int, got: {type(hidden_size).__name__}")
-        if hidden_size <= 0:
-            raise ValueError("hidden_size must be greater than zero")
-        if not isinstance(num_layers, int):
-            raise TypeError(f"num_layers should be of type int, got: {type(num_layers).__name__}")
-        if num_layers <= 0:
-            raise ValueError("num_layers must be greater than zero")
-        if proj_size < 0:
-            raise ValueError("proj_size should be a positive integer or zero to disable projections")
-        if proj_size >= hidden_size:
-            raise ValueError("proj_size has to be smaller than hidden_size")
-        if dtype is not None and dtype not in _SUPPORTED_DTYPES:
-            raise ValueError(
-                f"detlstm.LSTM supports dtypes float32, float64, float16 and bfloat16, got {dtype}")
-
+        _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size, dtype)
         self.mode = "LSTM"
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -150,30 +171,33 @@ class LSTM(nn.Module):
         self.dropout = float(dropout)
         self.bidirectional = bidirectional
         self.proj_size = proj_size
-        factory = {"device": device, "dtype": dtype}
-        directions = 2 if bidirectional else 1
-        gate_size = 4 * hidden_size
+        self._make_parameters({"device": device, "dtype": dtype})
+        self.reset_parameters()
+
+    def _make_parameters(self, factory) -> None:
+        """nn.LSTM's parameters, names, shapes and order (_flat_weights_names, _all_weights)."""
+        directions = 2 if self.bidirectional else 1
+        gate_size = 4 * self.hidden_size
+        real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
         self._flat_weights_names = []
         self._all_weights = []
-        real_hidden = proj_size if proj_size > 0 else hidden_size
-        for layer in range(num_layers):
+        for layer in range(self.num_layers):
             for direction in range(directions):
-                layer_input = input_size if layer == 0 else real_hidden * directions
+                layer_input = self.input_size if layer == 0 else real_hidden * directions
                 suffix = "_reverse" if direction == 1 else ""
                 shapes = {
                     f"weight_ih_l{layer}{suffix}": (gate_size, layer_input),
                     f"weight_hh_l{layer}{suffix}": (gate_size, real_hidden),
                 }
-                if bias:
+                if self.bias:
                     shapes[f"bias_ih_l{layer}{suffix}"] = (gate_size,)
                     shapes[f"bias_hh_l{layer}{suffix}"] = (gate_size,)
-                if proj_size > 0:
-                    shapes[f"weight_hr_l{layer}{suffix}"] = (proj_size, hidden_size)
+                if self.proj_size > 0:
+                    shapes[f"weight_hr_l{layer}{suffix}"] = (self.proj_size, self.hidden_size)
                 for name, shape in shapes.items():
                     setattr(self, name, nn.Parameter(torch.empty(shape, **factory)))
                 self._flat_weights_names.extend(shapes)
                 self._all_weights.append(list(shapes))
-        self.reset_parameters()
 
     def reset_parameters(self) -> None:
         # nn.LSTM's initialisation, in its order: same seed, same weights.
@@ -261,84 +285,90 @@ class LSTM(nn.Module):
 
     def forward(self, input, hx=None, *, lengths=None, dropout_seed=None):
         weights = self._flat_weights
-        packed = isinstance(input, PackedSequence)
+        x, seq_lengths, (h0, c0), form = self._canonical_inputs(input, hx, lengths, weights)
+        output, h_n, c_n = self._run(x, seq_lengths, h0, c0, weights, dropout_seed)
+        return _restore_form(form, output, h_n, c_n)
+
+    def _canonical_inputs(self, input, hx, lengths, weights):
+        """What the caller passed, in the one layout the operator takes: x time-major (T, B, F),
+        int64 lengths (B,) in the caller's batch order, h0 and c0 (layers * directions, B, *), and the
+        _CallerForm that _restore_form needs to give the results back in the caller's form."""
         if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
             raise ValueError("hx must be a tuple (h_0, c_0) of two tensors")
-        if packed:
-            if lengths is not None:
-                raise ValueError("lengths= is for padded tensors; a PackedSequence carries its own lengths")
-            if input.data.dim() != 2:
-                raise RuntimeError(f"input must have 2 dimensions, got {input.data.dim()}")
-            self._check_input_tensor(input.data, weights)
-            x, seq_lengths, packed_slots = _packed_to_padded(input)
-            is_batched = True
+        if isinstance(input, PackedSequence):
+            x, seq_lengths, form = self._from_packed(input, lengths, weights)
         else:
-            if not isinstance(input, torch.Tensor):
-                raise TypeError(f"input must be a Tensor or a PackedSequence, got {type(input).__name__}")
-            if input.dim() not in (2, 3):
-                raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
-            is_batched = input.dim() == 3
-            if not is_batched:
-                if lengths is not None:
-                    raise ValueError("lengths= needs a batched (3-D) input; an unbatched input is one sequence")
-                input = input.unsqueeze(1)
-            elif self.batch_first:
-                input = input.transpose(0, 1)
-            self._check_input_tensor(input, weights)
-            x = input
-            steps, batch = x.shape[0], x.shape[1]
-            if lengths is None:
-                seq_lengths = torch.full((batch,), steps, dtype=torch.int64)
-            else:
-                seq_lengths = _check_lengths(lengths, batch, steps)
-        steps, batch = x.shape[0], x.shape[1]
-        if steps == 0 or batch == 0:
+            x, seq_lengths, form = self._from_padded(input, lengths, weights)
+        if x.shape[0] == 0 or x.shape[1] == 0:
             raise ValueError(f"input must have at least one time step and one sequence, got shape {tuple(x.shape)}")
+        return x, seq_lengths, self._initial_state(hx, x, form), form
 
+    def _from_packed(self, packed: PackedSequence, lengths, weights):
+        if lengths is not None:
+            raise ValueError("lengths= is for padded tensors; a PackedSequence carries its own lengths")
+        if packed.data.dim() != 2:
+            raise RuntimeError(f"input must have 2 dimensions, got {packed.data.dim()}")
+        self._check_input_tensor(packed.data, weights)
+        x, seq_lengths, slots = _packed_to_padded(packed)
+        return x, seq_lengths, _CallerForm(packed, slots, batched=True, batch_first=False)
+
+    def _from_padded(self, input, lengths, weights):
+        if not isinstance(input, torch.Tensor):
+            raise TypeError(f"input must be a Tensor or a PackedSequence, got {type(input).__name__}")
+        if input.dim() not in (2, 3):
+            raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
+        batched = input.dim() == 3
+        if not batched:
+            if lengths is not None:
+                raise ValueError("lengths= needs a batched (3-D) input; an unbatched input is one sequence")
+            x = input.unsqueeze(1)
+        else:
+            x = input.transpose(0, 1) if self.batch_first else input
+        self._check_input_tensor(x, weights)
+        steps, batch = x.shape[0], x.shape[1]
+        if lengths is None:
+            seq_lengths = torch.full((batch,), steps, dtype=torch.int64)
+        else:
+            seq_lengths = _check_lengths(lengths, batch, steps)
+        return x, seq_lengths, _CallerForm(None, None, batched, batched and self.batch_first)
+
+    def _initial_state(self, hx, x: torch.Tensor, form: _CallerForm):
+        """(h0, c0) with a batch dimension: zeros without hx, else the caller's, checked."""
+        batch = x.shape[1]
         if hx is None:
             h_shape, c_shape = self._state_shapes(batch)
-            hx = (x.new_zeros(h_shape), x.new_zeros(c_shape))
-        else:
-            h0, c0 = hx
-            if not packed:
-                if is_batched and (h0.dim() != 3 or c0.dim() != 3):
-                    raise RuntimeError(
-                        "For batched 3-D input, hx and cx should also be 3-D but got "
-                        f"({h0.dim()}-D, {c0.dim()}-D) tensors"
-                    )
-                if not is_batched:
-                    if h0.dim() != 2 or c0.dim() != 2:
-                        raise RuntimeError(
-                            "For unbatched 2-D input, hx and cx should also be 2-D but got "
-                            f"({h0.dim()}-D, {c0.dim()}-D) tensors"
-                        )
-                    h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
-            hx = (h0, c0)
-            self._check_hidden(hx, batch, x)
+            return x.new_zeros(h_shape), x.new_zeros(c_shape)
+        h0, c0 = hx
+        if form.packed is None and form.batched and (h0.dim() != 3 or c0.dim() != 3):
+            raise RuntimeError(
+                "For batched 3-D input, hx and cx should also be 3-D but got "
+                f"({h0.dim()}-D, {c0.dim()}-D) tensors"
+            )
+        if not form.batched:
+            if h0.dim() != 2 or c0.dim() != 2:
+                raise RuntimeError(
+                    "For unbatched 2-D input, hx and cx should also be 2-D but got "
+                    f"({h0.dim()}-D, {c0.dim()}-D) tensors"
+                )
+            h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
+        self._check_hidden((h0, c0), batch, x)
+        return h0, c0
 
-        x, hx, weights, result_dtype = self._compute_dtypes(x, hx, weights)
-
-        train = self.training and self.dropout > 0 and self.num_layers > 1
+    def _dropout_seed(self, dropout_seed) -> torch.Tensor:
         if dropout_seed is not None:
-            seed = _seed_tensor(dropout_seed)
-        elif train:
-            seed = _draw_dropout_seed()
-        else:
-            seed = torch.zeros((), dtype=torch.int64)
+            return _seed_tensor(dropout_seed)
+        if self.training and self.dropout > 0 and self.num_layers > 1:
+            return _draw_dropout_seed()
+        return torch.zeros((), dtype=torch.int64)
 
+    def _run(self, x, lengths, h0, c0, weights, dropout_seed):
+        """The operator on the canonical layout: (output (T, B, D * H), h_n, c_n) in the caller's dtype."""
+        x, (h0, c0), weights, result_dtype = self._compute_dtypes(x, (h0, c0), weights)
+        seed = self._dropout_seed(dropout_seed)
         output, h_n, c_n, *_ = _ops.ops.lstm_forward(
-            x, seq_lengths, hx[0], hx[1], weights, self.bias, self.num_layers, self.bidirectional,
+            x, lengths, h0, c0, weights, self.bias, self.num_layers, self.bidirectional,
             self.dropout, self.training, seed)
         if result_dtype is not None:
             output, h_n, c_n = output.to(result_dtype), h_n.to(result_dtype), c_n.to(result_dtype)
+        return output, h_n, c_n
 
-        if packed:
-            flat = output.reshape(steps * batch, output.size(-1))
-            out_packed = PackedSequence(flat[packed_slots], input.batch_sizes, input.sorted_indices,
-                                        input.unsorted_indices)
-            return out_packed, (h_n, c_n)
-        if not is_batched:
-            return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
-        if self.batch_first:
-            output = output.transpose(0, 1)
-        return output, (h_n, c_n)

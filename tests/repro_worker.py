@@ -1,25 +1,28 @@
-"""Run as a script by test_reproducibility.py: one training-mode forward + backward of a 3-layer
-bidirectional LSTM with dropout 0.5 and uneven lengths; prints the SHA-256 of every result's bytes."""
+"""The reproducibility workload (tests/test_reproducibility.py runs it in-process and, as a script, in
+fresh processes): one training-mode forward + backward of a 3-layer bidirectional LSTM with dropout
+0.5 and uneven lengths. As a script it prints the SHA-256 of every result's bytes."""
 
 import sys
 
 import torch
 
 import detlstm
-from helpers import digest, run_with_grads
+from helpers import digest, forward_backward
+
+LENGTHS = (13, 4, 9, 1, 13, 7)
 
 
-def workload():
+def workload(dropout_seed=None):
+    """[output, h_n, c_n, grad x, grad h0, grad c0, *grad weights]; everything, the dropout seed
+    included (unless given), drawn after torch.manual_seed(2026)."""
     torch.manual_seed(2026)
     model = detlstm.LSTM(11, 24, num_layers=3, bidirectional=True, dropout=0.5)
     model.train()
-    x = torch.randn(13, 6, 11, requires_grad=True)
-    h0 = torch.randn(6, 6, 24, requires_grad=True)
-    c0 = torch.randn(6, 6, 24, requires_grad=True)
-    lengths = torch.tensor([13, 4, 9, 1, 13, 7])
-    out, h, c, grads = run_with_grads(model, (x, (h0, c0)), lengths=lengths)
-    assert len(grads) == 3 + 24  # x, h0, c0 and every weight
-    return [out, h, c] + grads
+    x = torch.randn(13, 6, 11)
+    hx = (torch.randn(6, 6, 24), torch.randn(6, 6, 24))
+    results = forward_backward(model, "lengths", x, hx, LENGTHS, loss_seed=123, dropout_seed=dropout_seed)
+    assert len(results) == 3 + 3 + 24  # out, h_n, c_n; x, h0, c0 and every weight
+    return results
 
 
 def workload_digest():

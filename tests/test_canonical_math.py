@@ -98,7 +98,7 @@ def test_cpu_builds_agree_bitwise():
     """The AVX2 build and the portable build produce the same bits (math and whole LSTM)."""
     if detlstm.set_cpu_variant() != "avx2":
         pytest.skip("this processor runs only the portable build")
-    from helpers import assert_bitwise_equal, make_pair, run_with_grads
+    from helpers import assert_results_equal, forward_backward, make_pair
 
     x = torch.from_numpy(_inputs(200_000))
     _, model = make_pair(19, 37, num_layers=2, bidirectional=True, dropout=0.5)
@@ -114,11 +114,8 @@ def test_cpu_builds_agree_bitwise():
             math = [detlstm.canonical_unary(x, fn) for fn in ("exp", "sigmoid", "tanh")]
             results[variant] = math
             for m in (model, projected):
-                xin = inp.clone().requires_grad_()
-                out, h, c, grads = run_with_grads(m, (xin,), lengths=[9, 3, 7, 1, 9, 4, 6],
-                                                  dropout_seed=11)
-                results[variant] += [out, h, c] + grads
+                results[variant] += forward_backward(m, "lengths", inp, None, [9, 3, 7, 1, 9, 4, 6],
+                                                     loss_seed=123, dropout_seed=11)
     finally:
         detlstm.set_cpu_variant("default")
-    for a, b in zip(results["avx2"], results["generic"]):
-        assert_bitwise_equal(a, b, "avx2 vs generic")
+    assert_results_equal(results["avx2"], results["generic"], "avx2 vs generic")

@@ -7,7 +7,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import detlstm
-from helpers import make_pair
+from helpers import Shape, forward_args, make_pair
 
 T, B, I, H = 5, 3, 4, 6
 
@@ -94,14 +94,11 @@ def test_forward_rejects(model, call, exc, match):
         call(model)
 
 
-def test_operator_checks_its_own_arguments(model):
+def test_operator_checks_its_own_arguments():
     """Direct calls to the registered operator get RuntimeErrors, not crashes."""
     ops = torch.ops.detlstm
-    x = _x(T, B, I)
-    h = torch.zeros(4, B, H)
-    w = model._flat_weights
-    seed = torch.zeros((), dtype=torch.int64)
-    good = (x, torch.full((B,), T), h, h, w, True, 2, True, 0.0, False, seed)
+    good, _ = forward_args(2, True, shape=Shape(T, B, I, H, (T,) * B), dropout_seed=0, requires_grad=True)
+    w = good[4]
 
     def bad(index, value, match):
         args = list(good)
@@ -120,7 +117,7 @@ def test_operator_checks_its_own_arguments(model):
     bad(8, math.nan, "dropout must be a finite probability")
     bad(8, 1.5, "dropout must be a finite probability")
     bad(10, torch.zeros(2, dtype=torch.int64), "seed must be")
-    bad(0, x.half(), "float32 or float64")
+    bad(0, good[0].half(), "float32 or float64")
     assert ops.lstm_forward(*good)[0].shape == (T, B, 2 * H)
 
 

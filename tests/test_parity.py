@@ -2,7 +2,6 @@
 
 import copy
 import io
-import os
 import pickle
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import detlstm
-from helpers import assert_bitwise_equal, make_pair
+from helpers import assert_bitwise_equal, assert_results_equal, make_pair
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 2e-2), (torch.float16, 2e-3)])
@@ -78,8 +77,7 @@ def test_torch_compile_fullgraph_gives_eager_bits():
         results.append([out.detach(), h.detach(), c.detach(), x.grad] +
                        [p.grad.clone() for p in model.parameters()])
         model.zero_grad()
-    for k, (a, b) in enumerate(zip(*results)):
-        assert_bitwise_equal(a, b, f"compiled vs eager, result {k}")
+    assert_results_equal(*results, "compiled vs eager")
 
 
 def _distributed_worker(rank, world, init_file, out_file, wrapper):
