@@ -9,7 +9,7 @@
 
 #include "common/philox.h"
 #include "cpu/lstm_cpu.h"
-#include "op_checks.h"
+#include "call_run.h"
 
 namespace detlstm {
 namespace {
@@ -60,9 +60,10 @@ const cpu::ParallelFor& torch_parallel_for() {
 ForwardResult lstm_forward_cpu(const at::Tensor& input, const at::Tensor& lengths,
                                const at::Tensor& h0, const at::Tensor& c0, at::TensorList weights,
                                bool has_biases, int64_t num_layers, bool bidirectional,
-                               double dropout, bool train, const at::Tensor& seed) {
+                               double dropout, bool train, const at::Tensor& seed,
+                               int64_t proj_size) {
   const PreparedCall p = prepare_forward(input, lengths, h0, c0, weights, has_biases, num_layers,
-                                         bidirectional, dropout, train, seed);
+                                         bidirectional, dropout, train, seed, proj_size);
   const KernelVariant& kernels = *current_variant();
   return run_lstm_forward(p, [&](const auto& view) {
     if constexpr (std::is_same_v<std::decay_t<decltype(view)>, LstmForwardArgs<float>>)
@@ -77,11 +78,11 @@ BackwardResult lstm_backward_cpu(
     const at::Tensor& input, const at::Tensor& lengths, const at::Tensor& h0, const at::Tensor& c0,
     at::TensorList weights, const at::Tensor& output, const at::Tensor& layer_out,
     const at::Tensor& gates, const at::Tensor& cells, bool has_biases, int64_t num_layers,
-    bool bidirectional, double dropout, bool train, const at::Tensor& seed) {
+    bool bidirectional, double dropout, bool train, const at::Tensor& seed, int64_t proj_size) {
   const PreparedCall p =
       prepare_backward(grad_output, grad_h_n, grad_c_n, input, lengths, h0, c0, weights, output,
                        layer_out, gates, cells, has_biases, num_layers, bidirectional, dropout,
-                       train, seed);
+                       train, seed, proj_size);
   const KernelVariant& kernels = *current_variant();
   return run_lstm_backward(p, [&](const auto& view) {
     if constexpr (std::is_same_v<std::decay_t<decltype(view)>, LstmBackwardArgs<float>>)
@@ -91,15 +92,14 @@ BackwardResult lstm_backward_cpu(
   });
 }
 
-at::Tensor canonical_unary_cpu(const at::Tensor& x_, int64_t fn) {
+at::Tensor canonical_unary_cpu(const at::Tensor& x_, c10::string_view fn_name) {
+  const UnaryFn fn = unary_fn(std::string(fn_name));
   TORCH_CHECK(x_.scalar_type() == at::kFloat, "detlstm.canonical_unary: x must be float32, got ",
               x_.scalar_type());
-  TORCH_CHECK(fn >= 0 && fn <= 2, "detlstm.canonical_unary: fn must be 0 (exp), 1 (sigmoid) or ",
-              "2 (tanh), got ", fn);
   const at::Tensor x = x_.contiguous();
   at::Tensor y = at::empty_like(x);
-  current_variant()->unary_f32(static_cast<cpu::UnaryFn>(fn), x.data_ptr<float>(),
-                               y.data_ptr<float>(), x.numel(), torch_parallel_for());
+  current_variant()->unary_f32(fn, x.data_ptr<float>(), y.data_ptr<float>(), x.numel(),
+                               torch_parallel_for());
   return y;
 }
 
@@ -127,15 +127,15 @@ TORCH_LIBRARY(detlstm, m) {
   m.def(
       "lstm_forward(Tensor input, Tensor lengths, Tensor h0, Tensor c0, Tensor[] weights, "
       "bool has_biases, int num_layers, bool bidirectional, float dropout, bool train, "
-      "Tensor seed) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor layer_out, Tensor gates, "
-      "Tensor cells)");
+      "Tensor seed, int proj_size=0) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor layer_out, "
+      "Tensor gates, Tensor cells)");
   m.def(
       "lstm_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, "
       "Tensor lengths, Tensor h0, Tensor c0, Tensor[] weights, Tensor output, Tensor layer_out, "
       "Tensor gates, Tensor cells, bool has_biases, int num_layers, bool bidirectional, "
-      "float dropout, bool train, Tensor seed) -> (Tensor grad_input, Tensor grad_h0, "
-      "Tensor grad_c0, Tensor[] grad_weights)");
-  m.def("canonical_unary(Tensor x, int fn) -> Tensor");
+      "float dropout, bool train, Tensor seed, int proj_size=0) -> (Tensor grad_input, "
+      "Tensor grad_h0, Tensor grad_c0, Tensor[] grad_weights)");
+  m.def("canonical_unary(Tensor x, str fn) -> Tensor");
   m.def("philox4x32_10(Tensor counters, int key0, int key1) -> Tensor");
 }
 

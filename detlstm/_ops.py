@@ -21,7 +21,7 @@ ops = torch.ops.detlstm
 
 @torch.library.register_fake("detlstm::lstm_forward")
 def _lstm_forward_fake(input, lengths, h0, c0, weights, has_biases, num_layers, bidirectional,
-                       dropout, train, seed):
+                       dropout, train, seed, proj_size=0):
     steps, batch, _ = input.shape
     hidden, real_hidden = c0.shape[-1], h0.shape[-1]  # real_hidden: proj_size with projections
     directions = 2 if bidirectional else 1
@@ -38,7 +38,7 @@ def _lstm_forward_fake(input, lengths, h0, c0, weights, has_biases, num_layers, 
 @torch.library.register_fake("detlstm::lstm_backward")
 def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, input, lengths, h0, c0, weights, output,
                         layer_out, gates, cells, has_biases, num_layers, bidirectional, dropout,
-                        train, seed):
+                        train, seed, proj_size=0):
     return (
         torch.empty_like(input, memory_format=torch.contiguous_format),
         torch.empty_like(h0, memory_format=torch.contiguous_format),
@@ -59,10 +59,11 @@ def _philox_fake(counters, key0, key1):
 
 def _setup_context(ctx, inputs, output):
     (input, lengths, h0, c0, weights, has_biases, num_layers, bidirectional, dropout, train,
-     seed) = inputs
+     seed, proj_size) = inputs
     out, _, _, layer_out, gates, cells = output
     ctx.num_weights = len(weights)
     ctx.config = (has_biases, num_layers, bidirectional, dropout, train)
+    ctx.proj_size = proj_size
     ctx.save_for_backward(input, lengths, h0, c0, seed, out, layer_out, gates, cells, *weights)
     ctx.mark_non_differentiable(layer_out, gates, cells)
 
@@ -75,9 +76,9 @@ def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_layer_out, _grad_gates
     grad_c_n = torch.zeros_like(c0) if grad_c_n is None else grad_c_n
     grad_input, grad_h0, grad_c0, grad_weights = ops.lstm_backward(
         grad_output, grad_h_n, grad_c_n, input, lengths, h0, c0, weights, out, layer_out, gates,
-        cells, *ctx.config, seed)
+        cells, *ctx.config, seed, ctx.proj_size)
     return (grad_input, None, grad_h0, grad_c0, list(grad_weights), None, None, None, None, None,
-            None)
+            None, None)
 
 
 torch.library.register_autograd("detlstm::lstm_forward", _backward, setup_context=_setup_context)
@@ -85,10 +86,7 @@ torch.library.register_autograd("detlstm::lstm_forward", _backward, setup_contex
 
 def canonical_unary(x: torch.Tensor, fn: str) -> torch.Tensor:
     """Our exp, sigmoid or tanh (ARITHMETIC.md rule 6) on a float32 tensor, elementwise."""
-    codes = {"exp": 0, "sigmoid": 1, "tanh": 2}
-    if fn not in codes:
-        raise ValueError(f"fn must be one of {sorted(codes)}, got {fn!r}")
-    return ops.canonical_unary(x, codes[fn])
+    return ops.canonical_unary(x, fn)
 
 
 def set_cuda_launch_variant(variant: int) -> int:

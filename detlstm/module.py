@@ -367,7 +367,7 @@ class LSTM(nn.Module):
         seed = self._dropout_seed(dropout_seed)
         output, h_n, c_n, *_ = _ops.ops.lstm_forward(
             x, lengths, h0, c0, weights, self.bias, self.num_layers, self.bidirectional,
-            self.dropout, self.training, seed)
+            self.dropout, self.training, seed, self.proj_size)
         if result_dtype is not None:
             output, h_n, c_n = output.to(result_dtype), h_n.to(result_dtype), c_n.to(result_dtype)
         return output, h_n, c_n

@@ -156,7 +156,8 @@ def random_weights(layers, bidirectional, bias, proj_size, inputs, hidden, gener
 def forward_args(layers=1, bidirectional=False, bias=True, proj_size=0, dtype=torch.float32, shape=SMALL,
                  dropout=0.0, train=False, dropout_seed=1234, seed=0, device=None, requires_grad=False):
     """The arguments of torch.ops.detlstm.lstm_forward for one call, and seeds for its three backward
-    inputs: ((x, lengths, h0, c0, weights, bias, layers, bidirectional, dropout, train, seed),
+    inputs: ((x, lengths, h0, c0, weights, bias, layers, bidirectional, dropout, train, seed,
+    proj_size),
     (grad output, grad h_n, grad c_n)). Drawn from a CPU generator seeded `seed` in the order weights,
     x, h0, c0, grads; x, h0, c0, weights and grads then go to `device` (lengths and the seed stay on
     the CPU, as LSTM passes them) and, with requires_grad, the forward's tensors become leaves."""
@@ -170,13 +171,13 @@ def forward_args(layers=1, bidirectional=False, bias=True, proj_size=0, dtype=to
     grads = tuple(torch.randn(s, generator=g, dtype=dtype).to(device) for s in grad_sizes)
     x, h0, c0, *weights = [w.to(device, dtype).requires_grad_(requires_grad) for w in [x, h0, c0, *weights]]
     args = (x, torch.tensor(shape.lengths), h0, c0, weights, bias, layers, bidirectional, dropout, train,
-            torch.tensor(dropout_seed, dtype=torch.int64))
+            torch.tensor(dropout_seed, dtype=torch.int64), proj_size)
     return args, grads
 
 
 def backward_args(fwd_args, fwd_out, grads):
     """The arguments of torch.ops.detlstm.lstm_backward after lstm_forward(*fwd_args) gave fwd_out."""
-    x, lengths, h0, c0, weights, bias, layers, bidir, dropout, train, seed = fwd_args
+    x, lengths, h0, c0, weights, bias, layers, bidir, dropout, train, seed, proj_size = fwd_args
     output, _, _, layer_out, gates, cells = fwd_out
     return (*grads, x, lengths, h0, c0, weights, output, layer_out, gates, cells, bias, layers, bidir,
-            dropout, train, seed)
+            dropout, train, seed, proj_size)

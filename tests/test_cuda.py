@@ -13,7 +13,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import detlstm
-from helpers import assert_bitwise_equal, digest, make_pair
+from helpers import assert_bitwise_equal, digest, forward_backward, make_pair
 
 pytestmark = pytest.mark.cuda
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -23,25 +23,8 @@ LENGTHS = [6, 2, 5, 3]
 
 def _results(model, x, hx, form, batch_first, device, seed):
     """Forward + backward on `device`; returns every result tensor on the CPU."""
-    model = model.to(device)
-    x = x.detach().to(device).requires_grad_()
-    leaves = [x]
-    if hx is not None:
-        hx = tuple(t.detach().to(device).requires_grad_() for t in hx)
-        leaves += list(hx)
-    kwargs = {"dropout_seed": seed}
-    if form == "packed_unsorted":
-        out, (h, c) = model(pack_padded_sequence(x, LENGTHS, batch_first=batch_first,
-                                                 enforce_sorted=False), hx, **kwargs)
-        out = out.data
-    elif form == "lengths":
-        out, (h, c) = model(x, hx, lengths=LENGTHS, **kwargs)
-    else:
-        out, (h, c) = model(x, hx, **kwargs)
-    g = torch.Generator().manual_seed(3)
-    loss = sum((t * torch.randn(t.shape, generator=g, dtype=t.dtype).to(device)).sum() for t in (out, h, c))
-    grads = torch.autograd.grad(loss, leaves + list(model.parameters()))
-    return [t.detach().cpu() for t in [out, h, c, *grads]]
+    return forward_backward(model.to(device), form, x, hx, LENGTHS, batch_first, device=device,
+                            loss_seed=3, dropout_seed=seed)
 
 
 CASES = list(itertools.product([1, 2, 3], [False, True], [True, False], [False, True], [False, True],
@@ -173,15 +156,14 @@ def test_batch_invariance_on_gpu():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fn", [0, 1, 2])
-def test_canonical_math_all_float32_bit_patterns(fn):
+@pytest.mark.parametrize("name", ["exp", "sigmoid", "tanh"])
+def test_canonical_math_all_float32_bit_patterns(name):
     """All 2^32 inputs: the GPU's exp/sigmoid/tanh bits equal the CPU's."""
     from detlstm._ops import _C_cuda
 
-    name = ["exp", "sigmoid", "tanh"][fn]
     chunk = 1 << 27
     for first in range(0, 1 << 32, chunk):
-        gpu = _C_cuda.canonical_unary_bits(fn, first, chunk).cpu()
+        gpu = _C_cuda.canonical_unary_bits(name, first, chunk).cpu()
         bits = torch.arange(first, first + chunk, dtype=torch.int64).to(torch.int32)  # wraps as uint32
         cpu = detlstm.canonical_unary(bits.view(torch.float32), name)
         if not torch.equal(cpu.view(torch.int32), gpu.view(torch.int32)):

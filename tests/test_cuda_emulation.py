@@ -19,7 +19,7 @@ from torch.utils.cpp_extension import load
 
 import detlstm  # noqa: F401  (registers the CPU operators)
 from detlstm._build_config import EMULATION_CXX_FLAGS
-from helpers import assert_bitwise_equal
+from helpers import SMALL, Shape, assert_bitwise_equal, backward_args, forward_args
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EMULATION = os.path.join(HERE, "cuda_emulation")
@@ -53,39 +53,17 @@ def emulated():
     return module
 
 
-def _call(layers, bidir, bias, proj, dropout, dtype, steps=6, batch=4, inputs=5, hidden=7,
-          lengths=(6, 2, 5, 3), seed=0):
-    """The operator arguments of one LSTM call with uneven lengths, and backward seeds."""
-    g = torch.Generator().manual_seed(seed)
-    D = 2 if bidir else 1
-    R = proj or hidden
-    weights = []
-    for layer in range(layers):
-        k = inputs if layer == 0 else D * R
-        for _ in range(D):
-            weights += [torch.randn(4 * hidden, k, generator=g), torch.randn(4 * hidden, R, generator=g)]
-            if bias:
-                weights += [torch.randn(4 * hidden, generator=g), torch.randn(4 * hidden, generator=g)]
-            if proj:
-                weights.append(torch.randn(R, hidden, generator=g))
-    weights = [(w * 0.3).to(dtype) for w in weights]
-    x = torch.randn(steps, batch, inputs, generator=g, dtype=dtype)
-    h0 = torch.randn(layers * D, batch, R, generator=g, dtype=dtype)
-    c0 = torch.randn(layers * D, batch, hidden, generator=g, dtype=dtype)
-    fwd_args = (x, torch.tensor(lengths), h0, c0, weights, bias, layers, bidir, dropout, True,
-                torch.tensor([1234 + seed]))
-    grads = (torch.randn(steps, batch, D * R, generator=g, dtype=dtype),
-             torch.randn(layers * D, batch, R, generator=g, dtype=dtype),
-             torch.randn(layers * D, batch, hidden, generator=g, dtype=dtype))
-    return fwd_args, grads
+def _call(layers, bidir, bias, proj, dropout, dtype, seed=0, **shape):
+    """The operator arguments of one training-mode LSTM call with uneven lengths (helpers.SMALL
+    unless sizes are given), and backward seeds."""
+    size = Shape(**shape) if shape else SMALL
+    return forward_args(layers, bidir, bias, proj, dtype, shape=size, dropout=dropout, train=True,
+                        seed=seed, dropout_seed=1234 + seed)
 
 
 def _run(forward, backward, fwd_args, grads):
-    x, lengths, h0, c0, weights, bias, layers, bidir, dropout, train, seed = fwd_args
     out = forward(*fwd_args)
-    output, _, _, layer_out, gates, cells = out
-    bwd = backward(*grads, x, lengths, h0, c0, weights, output, layer_out, gates, cells, bias, layers,
-                   bidir, dropout, train, seed)
+    bwd = backward(*backward_args(fwd_args, out, grads))
     return list(out) + list(bwd[:3]) + list(bwd[3])
 
 
@@ -199,9 +177,9 @@ def test_the_emulator_rejects_a_grid_over_its_limit(emulated):
     emulated.set_emulator_max_grid(1, 1)
     try:
         with pytest.raises(RuntimeError, match="unary_bits_kernel: invalid launch shape"):
-            emulated.canonical_unary_bits(0, first, count)
+            emulated.canonical_unary_bits("exp", first, count)
         emulated.set_grid_limit(1, 1)
-        assert_bitwise_equal(expected, emulated.canonical_unary_bits(0, first, count), "one block")
+        assert_bitwise_equal(expected, emulated.canonical_unary_bits("exp", first, count), "one block")
     finally:
         emulated.set_grid_limit(0, 0)
 
@@ -225,11 +203,11 @@ BIT_RANGES = [0x00000000, 0x007FF000, 0x3F7FF000, 0x3F800000, 0x41100000, 0x42B1
               0xFF7FF000, 0xFFC00000]
 
 
-@pytest.mark.parametrize("fn,name", [(0, "exp"), (1, "sigmoid"), (2, "tanh")])
-def test_canonical_functions_on_the_emulated_device_match_the_cpu(emulated, fn, name):
+@pytest.mark.parametrize("name", ["exp", "sigmoid", "tanh"])
+def test_canonical_functions_on_the_emulated_device_match_the_cpu(emulated, name):
     count = 1 << 13
     for first in BIT_RANGES:
-        device = emulated.canonical_unary_bits(fn, first, count)
+        device = emulated.canonical_unary_bits(name, first, count)
         bits = torch.arange(first, first + count, dtype=torch.int64)
         x = torch.where(bits >= 2**31, bits - 2**32, bits).to(torch.int32).view(torch.float32)
         assert_bitwise_equal(detlstm.canonical_unary(x, name), device,

@@ -118,6 +118,8 @@ def test_operator_checks_its_own_arguments():
     bad(8, 1.5, "dropout must be a finite probability")
     bad(10, torch.zeros(2, dtype=torch.int64), "seed must be")
     bad(0, good[0].half(), "float32 or float64")
+    bad(11, -1, "proj_size must be >= 0")
+    bad(11, 2, "weight tensors for 2 layer")  # weights without w_hr, proj_size says there are some
     assert ops.lstm_forward(*good)[0].shape == (T, B, 2 * H)
 
 

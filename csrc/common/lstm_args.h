@@ -8,6 +8,9 @@
 
 namespace detlstm {
 
+// The canonical functions (ARITHMETIC.md rule 6), for the elementwise test operators.
+enum class UnaryFn { kExp = 0, kSigmoid = 1, kTanh = 2 };
+
 // Dropout between layers (ARITHMETIC.md rule 7), decided on the host: an element is kept when its
 // Philox draw is >= threshold (round(p * 2^32), so p = 1 keeps nothing); kept values are scaled.
 struct DropoutParams {

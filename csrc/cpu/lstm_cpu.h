@@ -23,7 +23,7 @@ using ::detlstm::LstmWeights;
 using ParallelFor =
     std::function<void(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn)>;
 
-enum class UnaryFn { kExp = 0, kSigmoid = 1, kTanh = 2 };
+using ::detlstm::UnaryFn;
 
 // One instruction-set variant of the kernels. All variants give identical bits (tests check it).
 struct KernelVariant {

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "../op_checks.h"
+#include "../call_run.h"
 #include "lstm_cuda.h"
 
 namespace detlstm {
@@ -16,9 +16,10 @@ namespace {
 
 ForwardResult lstm_forward_cuda(const at::Tensor& input, const at::Tensor& lengths, const at::Tensor& h0,
                   const at::Tensor& c0, at::TensorList weights, bool has_biases, int64_t num_layers,
-                  bool bidirectional, double dropout, bool train, const at::Tensor& seed) {
+                  bool bidirectional, double dropout, bool train, const at::Tensor& seed,
+                  int64_t proj_size) {
   const PreparedCall p = prepare_forward(input, lengths, h0, c0, weights, has_biases, num_layers,
-                                         bidirectional, dropout, train, seed);
+                                         bidirectional, dropout, train, seed, proj_size);
   const c10::cuda::CUDAGuard guard(p.input.device());
   ScratchPool pool(p.input);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -31,11 +32,11 @@ BackwardResult lstm_backward_cuda(
     const at::Tensor& input, const at::Tensor& lengths, const at::Tensor& h0, const at::Tensor& c0,
     at::TensorList weights, const at::Tensor& output, const at::Tensor& layer_out,
     const at::Tensor& gates, const at::Tensor& cells, bool has_biases, int64_t num_layers,
-    bool bidirectional, double dropout, bool train, const at::Tensor& seed) {
+    bool bidirectional, double dropout, bool train, const at::Tensor& seed, int64_t proj_size) {
   const PreparedCall p =
       prepare_backward(grad_output, grad_h_n, grad_c_n, input, lengths, h0, c0, weights, output,
                        layer_out, gates, cells, has_biases, num_layers, bidirectional, dropout,
-                       train, seed);
+                       train, seed, proj_size);
   const c10::cuda::CUDAGuard guard(p.input.device());
   ScratchPool pool(p.input);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -43,25 +44,25 @@ BackwardResult lstm_backward_cuda(
       p, [&](const auto& view) { cuda::lstm_backward(view, pool.allocator(), stream); });
 }
 
-at::Tensor canonical_unary_cuda(const at::Tensor& x_, int64_t fn) {
+at::Tensor canonical_unary_cuda(const at::Tensor& x_, c10::string_view fn_name) {
+  const UnaryFn fn = unary_fn(std::string(fn_name));
   TORCH_CHECK(x_.scalar_type() == at::kFloat, "detlstm.canonical_unary: x must be float32, got ",
               x_.scalar_type());
-  TORCH_CHECK(fn >= 0 && fn <= 2, "detlstm.canonical_unary: fn must be 0, 1 or 2, got ", fn);
   const c10::cuda::CUDAGuard guard(x_.device());
   const at::Tensor x = x_.contiguous();
   at::Tensor y = at::empty_like(x);
-  cuda::canonical_unary(static_cast<int>(fn), x.data_ptr<float>(), y.data_ptr<float>(), x.numel(),
+  cuda::canonical_unary(fn, x.data_ptr<float>(), y.data_ptr<float>(), x.numel(),
                         at::cuda::getCurrentCUDAStream());
   return y;
 }
 
 // f(x) for the float32 bit patterns first .. first+count-1, on the current CUDA device.
-at::Tensor canonical_unary_bits_cuda(int64_t fn, int64_t first, int64_t count) {
-  TORCH_CHECK(fn >= 0 && fn <= 2, "fn must be 0, 1 or 2, got ", fn);
+at::Tensor canonical_unary_bits_cuda(const std::string& fn_name, int64_t first, int64_t count) {
+  const UnaryFn fn = unary_fn(fn_name);
   TORCH_CHECK(first >= 0 && count >= 0 && first + count <= (int64_t(1) << 32),
               "bit patterns must lie in [0, 2^32)");
   at::Tensor y = at::empty({count}, at::TensorOptions().device(at::kCUDA).dtype(at::kFloat));
-  cuda::canonical_unary_bits(static_cast<int>(fn), static_cast<uint32_t>(first),
+  cuda::canonical_unary_bits(fn, static_cast<uint32_t>(first),
                              y.data_ptr<float>(), count, at::cuda::getCurrentCUDAStream());
   return y;
 }
@@ -94,5 +95,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "Force the largest grid the kernels launch along x and y (values < 1: CUDA's limits); returns "
       "the previous limits. Results must not change: the kernels cover the rest by looping.");
   m.def("canonical_unary_bits", &detlstm::canonical_unary_bits_cuda,
-        "The canonical exp (0) / sigmoid (1) / tanh (2) of count float32 bit patterns from first.");
+        "The canonical 'exp', 'sigmoid' or 'tanh' of count float32 bit patterns from first.");
 }

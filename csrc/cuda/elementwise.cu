@@ -89,26 +89,27 @@ void launch_apply_dropout(const DropoutParams& dp, int64_t layer, const T* y, T*
                 static_cast<uint32_t>(layer), y, out, width, sched.valid, sched.rows, batch);
 }
 
-__device__ inline float unary_apply(int fn, float x) {
-  return fn == 0 ? canonical_exp(x) : (fn == 1 ? canonical_sigmoid(x) : canonical_tanh(x));
+__device__ inline float unary_apply(UnaryFn fn, float x) {
+  return fn == UnaryFn::kExp ? canonical_exp(x)
+                             : (fn == UnaryFn::kSigmoid ? canonical_sigmoid(x) : canonical_tanh(x));
 }
 
-__global__ void unary_kernel(int fn, const float* x, float* y, int64_t n) {
+__global__ void unary_kernel(UnaryFn fn, const float* x, float* y, int64_t n) {
   for (int64_t e = stride_start(); e < n; e += stride_step())
     y[e] = unary_apply(fn, x[e]);
 }
 
-__global__ void unary_bits_kernel(int fn, uint32_t first, float* y, int64_t n) {
+__global__ void unary_bits_kernel(UnaryFn fn, uint32_t first, float* y, int64_t n) {
   for (int64_t e = stride_start(); e < n; e += stride_step())
     y[e] = unary_apply(fn, bits_float(first + static_cast<uint32_t>(e)));
 }
 
-void canonical_unary(int fn, const float* x, float* y, int64_t n, cudaStream_t stream) {
+void canonical_unary(UnaryFn fn, const float* x, float* y, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
   launch_kernel("unary_kernel", unary_kernel, blocks_for(n), kThreads, stream, fn, x, y, n);
 }
 
-void canonical_unary_bits(int fn, uint32_t first, float* y, int64_t count, cudaStream_t stream) {
+void canonical_unary_bits(UnaryFn fn, uint32_t first, float* y, int64_t count, cudaStream_t stream) {
   if (count == 0) return;
   launch_kernel("unary_bits_kernel", unary_bits_kernel, blocks_for(count), kThreads, stream, fn,
                 first, y, count);

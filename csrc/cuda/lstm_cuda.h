@@ -22,10 +22,10 @@ void lstm_forward(const LstmForwardArgs<double>& args, const ScratchAlloc& scrat
 void lstm_backward(const LstmBackwardArgs<float>& args, const ScratchAlloc& scratch, cudaStream_t stream);
 void lstm_backward(const LstmBackwardArgs<double>& args, const ScratchAlloc& scratch, cudaStream_t stream);
 
-// exp (0), sigmoid (1) or tanh (2) elementwise: the canonical functions, for the bitwise tests.
-void canonical_unary(int fn, const float* x, float* y, int64_t n, cudaStream_t stream);
+// exp, sigmoid or tanh elementwise: the canonical functions, for the bitwise tests.
+void canonical_unary(UnaryFn fn, const float* x, float* y, int64_t n, cudaStream_t stream);
 // Every float32 bit pattern from `first` on, `count` of them: y[k] = f(bits_float(first + k)).
-void canonical_unary_bits(int fn, uint32_t first, float* y, int64_t count, cudaStream_t stream);
+void canonical_unary_bits(UnaryFn fn, uint32_t first, float* y, int64_t count, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace detlstm

@@ -3,7 +3,7 @@
 // points as csrc/cuda/binding.cpp, with host memory standing in for device memory.
 #include <torch/extension.h>
 
-#include "../../csrc/op_checks.h"
+#include "../../csrc/call_run.h"
 #include "../../csrc/cuda/kernels_common.cuh"
 
 namespace detlstm {
@@ -13,9 +13,9 @@ ForwardResult lstm_forward_emulated(const at::Tensor& input, const at::Tensor& l
                                     const at::Tensor& h0, const at::Tensor& c0,
                                     std::vector<at::Tensor> weights, bool has_biases,
                                     int64_t num_layers, bool bidirectional, double dropout,
-                                    bool train, const at::Tensor& seed) {
+                                    bool train, const at::Tensor& seed, int64_t proj_size) {
   const PreparedCall p = prepare_forward(input, lengths, h0, c0, weights, has_biases, num_layers,
-                                         bidirectional, dropout, train, seed);
+                                         bidirectional, dropout, train, seed, proj_size);
   TORCH_CHECK(p.input.device().is_cpu(), "the emulated CUDA kernels take CPU tensors");
   ScratchPool pool(p.input);
   return run_lstm_forward(
@@ -27,22 +27,23 @@ BackwardResult lstm_backward_emulated(
     const at::Tensor& input, const at::Tensor& lengths, const at::Tensor& h0, const at::Tensor& c0,
     std::vector<at::Tensor> weights, const at::Tensor& output, const at::Tensor& layer_out,
     const at::Tensor& gates, const at::Tensor& cells, bool has_biases, int64_t num_layers,
-    bool bidirectional, double dropout, bool train, const at::Tensor& seed) {
+    bool bidirectional, double dropout, bool train, const at::Tensor& seed, int64_t proj_size) {
   const PreparedCall p =
       prepare_backward(grad_output, grad_h_n, grad_c_n, input, lengths, h0, c0, weights, output,
                        layer_out, gates, cells, has_biases, num_layers, bidirectional, dropout,
-                       train, seed);
+                       train, seed, proj_size);
   TORCH_CHECK(p.input.device().is_cpu(), "the emulated CUDA kernels take CPU tensors");
   ScratchPool pool(p.input);
   return run_lstm_backward(
       p, [&](const auto& view) { cuda::lstm_backward(view, pool.allocator(), nullptr); });
 }
 
-at::Tensor canonical_unary_bits_emulated(int64_t fn, int64_t first, int64_t count) {
-  TORCH_CHECK(fn >= 0 && fn <= 2 && first >= 0 && count >= 0 && first + count <= (int64_t(1) << 32),
-              "fn must be 0, 1 or 2 and the bit patterns must lie in [0, 2^32)");
+at::Tensor canonical_unary_bits_emulated(const std::string& fn_name, int64_t first, int64_t count) {
+  const UnaryFn fn = unary_fn(fn_name);
+  TORCH_CHECK(first >= 0 && count >= 0 && first + count <= (int64_t(1) << 32),
+              "the bit patterns must lie in [0, 2^32)");
   at::Tensor y = at::empty({count}, at::kFloat);
-  cuda::canonical_unary_bits(static_cast<int>(fn), static_cast<uint32_t>(first),
+  cuda::canonical_unary_bits(fn, static_cast<uint32_t>(first),
                              y.data_ptr<float>(), count, nullptr);
   return y;
 }

@@ -1,131 +1,19 @@
-// Argument checks and output allocation shared by the CPU and CUDA bindings. Every check runs before
-// any kernel, so a bad call is a clear RuntimeError, never a crash or silent garbage.
+// Preparing and running a validated operator call (call_checks.h), the same for the CPU, CUDA and
+// emulated bindings: contiguous inputs, output allocation, the kernels' pointer views of the tensors,
+// scratch memory, and the run templates that hand a view to a binding's kernels.
 #pragma once
 
 #include <torch/extension.h>
 
-#include <cmath>
-#include <functional>
 #include <cstdint>
+#include <functional>
+#include <tuple>
 #include <vector>
 
+#include "call_checks.h"
 #include "common/lstm_args.h"
 
 namespace detlstm {
-
-struct LstmCall {
-  int64_t steps, batch, input_size, hidden_size, proj_size, num_layers, directions;
-  bool has_bias;
-  DropoutParams dropout{false, 0, 0, 1.0};
-};
-
-// nn.LSTM's per-(layer, direction) order: w_ih, w_hh, [b_ih, b_hh], [w_hr].
-inline std::vector<int64_t> expected_weight_shape(int64_t index_in_layer, bool has_bias,
-                                                  int64_t hidden, int64_t real_hidden,
-                                                  int64_t layer_input) {
-  if (index_in_layer == 0) return {4 * hidden, layer_input};
-  if (index_in_layer == 1) return {4 * hidden, real_hidden};
-  if (has_bias && index_in_layer < 4) return {4 * hidden};
-  return {real_hidden, hidden};  // w_hr
-}
-
-inline int64_t weights_per_layer(bool has_bias, bool has_proj) {
-  return (has_bias ? 4 : 2) + (has_proj ? 1 : 0);
-}
-
-inline LstmCall check_lstm_call(const at::Tensor& input, const at::Tensor& lengths,
-                                const at::Tensor& h0, const at::Tensor& c0,
-                                at::TensorList weights, bool has_biases, int64_t num_layers,
-                                bool bidirectional, double dropout, bool train,
-                                const at::Tensor& seed) {
-  TORCH_CHECK(input.dim() == 3, "detlstm: input must be 3-D (T, B, input_size), got ", input.dim(),
-              "-D");
-  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
-              "detlstm: input must be float32 or float64, got ", input.scalar_type());
-  TORCH_CHECK(input.size(0) >= 1 && input.size(1) >= 1 && input.size(2) >= 1,
-              "detlstm: input must have at least one step, one batch row and one feature, got ",
-              input.sizes());
-  TORCH_CHECK(num_layers >= 1, "detlstm: num_layers must be >= 1, got ", num_layers);
-  LstmCall call;
-  call.steps = input.size(0);
-  call.batch = input.size(1);
-  call.input_size = input.size(2);
-  call.num_layers = num_layers;
-  call.directions = bidirectional ? 2 : 1;
-  call.has_bias = has_biases;
-
-  TORCH_CHECK(lengths.dim() == 1, "detlstm: lengths must be 1-D, got ", lengths.dim(), "-D");
-  TORCH_CHECK(lengths.scalar_type() == at::kLong || lengths.scalar_type() == at::kInt,
-              "detlstm: lengths must be an int64 or int32 tensor, got ", lengths.scalar_type());
-  TORCH_CHECK(lengths.device().is_cpu(), "detlstm: lengths must be on the CPU, got ",
-              lengths.device());
-  TORCH_CHECK(lengths.size(0) == call.batch, "detlstm: lengths must have one entry per batch row (",
-              call.batch, "), got ", lengths.size(0));
-  {
-    const at::Tensor l64 = lengths.to(at::kLong);
-    const int64_t lo = l64.min().item<int64_t>(), hi = l64.max().item<int64_t>();
-    TORCH_CHECK(lo >= 1 && hi <= call.steps, "detlstm: lengths must lie in [1, T=", call.steps,
-                "], got values in [", lo, ", ", hi, "]");
-  }
-
-  // With projections each (layer, direction) has one more weight, w_hr: the count tells.
-  const int64_t groups = num_layers * call.directions;
-  const bool has_proj = static_cast<int64_t>(weights.size()) == weights_per_layer(has_biases, true) * groups;
-  const int64_t per = weights_per_layer(has_biases, has_proj);
-  TORCH_CHECK(static_cast<int64_t>(weights.size()) == per * groups, "detlstm: expected ",
-              weights_per_layer(has_biases, false) * groups, " (or, with projections, ",
-              weights_per_layer(has_biases, true) * groups, ") weight tensors for ", num_layers,
-              " layer(s), ", call.directions, " direction(s), bias=", has_biases, ", got ",
-              weights.size());
-  TORCH_CHECK(weights[1].dim() == 2 && weights[1].size(1) >= 1 && weights[1].size(0) % 4 == 0 &&
-                  weights[1].size(0) >= 4,
-              "detlstm: weight_hh_l0 must have shape (4*hidden_size, hidden_size or proj_size), got ",
-              weights[1].sizes());
-  call.hidden_size = weights[1].size(0) / 4;
-  call.proj_size = has_proj ? weights[1].size(1) : 0;
-  const int64_t H = call.hidden_size;
-  const int64_t RH = has_proj ? call.proj_size : H;
-  TORCH_CHECK(has_proj || weights[1].size(1) == H, "detlstm: weight_hh_l0 must have shape ",
-              "(4*hidden_size, hidden_size) without projections, got ", weights[1].sizes());
-  for (int64_t w = 0; w < static_cast<int64_t>(weights.size()); ++w) {
-    const int64_t layer = w / (per * call.directions);
-    const int64_t layer_input = layer == 0 ? call.input_size : call.directions * RH;
-    const auto shape = expected_weight_shape(w % per, has_biases, H, RH, layer_input);
-    const at::Tensor& t = weights[w];
-    TORCH_CHECK(t.sizes() == at::IntArrayRef(shape), "detlstm: weight ", w, " (layer ", layer,
-                ") must have shape ", at::IntArrayRef(shape), ", got ", t.sizes());
-    TORCH_CHECK(t.scalar_type() == input.scalar_type(), "detlstm: weight ", w, " has dtype ",
-                t.scalar_type(), " but input has dtype ", input.scalar_type());
-    TORCH_CHECK(t.device() == input.device(), "detlstm: weight ", w, " is on ", t.device(),
-                " but input is on ", input.device());
-  }
-  for (const auto* pair : {&h0, &c0}) {
-    const char* name = pair == &h0 ? "h0" : "c0";
-    const std::vector<int64_t> state_shape{num_layers * call.directions, call.batch,
-                                           pair == &h0 ? RH : H};
-    TORCH_CHECK(pair->sizes() == at::IntArrayRef(state_shape), "detlstm: ", name,
-                " must have shape ", at::IntArrayRef(state_shape), ", got ", pair->sizes());
-    TORCH_CHECK(pair->scalar_type() == input.scalar_type(), "detlstm: ", name, " has dtype ",
-                pair->scalar_type(), " but input has dtype ", input.scalar_type());
-    TORCH_CHECK(pair->device() == input.device(), "detlstm: ", name, " is on ", pair->device(),
-                " but input is on ", input.device());
-  }
-
-  TORCH_CHECK(std::isfinite(dropout) && dropout >= 0.0 && dropout <= 1.0,
-              "detlstm: dropout must be a finite probability in [0, 1], got ", dropout);
-  TORCH_CHECK(seed.numel() == 1 && seed.scalar_type() == at::kLong && seed.device().is_cpu(),
-              "detlstm: seed must be a one-element int64 CPU tensor");
-  call.dropout.active = train && dropout > 0.0 && num_layers > 1;
-  if (call.dropout.active) {
-    call.dropout.seed = static_cast<uint64_t>(seed.item<int64_t>());
-    const double two32 = 4294967296.0;
-    call.dropout.threshold =
-        dropout >= 1.0 ? static_cast<uint64_t>(two32)
-                       : static_cast<uint64_t>(std::nearbyint(dropout * two32));
-    call.dropout.scale = 1.0 / (1.0 - dropout);
-  }
-  return call;
-}
 
 struct LstmOutputs {
   at::Tensor output, h_n, c_n, layer_out, gates, cells;
@@ -189,28 +77,6 @@ inline LstmOutputs allocate_lstm_outputs(const LstmCall& c, const at::Tensor& in
   return o;
 }
 
-inline void check_lstm_backward_call(const LstmCall& c, const at::Tensor& grad_output,
-                                     const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
-                                     const at::Tensor& input, const at::Tensor& output,
-                                     const at::Tensor& layer_out, const at::Tensor& gates,
-                                     const at::Tensor& cells) {
-  const int64_t RH = c.proj_size > 0 ? c.proj_size : c.hidden_size;
-  const int64_t LD = c.num_layers * c.directions, DH = c.directions * RH;
-  const auto check = [&](const at::Tensor& t, const char* name, at::IntArrayRef shape) {
-    TORCH_CHECK(t.sizes() == shape, "detlstm backward: ", name, " must have shape ", shape,
-                ", got ", t.sizes());
-    TORCH_CHECK(t.scalar_type() == input.scalar_type() && t.device() == input.device(),
-                "detlstm backward: ", name, " must match input's dtype and device");
-  };
-  check(grad_output, "grad_output", {c.steps, c.batch, DH});
-  check(grad_h_n, "grad_h_n", {LD, c.batch, RH});
-  check(grad_c_n, "grad_c_n", {LD, c.batch, c.hidden_size});
-  check(output, "output", {c.steps, c.batch, DH});
-  check(layer_out, "layer_out", {c.num_layers - 1, c.steps, c.batch, DH});
-  check(gates, "gates", {c.num_layers, c.directions, c.steps, c.batch, 4 * c.hidden_size});
-  check(cells, "cells", {c.num_layers, c.directions, c.steps, c.batch, c.hidden_size});
-}
-
 struct LstmGrads {
   at::Tensor grad_input, grad_h0, grad_c0;
   std::vector<at::Tensor> grad_weights;
@@ -251,10 +117,6 @@ inline LstmGrads allocate_lstm_grads(const at::Tensor& input, const at::Tensor& 
   return g;
 }
 
-}  // namespace detlstm
-
-namespace detlstm {
-
 // One checked operator call with its tensors made contiguous (lengths as int64 on the CPU): what the
 // CPU and CUDA bindings both start from. The backward's extra tensors stay undefined for a forward.
 struct PreparedCall {
@@ -268,10 +130,10 @@ inline PreparedCall prepare_forward(const at::Tensor& input, const at::Tensor& l
                                     const at::Tensor& h0, const at::Tensor& c0,
                                     at::TensorList weights, bool has_biases, int64_t num_layers,
                                     bool bidirectional, double dropout, bool train,
-                                    const at::Tensor& seed) {
+                                    const at::Tensor& seed, int64_t proj_size) {
   PreparedCall p;
   p.call = check_lstm_call(input, lengths, h0, c0, weights, has_biases, num_layers, bidirectional,
-                           dropout, train, seed);
+                           dropout, train, seed, proj_size);
   p.input = input.contiguous();
   p.lengths = lengths.to(at::kLong).contiguous();
   p.h0 = h0.contiguous();
@@ -285,9 +147,9 @@ inline PreparedCall prepare_backward(
     const at::Tensor& input, const at::Tensor& lengths, const at::Tensor& h0, const at::Tensor& c0,
     at::TensorList weights, const at::Tensor& output, const at::Tensor& layer_out,
     const at::Tensor& gates, const at::Tensor& cells, bool has_biases, int64_t num_layers,
-    bool bidirectional, double dropout, bool train, const at::Tensor& seed) {
+    bool bidirectional, double dropout, bool train, const at::Tensor& seed, int64_t proj_size) {
   PreparedCall p = prepare_forward(input, lengths, h0, c0, weights, has_biases, num_layers,
-                                   bidirectional, dropout, train, seed);
+                                   bidirectional, dropout, train, seed, proj_size);
   check_lstm_backward_call(p.call, grad_output, grad_h_n, grad_c_n, input, output, layer_out, gates,
                            cells);
   p.grad_output = grad_output.contiguous();
