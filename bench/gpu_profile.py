@@ -130,8 +130,9 @@ def main(argv=None):
     ap.add_argument("--custom", action="append", default=[], help="T,B,I,H,layers,bidir,dropout,lengths")
     ap.add_argument("--calls", type=int, default=3)
     ap.add_argument("--top", type=int, default=12)
-    ap.add_argument("--variants", default="0,1,2",
-                    help="CUDA launch variants to profile detlstm under (shapes of the same bits)")
+    ap.add_argument("--variants", default="",
+                    help="CUDA launch shapes to profile detlstm under (indices into "
+                         "csrc/cuda/launch_shapes.h's table; default: every shape)")
     ap.add_argument("--out", help="also write the report here")
     args = ap.parse_args(argv)
     device = args.device
@@ -158,9 +159,12 @@ def main(argv=None):
         for comp in competitors:
             variants = [None]
             if comp.name == "detlstm" and device == "cuda":
-                variants = [int(v) for v in args.variants.split(",") if v]
+                variants = ([int(v) for v in args.variants.split(",") if v]
+                            or list(range(len(detlstm._ops.cuda_launch_shapes()))))
             for variant in variants:
-                label = comp.name if variant is None else f"{comp.name}, launch variant {variant}"
+                label = comp.name if variant is None else (
+                    f"{comp.name}, launch shape {variant} "
+                    f"({detlstm._ops.cuda_launch_shapes()[variant]})")
                 previous = None if variant is None else detlstm.set_cuda_launch_variant(variant)
                 try:
                     total, rows = kernel_table(comp, spec, device, args.calls)

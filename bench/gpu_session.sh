@@ -94,7 +94,7 @@ if want bench; then
 fi
 
 if want profile; then
-  phase profile 120 $PY -m bench.gpu_profile --shapes tagger,large,stream --variants 0,1,2,3 --out "$OUT/profile.md" \
+  phase profile 120 $PY -m bench.gpu_profile --shapes tagger,large,stream --out "$OUT/profile.md" \
     > /dev/null 2> /tmp/detlstm_profile.err
   rc=$?
   [ $rc -ne 0 ] && tail -5 /tmp/detlstm_profile.err >> "$OUT/profile.md"
