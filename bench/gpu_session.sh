@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One device call (< 10 minutes): build with the machine's torch; the GPU tests with every kernel
-# checked as it finishes (DETLSTM_CUDA_SYNC=1); the exhaustive canonical-function test; one small
+# One device call (< 10 minutes): build with the machine's torch; the GPU tests (tests/test_cuda.py,
+# and the CUDA kernels against the exact reference of the arithmetic, tests/test_arithmetic_v2.py)
+# with every kernel checked as it finishes (DETLSTM_CUDA_SYNC=1); the exhaustive canonical-function test; one small
 # forward + backward under compute-sanitizer (memcheck, racecheck); cuDNN's own reproducibility;
 # detlstm against cuDNN (tagger, large, stream); device time per kernel in every launch variant.
 # A short table last; at most eight files under $OUT (what the device tool brings back):
@@ -57,7 +58,8 @@ fi
 if want tests; then
   xdist=""; $PY -c "import xdist" 2>/dev/null && xdist="-n 4"
   phase tests 200 env DETLSTM_CUDA_SYNC=1 $PY -m pytest -q -rfE --maxfail=20 $xdist tests/test_cuda.py \
-    -k "not all_float32_bit_patterns" -p no:cacheprovider > "$OUT/gpu_tests.log" 2>&1
+    tests/test_arithmetic_v2.py -k "not all_float32_bit_patterns" -p no:cacheprovider \
+    > "$OUT/gpu_tests.log" 2>&1
   status "GPU tests (${PHASE_SECONDS:-0} s)" "$PHASE_NOTE $(tail -1 "$OUT/gpu_tests.log")"
 fi
 

@@ -65,8 +65,9 @@ DETLSTM_HD const T* c_prev_of(const CallDims& c, const T* c0, const T* cells, in
   return cells + c.row(prev_time(d, t), b) * c.H;
 }
 
-// What a fixed-order product's chains start from (ARITHMETIC.md rule 3): +0, a vector indexed by
-// the output column, or the value already in C (a chain continued).
-enum class GemmInit { kZero, kVector, kFromC };
+// What a fixed-order product stores for each element once its chunked sum S (ARITHMETIC.md rule 3,
+// chunked_sum.h) is complete: S itself, or v[n] + S for a vector v over the output columns (the
+// gate pre-activations' (b_ih + b_hh) + X, rule 4).
+enum class GemmEpilogue { kStore, kAddVector };
 
 }  // namespace DETLSTM_MATH_NS

@@ -43,18 +43,20 @@ void zero_padding(T* base, int64_t width, const int64_t* lengths, int64_t steps,
       if (t >= lengths[b]) std::fill(base + (t * B + b) * width, base + (t * B + b + 1) * width, T(0));
 }
 
-// The cell of units j0 .. j1-1 of one row: g holds the four pre-activation blocks (i, f, g, o; H
-// each) and receives the activated gates; c_out and h_out receive c and h = o * tanh(c).
+// The cell of units j0 .. j1-1 of one row: g holds the four input parts of the pre-activations (i,
+// f, g, o blocks of H: (b_ih + b_hh) + X, or X without biases) and receives the activated gates; r
+// holds the recurrent parts R, so a = g + r (rule 4); c_out and h_out receive c and h = o * tanh(c).
 template <typename T>
-void cell_forward_row(T* g, const T* c_prev, T* c_out, T* h_out, int64_t H, int64_t j0, int64_t j1) {
+void cell_forward_row(T* g, const T* r, const T* c_prev, T* c_out, T* h_out, int64_t H, int64_t j0,
+                      int64_t j1) {
   int64_t j = j0;
 #if DETLSTM_CPU_AVX2
   if constexpr (std::is_same<T, float>::value) {  // eight units at a time, same bits
     using V = math::V8;
+    const auto a = [&](int64_t k) { return V::load(g + k) + V::load(r + k); };
     for (; j + 8 <= j1; j += 8) {
       const math::CellState<V> st =
-          math::lstm_cell_forward(V::load(g + j), V::load(g + H + j), V::load(g + 2 * H + j),
-                                  V::load(g + 3 * H + j), V::load(c_prev + j));
+          math::lstm_cell_forward(a(j), a(H + j), a(2 * H + j), a(3 * H + j), V::load(c_prev + j));
       st.i.store(g + j);
       st.f.store(g + H + j);
       st.g.store(g + 2 * H + j);
@@ -65,8 +67,9 @@ void cell_forward_row(T* g, const T* c_prev, T* c_out, T* h_out, int64_t H, int6
   }
 #endif
   for (; j < j1; ++j) {
-    const math::CellState<T> st =
-        math::lstm_cell_forward(g[j], g[H + j], g[2 * H + j], g[3 * H + j], c_prev[j]);
+    const math::CellState<T> st = math::lstm_cell_forward(
+        g[j] + r[j], g[H + j] + r[H + j], g[2 * H + j] + r[2 * H + j], g[3 * H + j] + r[3 * H + j],
+        c_prev[j]);
     g[j] = st.i;
     g[H + j] = st.f;
     g[2 * H + j] = st.g;

@@ -1,11 +1,13 @@
-// Fixed-order matrix product for the CPU kernels (ARITHMETIC.md rule 3).
+// Fixed-order matrix product for the CPU kernels (ARITHMETIC.md rule 3, chunked_sum.h).
 //
-// C[m][n] = init(m, n) + sum over p = 0 .. P-1 of A(m, p) * B(p, n), evaluated for every (m, n) as ONE
-// chain of fma in ascending p: acc = init; acc = fma(A(m,0), B(0,n), acc); acc = fma(A(m,1), ...) ...
-// Tiling only decides which (m, n) a thread computes and when; a chain split across P-blocks carries
-// its running value through C (a store and a reload are exact). So the bits of C[m][n] depend on
-// row m of A, column n of B and init alone: not on M (batch invariance), not on the thread count,
-// not on the tile sizes, and not on whether the vector or the scalar micro-kernel ran.
+// C[m][n] = epilogue(S(m, n)), S the chunked sum over p = 0 .. P-1 of A(m, p) * B(p, n): the p are
+// cut into chunks of kSumChunk; each chunk is one chain of fma from +0 in ascending p; the chunk
+// partials are left-folded, and the running fold is kept in C between chunks (a store and a reload
+// are exact). The epilogue stores S, or v[n] + S. Tiling only decides which (m, n) a thread computes
+// and when, and every reduction slice starts on a chunk boundary (kKC is a multiple of kSumChunk),
+// so the bits of C[m][n] depend on row m of A, column n of B and v alone: not on M (batch
+// invariance), not on the thread count, not on the tile sizes, and not on whether the vector or the
+// scalar micro-kernel ran.
 //
 // Included by lstm_cpu_impl.h inside one instruction-set variant's namespace.
 
@@ -15,8 +17,8 @@ struct GemmGroup {
   const T* const* a;  // row mode: A(m, p) = a[m][p]; column mode: A(m, p) = a[p][m]
   const T* const* b;  // B(p, n) = b[p][n]
   T* const* c;        // C(m, n) = c[m][n]
-  GemmInit init;
-  const T* init_vec;  // GemmInit::kVector: init(m, n) = init_vec[n]
+  GemmEpilogue epilogue;
+  const T* vec;  // GemmEpilogue::kAddVector: C(m, n) = vec[n] + S(m, n)
   // Optional copy of B in panels of kNR columns (pack_b_panels): the vector kernel then streams
   // contiguous memory instead of following a row pointer per p. Same values, so the same bits.
   const T* b_panels = nullptr;
@@ -26,6 +28,7 @@ constexpr int kMR = 6;     // rows of C per micro-tile
 constexpr int kNR = 16;    // columns of C per micro-tile (two AVX2 vectors)
 constexpr int kNB = 64;    // columns of C per task
 constexpr int kKC = 256;   // reduction block: the slice of B a task streams stays in L2
+static_assert(kKC % math::kSumChunk == 0, "a reduction slice must start on a chunk boundary");
 
 // Sets the x86 control bits that would flush subnormals (FTZ, DAZ) to IEEE behaviour for the
 // current thread while a kernel runs, and restores the caller's bits after (ARITHMETIC.md rule 2).
@@ -37,69 +40,60 @@ struct DenormalGuard {
 #endif
 };
 
-template <typename T>
-inline T gemm_init_value(const GemmGroup<T>& g, int64_t m, int64_t n) {
-  switch (g.init) {
-    case GemmInit::kZero:
-      return T(0);
-    case GemmInit::kVector:
-      return g.init_vec[n];
-    default:
-      return g.c[m][n];
-  }
-}
-
+// Chunks [p0, p0 + kc) of the (m0.., n0..) tile's sums, folded into C; after the sum's last chunk
+// (p0 + kc == P) the epilogue.
 template <typename T, bool kACols>
 inline void micro_scalar(const GemmGroup<T>& g, int mr, int nr, int64_t m0, int64_t n0, int64_t p0,
-                         int64_t kc, bool first) {
-  T acc[kMR][kNR];
-  for (int i = 0; i < mr; ++i)
-    for (int j = 0; j < nr; ++j)
-      acc[i][j] = first ? gemm_init_value(g, m0 + i, n0 + j) : g.c[m0 + i][n0 + j];
-  for (int64_t p = p0; p < p0 + kc; ++p) {
-    const T* bp = g.b[p] + n0;
-    for (int i = 0; i < mr; ++i) {
-      const T av = kACols ? g.a[p][m0 + i] : g.a[m0 + i][p];
-      for (int j = 0; j < nr; ++j) acc[i][j] = math::fma_rn(av, bp[j], acc[i][j]);
+                         int64_t kc, int64_t P) {
+  for (int64_t pc = p0; pc < p0 + kc; pc += math::kSumChunk) {
+    const int64_t pe = std::min(pc + math::kSumChunk, p0 + kc);
+    T acc[kMR][kNR] = {};
+    for (int64_t p = pc; p < pe; ++p) {
+      const T* bp = g.b[p] + n0;
+      for (int i = 0; i < mr; ++i) {
+        const T av = kACols ? g.a[p][m0 + i] : g.a[m0 + i][p];
+        for (int j = 0; j < nr; ++j) acc[i][j] = math::fma_rn(av, bp[j], acc[i][j]);
+      }
     }
+    for (int i = 0; i < mr; ++i)
+      for (int j = 0; j < nr; ++j) {
+        T& c = g.c[m0 + i][n0 + j];
+        c = math::fold_chunk(c, acc[i][j], pc);
+      }
   }
+  if (p0 + kc < P || g.epilogue != GemmEpilogue::kAddVector) return;
   for (int i = 0; i < mr; ++i)
-    for (int j = 0; j < nr; ++j) g.c[m0 + i][n0 + j] = acc[i][j];
+    for (int j = 0; j < nr; ++j) g.c[m0 + i][n0 + j] = g.vec[n0 + j] + g.c[m0 + i][n0 + j];
 }
 
 #if DETLSTM_CPU_AVX2
-// The same chains as micro_scalar, eight columns per instruction: _mm256_fmadd_ps rounds once per
-// lane exactly like fma_rn, so the two kernels agree bit for bit.
-// apack: with kACols, the tile's A values packed as apack[(p - p0) * kMR + i] (see gemm_block).
+// The same sums as micro_scalar, eight columns per instruction: _mm256_fmadd_ps and _mm256_add_ps
+// round once per lane exactly like fma_rn and +, so the two kernels agree bit for bit. One call is
+// one chunk [pc, pe) of the tile's sums: chained from +0, folded into C, and after the sum's last
+// chunk (`last`) the epilogue.
+// apack: with kACols, the chunk's A values packed as apack[(p - pc) * kMR + i] (see gemm_block).
 // The accumulators are named variables, not arrays, and the function is not inlined: written with
 // arrays and inlined into its caller, GCC 12 kept them in memory and stored all twelve every p.
 #define DETLSTM_FOR_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
 template <int MR, bool kACols, bool kPanels>
 __attribute__((noinline)) void micro_avx2(const GemmGroup<float>& g, int64_t m0, int64_t n0,
-                                          int64_t p0, int64_t kc, bool first, const float* panel,
+                                          int64_t pc, int64_t pe, bool last, const float* panel,
                                           const float* apack) {
   static_assert(MR >= 1 && MR <= kMR, "rows per micro-tile");
-  const bool from_c = !first || g.init == GemmInit::kFromC;
   const __m256 zero = _mm256_setzero_ps();
 #define DETLSTM_INIT(i)                                                                          \
   __m256 lo##i = zero, hi##i = zero;                                                             \
   const float* arow##i = nullptr;                                                                \
   if constexpr (i < MR) {                                                                        \
-    const float* src = from_c ? g.c[m0 + i] + n0                                                 \
-                              : (g.init == GemmInit::kVector ? g.init_vec + n0 : nullptr);           \
-    if (src) {                                                                                   \
-      lo##i = _mm256_loadu_ps(src);                                                              \
-      hi##i = _mm256_loadu_ps(src + 8);                                                          \
-    }                                                                                            \
     if (!kACols) arow##i = g.a[m0 + i];                                                          \
   }
   DETLSTM_FOR_ROWS(DETLSTM_INIT)
 #undef DETLSTM_INIT
-  for (int64_t p = p0; p < p0 + kc; ++p) {
+  for (int64_t p = pc; p < pe; ++p) {
     const float* bp = kPanels ? panel + p * kNR : g.b[p] + n0;
     const __m256 b0 = _mm256_loadu_ps(bp);
     const __m256 b1 = _mm256_loadu_ps(bp + 8);
-    const float* acol = kACols ? apack + (p - p0) * kMR : nullptr;
+    const float* acol = kACols ? apack + (p - pc) * kMR : nullptr;
 #define DETLSTM_STEP(i)                                                                          \
   if constexpr (i < MR) {                                                                        \
     const __m256 av = _mm256_broadcast_ss(kACols ? acol + i : arow##i + p);                      \
@@ -109,10 +103,22 @@ __attribute__((noinline)) void micro_avx2(const GemmGroup<float>& g, int64_t m0,
     DETLSTM_FOR_ROWS(DETLSTM_STEP)
 #undef DETLSTM_STEP
   }
+  const bool fold = pc != 0, add_vec = last && g.epilogue == GemmEpilogue::kAddVector;
+  const __m256 v0 = add_vec ? _mm256_loadu_ps(g.vec + n0) : zero;
+  const __m256 v1 = add_vec ? _mm256_loadu_ps(g.vec + n0 + 8) : zero;
 #define DETLSTM_STORE(i)                                                                         \
   if constexpr (i < MR) {                                                                        \
-    _mm256_storeu_ps(g.c[m0 + i] + n0, lo##i);                                                   \
-    _mm256_storeu_ps(g.c[m0 + i] + n0 + 8, hi##i);                                               \
+    float* c = g.c[m0 + i] + n0;                                                                 \
+    if (fold) {                                                                                  \
+      lo##i = _mm256_add_ps(_mm256_loadu_ps(c), lo##i);                                          \
+      hi##i = _mm256_add_ps(_mm256_loadu_ps(c + 8), hi##i);                                      \
+    }                                                                                            \
+    if (add_vec) {                                                                               \
+      lo##i = _mm256_add_ps(v0, lo##i);                                                          \
+      hi##i = _mm256_add_ps(v1, hi##i);                                                          \
+    }                                                                                            \
+    _mm256_storeu_ps(c, lo##i);                                                                  \
+    _mm256_storeu_ps(c + 8, hi##i);                                                              \
   }
   DETLSTM_FOR_ROWS(DETLSTM_STORE)
 #undef DETLSTM_STORE
@@ -121,26 +127,32 @@ __attribute__((noinline)) void micro_avx2(const GemmGroup<float>& g, int64_t m0,
 #undef DETLSTM_FOR_ROWS
 
 template <bool kACols, bool kPanels>
-inline void micro_vector_rows(const GemmGroup<float>& g, int mr, int64_t m0, int64_t n0, int64_t p0,
-                              int64_t kc, bool first, const float* panel, const float* apack) {
+inline void micro_vector_rows(const GemmGroup<float>& g, int mr, int64_t m0, int64_t n0, int64_t pc,
+                              int64_t pe, bool last, const float* panel, const float* apack) {
   switch (mr) {
-    case 6: micro_avx2<6, kACols, kPanels>(g, m0, n0, p0, kc, first, panel, apack); break;
-    case 5: micro_avx2<5, kACols, kPanels>(g, m0, n0, p0, kc, first, panel, apack); break;
-    case 4: micro_avx2<4, kACols, kPanels>(g, m0, n0, p0, kc, first, panel, apack); break;
-    case 3: micro_avx2<3, kACols, kPanels>(g, m0, n0, p0, kc, first, panel, apack); break;
-    case 2: micro_avx2<2, kACols, kPanels>(g, m0, n0, p0, kc, first, panel, apack); break;
-    default: micro_avx2<1, kACols, kPanels>(g, m0, n0, p0, kc, first, panel, apack); break;
+    case 6: micro_avx2<6, kACols, kPanels>(g, m0, n0, pc, pe, last, panel, apack); break;
+    case 5: micro_avx2<5, kACols, kPanels>(g, m0, n0, pc, pe, last, panel, apack); break;
+    case 4: micro_avx2<4, kACols, kPanels>(g, m0, n0, pc, pe, last, panel, apack); break;
+    case 3: micro_avx2<3, kACols, kPanels>(g, m0, n0, pc, pe, last, panel, apack); break;
+    case 2: micro_avx2<2, kACols, kPanels>(g, m0, n0, pc, pe, last, panel, apack); break;
+    default: micro_avx2<1, kACols, kPanels>(g, m0, n0, pc, pe, last, panel, apack); break;
   }
 }
 
+// Chunks [p0, p0 + kc) of a tile's sums, one micro_avx2 call per chunk.
 template <bool kACols>
 inline void micro_vector(const GemmGroup<float>& g, int mr, int64_t m0, int64_t n0, int64_t p0,
-                         int64_t kc, bool first, int64_t P, const float* apack) {
-  if (g.b_panels && n0 % kNR == 0)  // a panel holds columns kNR q .. kNR q + kNR-1
-    micro_vector_rows<kACols, true>(g, mr, m0, n0, p0, kc, first, g.b_panels + (n0 / kNR) * P * kNR,
-                                    apack);
-  else
-    micro_vector_rows<kACols, false>(g, mr, m0, n0, p0, kc, first, nullptr, apack);
+                         int64_t kc, int64_t P, const float* apack) {
+  const bool panels = g.b_panels && n0 % kNR == 0;  // a panel holds columns kNR q .. kNR q + kNR-1
+  const float* panel = panels ? g.b_panels + (n0 / kNR) * P * kNR : nullptr;
+  for (int64_t pc = p0; pc < p0 + kc; pc += math::kSumChunk) {
+    const int64_t pe = std::min(pc + math::kSumChunk, p0 + kc);
+    const float* chunk_pack = kACols ? apack + (pc - p0) * kMR : nullptr;
+    if (panels)
+      micro_vector_rows<kACols, true>(g, mr, m0, n0, pc, pe, pe == P, panel, chunk_pack);
+    else
+      micro_vector_rows<kACols, false>(g, mr, m0, n0, pc, pe, pe == P, nullptr, chunk_pack);
+  }
 }
 #endif
 
@@ -174,8 +186,8 @@ const T* panels_or_null(const std::vector<T>& panels) {
 // Rows m_begin .. m_end-1 and columns n_begin .. n_end-1 of C, the whole reduction, on the calling
 // thread. Loop order: a kKC slice of p, then each kNR-column strip of B, then every kMR-row tile of
 // the block over that strip, so the strip (kKC x kNR values) is read from L2 once and reused from L1
-// by all the block's tiles. Any order of these loops gives the same bits: each element's chain
-// still runs over p ascending, carried through C between slices.
+// by all the block's tiles. Any order of these loops gives the same bits: each element's chunks
+// still run over p ascending and fold in order, carried through C between slices.
 template <typename T, bool kACols>
 void gemm_block(const GemmGroup<T>& g, int64_t P, int64_t m_begin, int64_t m_end, int64_t n_begin,
                 int64_t n_end) {
@@ -214,12 +226,12 @@ void gemm_block(const GemmGroup<T>& g, int64_t P, int64_t m_begin, int64_t m_end
         if constexpr (std::is_same<T, float>::value) {
           if (nr == kNR) {
             const float* tile_pack = kACols ? apack + ((m0 - m_begin) / kMR) * kMR * kKC : nullptr;
-            micro_vector<kACols>(g, mr, m0, n0, p0, kc, p0 == 0, P, tile_pack);
+            micro_vector<kACols>(g, mr, m0, n0, p0, kc, P, tile_pack);
             continue;
           }
         }
 #endif
-        micro_scalar<T, kACols>(g, mr, nr, m0, n0, p0, kc, p0 == 0);
+        micro_scalar<T, kACols>(g, mr, nr, m0, n0, p0, kc, P);
       }
     }
   }

@@ -13,6 +13,7 @@ struct BackwardBuffers {
   std::vector<T> dc;                      // (D, B, H): the gradient reaching c, carried between steps
   std::vector<T> dm;                      // with projections: dm = W_hr^T dh of a step's rows
   std::vector<std::vector<T>> m_all;      // with projections: the cell outputs m of every (t, b)
+  std::vector<T> dx_reverse;              // bidirectional: the reverse direction's part of dX
 
   explicit BackwardBuffers(const math::CallDims& c) {
     const size_t rows = static_cast<size_t>(c.T * c.B);
@@ -25,6 +26,7 @@ struct BackwardBuffers {
       dm.resize(static_cast<size_t>(c.D * c.B * c.H));
       m_all.assign(c.D, std::vector<T>(rows * c.H, T(0)));
     }
+    if (c.D == 2) dx_reverse.resize(rows * static_cast<size_t>(std::max(c.I, c.DH)));
   }
 };
 
@@ -84,7 +86,8 @@ struct BackwardStepRows {
 
 // The backward of one step: dh of every unit, then the cell backward (phases.h: recurrence
 // backward). Rows i < n_next continue after this step (the schedule is by length, longest first):
-// their dh chain runs over da(next step). The others are at their last step: dh = dy + dh_n.
+// their dh = dy + S, S the chunked sum over the gate rows of da(next step) . W_hh. The others are at
+// their last step: dh = dy + dh_n.
 template <typename T>
 class BackwardStep {
  public:
@@ -101,13 +104,13 @@ class BackwardStep {
     for (int64_t d = 0; d < c_.D; ++d) {
       const int64_t k = d * c_.B;
       groups.push_back({n_next_, rows_.da_next.data() + k, ops_.hh_rows.data() + d * c_.G,
-                        rows_.dh.data() + k, GemmInit::kFromC, nullptr,
+                        rows_.dh.data() + k, GemmEpilogue::kStore, nullptr,
                         panels_or_null(ops_.hh_panels[d])});
-      if (c_.proj)  // dm = W_hr^T dh: one chain per element over q = 0 .. P-1, from 0
+      if (c_.proj)  // dm = W_hr^T dh: the chunked sum over q = 0 .. P-1
         projections.push_back({n_, rows_.dh.data() + k, ops_.hr_rows.data() + d * c_.RH,
-                               rows_.dm.data() + k, GemmInit::kZero, nullptr});
+                               rows_.dm.data() + k, GemmEpilogue::kStore, nullptr});
     }
-    // Tasks take blocks of units, as in the forward: a unit's dh (its chain over da(next step) of its
+    // Tasks take blocks of units, as in the forward: a unit's dh (its sum over da(next step) of its
     // row), and without projections its cell backward, need no other unit. With projections dm =
     // W_hr^T dh needs all of a row's dh: dm and the cell then run in a second region.
     const int64_t unit_blocks = (c_.RH + kUnitBlock - 1) / kUnitBlock;
@@ -116,8 +119,8 @@ class BackwardStep {
       for (int64_t task = begin; task < end; ++task) {
         const int64_t d = task / unit_blocks, u0 = (task % unit_blocks) * kUnitBlock;
         const int64_t u1 = std::min(u0 + kUnitBlock, c_.RH);
-        dh_heads(d, u0, u1);
         if (n_next_ > 0) gemm_columns<T, false>(groups[d], c_.G, u0, u1);
+        finish_dh(d, u0, u1);
         if (!c_.proj) cells_backward(d, 0, n_, u0, u1);
       }
     });
@@ -151,18 +154,15 @@ class BackwardStep {
     }
   }
 
-  // The heads of units u0 .. u1-1 of every row's dh chain: dy, plus dh_n at a row's last step.
-  void dh_heads(int64_t d, int64_t u0, int64_t u1) {
+  // dh of units u0 .. u1-1 of every row: dy + S where the row continues (S already in dh), dy + dh_n
+  // at its last step.
+  void finish_dh(int64_t d, int64_t u0, int64_t u1) {
     for (int64_t i = 0; i < n_; ++i) {
       const int64_t b = row_of(i);
       const T* dy_row = L_.dY + c_.out_offset(time_of(d, i), b, d);
       T* dh_row = rows_.dh[d * c_.B + i];
-      if (i >= n_next_) {
-        const T* dh_n = a_.dh_n + c_.state_row(L_.l, d, b) * c_.RH;
-        for (int64_t j = u0; j < u1; ++j) dh_row[j] = dy_row[j] + dh_n[j];
-      } else {
-        std::copy(dy_row + u0, dy_row + u1, dh_row + u0);
-      }
+      const T* other = i < n_next_ ? dh_row : a_.dh_n + c_.state_row(L_.l, d, b) * c_.RH;
+      for (int64_t j = u0; j < u1; ++j) dh_row[j] = dy_row[j] + other[j];
     }
   }
 
@@ -204,8 +204,8 @@ void recurrence_backward(const LstmBackwardArgs<T>& a, const math::CallDims& c,
     if (sched.active[s] > 0) BackwardStep<T>(a, c, sched, L, buf, ops, s).run(parallel_for);
 }
 
-// Initial-state gradients (phases.h): dh0 = the chain over da(first step) . W_hh from 0; dc0 = what
-// reached c_prev at the first step.
+// Initial-state gradients (phases.h): dh0 = the chunked sum over the gate rows of da(first step) .
+// W_hh; dc0 = what reached c_prev at the first step.
 template <typename T>
 void initial_state_gradients(const LstmBackwardArgs<T>& a, const math::CallDims& c,
                              const BackwardLayer<T>& L, BackwardBuffers<T>& buf,
@@ -220,7 +220,7 @@ void initial_state_gradients(const LstmBackwardArgs<T>& a, const math::CallDims&
       c_rows[d * c.B + b] = a.dh0 + c.state_row(L.l, d, b) * c.RH;
     }
     groups.push_back({c.B, a_rows.data() + d * c.B, ops.hh_rows.data() + d * c.G,
-                      c_rows.data() + d * c.B, GemmInit::kZero, nullptr,
+                      c_rows.data() + d * c.B, GemmEpilogue::kStore, nullptr,
                       panels_or_null(ops.hh_panels[d])});
   }
   gemm_chain<T, false>(groups, c.RH, c.G, parallel_for);
@@ -229,8 +229,8 @@ void initial_state_gradients(const LstmBackwardArgs<T>& a, const math::CallDims&
               a.dc0 + (L.l * c.D + d) * c.B * c.H);
 }
 
-// Input gradient (phases.h): one chain per element over the forward direction's gate rows, then the
-// reverse direction's, each ascending, from 0. Returns where it went: dx for layer 0, else a buffer.
+// Input gradient (phases.h): dX = S_forward (+ S_reverse), each the chunked sum over its
+// direction's gate rows of da . W_ih. Returns where it went: dx for layer 0, else a buffer.
 template <typename T>
 T* input_gradient(const LstmBackwardArgs<T>& a, const math::CallDims& c, const StepSchedule& sched,
                   const BackwardLayer<T>& L, BackwardBuffers<T>& buf,
@@ -239,16 +239,25 @@ T* input_gradient(const LstmBackwardArgs<T>& a, const math::CallDims& c, const S
   T* dX = L.l == 0 ? a.dx : buf.grad_buf[L.l % 2].data();
   std::vector<const T*> a_rows(R), b_rows(c.G);
   std::vector<T*> c_rows(R);
-  for (int64_t v = 0; v < R; ++v) c_rows[v] = dX + sched.valid[v] * K;
   for (int64_t d = 0; d < c.D; ++d) {
+    T* out = d == 0 ? dX : buf.dx_reverse.data();  // the reverse part first apart, then added
+    for (int64_t v = 0; v < R; ++v) c_rows[v] = out + sched.valid[v] * K;
     for (int64_t v = 0; v < R; ++v) a_rows[v] = buf.da[d].data() + sched.valid[v] * c.G;
     for (int64_t p = 0; p < c.G; ++p) b_rows[p] = a.fwd.weights.w_ih[L.l * c.D + d] + p * K;
     const std::vector<T> panels = panels_for_vector_kernel(b_rows.data(), c.G, K);
     const std::vector<GemmGroup<T>> groups{{R, a_rows.data(), b_rows.data(), c_rows.data(),
-                                            d == 0 ? GemmInit::kZero : GemmInit::kFromC, nullptr,
-                                            panels_or_null(panels)}};
+                                            GemmEpilogue::kStore, nullptr, panels_or_null(panels)}};
     gemm_chain<T, false>(groups, K, c.G, parallel_for);
   }
+  if (c.D == 2)
+    parallel_for(R, std::max<int64_t>(1, 4096 / K), [&](int64_t begin, int64_t end) {
+      DenormalGuard guard;
+      for (int64_t v = begin; v < end; ++v) {
+        T* row = dX + sched.valid[v] * K;
+        const T* rev = buf.dx_reverse.data() + sched.valid[v] * K;
+        for (int64_t k = 0; k < K; ++k) row[k] = row[k] + rev[k];
+      }
+    });
   return dX;
 }
 
@@ -271,7 +280,7 @@ void cell_outputs(const math::CallDims& c, const StepSchedule& sched, const Back
   });
 }
 
-// dW[m][p] = one chain from 0 over the valid (t, b) in storage order of A(v, m) * B(v, p), for every
+// dW[m][p] = the chunked sum over the valid (t, b) in storage order of A(v, m) * B(v, p), for every
 // direction: A's rows and B's rows per direction, D * R of each (B's may be shared: b_step 0).
 template <typename T>
 void weight_gradient(const math::CallDims& c, int64_t R, const std::vector<const T*>& a_rows,
@@ -284,13 +293,13 @@ void weight_gradient(const math::CallDims& c, int64_t R, const std::vector<const
     for (int64_t m = 0; m < M; ++m) c_rows[d][m] = out[d] + m * N;
     if (d == 0 || b_step != 0) panels[d] = panels_for_vector_kernel(b_rows.data() + d * b_step, R, N);
     groups.push_back({M, a_rows.data() + d * R, b_rows.data() + d * b_step, c_rows[d].data(),
-                      GemmInit::kZero, nullptr, panels_or_null(panels[b_step != 0 ? d : 0])});
+                      GemmEpilogue::kStore, nullptr, panels_or_null(panels[b_step != 0 ? d : 0])});
   }
   gemm_chain<T, true>(groups, N, R, parallel_for);
 }
 
-// Weight gradients (phases.h): dW_ih, dW_hh and dW_hr, chains over the valid (t, b) in storage
-// order, from 0 (rule 8).
+// Weight gradients (phases.h): dW_ih, dW_hh and dW_hr, chunked sums over the valid (t, b) in
+// storage order (rule 8).
 template <typename T>
 void weight_gradients(const LstmBackwardArgs<T>& a, const math::CallDims& c,
                       const StepSchedule& sched, const BackwardLayer<T>& L,
@@ -313,7 +322,7 @@ void weight_gradients(const LstmBackwardArgs<T>& a, const math::CallDims& c,
   weight_gradient(c, R, da_rows, x_rows, 0, c.G, L.K, dw_ih, parallel_for);
   weight_gradient(c, R, da_rows, hp_rows, R, c.G, c.RH, dw_hh, parallel_for);
   if (!c.proj) return;
-  // dW_hr[q][k] = chain over the valid (t, b) in storage order of dh[q] * m[k], from 0.
+  // dW_hr[q][k] = the chunked sum over the valid (t, b) in storage order of dh[q] * m[k].
   cell_outputs(c, sched, L, buf, parallel_for);
   for (int64_t d = 0; d < c.D; ++d)
     for (int64_t v = 0; v < R; ++v) {
@@ -323,10 +332,10 @@ void weight_gradients(const LstmBackwardArgs<T>& a, const math::CallDims& c,
   weight_gradient(c, R, dh_rows, m_rows, R, c.RH, c.H, dw_hr, parallel_for);
 }
 
-// Bias gradients (phases.h): db[n] = chain of adds over the valid (t, b) in storage order, from 0;
-// b_ih and b_hh enter the pre-activation the same way, so both get this one value. A task takes a
-// block of kBiasBlock consecutive n and walks the rows once, each row's block contiguous; every n
-// keeps its own chain in row order (the adds are lane-wise).
+// Bias gradients (phases.h): db[n] = the chunked add-sum over the valid (t, b) in storage order of
+// da[n]; b_ih and b_hh enter the pre-activation the same way, so both get this one value. A task
+// takes a block of kBiasBlock consecutive n and walks the rows once, each row's block contiguous;
+// every n keeps its own chunks in row order (the adds are lane-wise).
 template <typename T>
 void bias_gradients(const LstmBackwardArgs<T>& a, const math::CallDims& c,
                     const StepSchedule& sched, const BackwardLayer<T>& L,
@@ -337,17 +346,20 @@ void bias_gradients(const LstmBackwardArgs<T>& a, const math::CallDims& c,
   const int64_t blocks = (c.G + kBiasBlock - 1) / kBiasBlock;
   parallel_for(c.D * blocks, 1, [&](int64_t begin, int64_t end) {
     DenormalGuard guard;
-    T acc[kBiasBlock];
+    T acc[kBiasBlock], total[kBiasBlock];
     for (int64_t item = begin; item < end; ++item) {
       const int64_t d = item / blocks, n0 = (item % blocks) * kBiasBlock;
       const int64_t width = std::min(kBiasBlock, c.G - n0);
-      std::fill(acc, acc + kBiasBlock, T(0));
-      for (int64_t v = 0; v < R; ++v) {
-        const T* row = buf.da[d].data() + sched.valid[v] * c.G + n0;
-        for (int64_t k = 0; k < width; ++k) acc[k] = acc[k] + row[k];
+      for (int64_t v0 = 0; v0 < R; v0 += math::kSumChunk) {
+        std::fill(acc, acc + kBiasBlock, T(0));
+        for (int64_t v = v0; v < std::min(v0 + math::kSumChunk, R); ++v) {
+          const T* row = buf.da[d].data() + sched.valid[v] * c.G + n0;
+          for (int64_t k = 0; k < width; ++k) acc[k] = acc[k] + row[k];
+        }
+        for (int64_t k = 0; k < width; ++k) total[k] = math::fold_chunk(total[k], acc[k], v0);
       }
-      std::copy(acc, acc + width, a.db_ih[L.l * c.D + d] + n0);
-      std::copy(acc, acc + width, a.db_hh[L.l * c.D + d] + n0);
+      std::copy(total, total + width, a.db_ih[L.l * c.D + d] + n0);
+      std::copy(total, total + width, a.db_hh[L.l * c.D + d] + n0);
     }
   });
 }

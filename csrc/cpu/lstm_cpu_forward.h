@@ -3,7 +3,7 @@
 // Included by lstm_cpu_impl.h inside one instruction-set variant's namespace.
 
 // One direction's weights as the products read them: W_ih^T (K, 4H) and W_hh^T (RH, 4H), so a row
-// of B runs over gate rows; W_hr^T (H, RH); and b_ih + b_hh, the head of every gate's chain.
+// of B runs over gate rows; W_hr^T (H, RH); and b_ih + b_hh (rule 4).
 template <typename T>
 struct DirectionWeights {
   std::vector<T> wt_ih, wt_hh, wt_hr, bias;
@@ -29,9 +29,10 @@ ForwardLayer<T> forward_layer(const LstmForwardArgs<T>& a, const math::CallDims&
     dw.wt_ih = transposed(a.weights.w_ih[w], c.G, L.K);
     dw.wt_hh = transposed(a.weights.w_hh[w], c.G, c.RH);
     if (c.proj) dw.wt_hr = transposed(a.weights.w_hr[w], c.RH, c.H);
-    dw.bias.assign(static_cast<size_t>(c.G), T(0));
-    if (c.bias)
+    if (c.bias) {
+      dw.bias.resize(static_cast<size_t>(c.G));
       for (int64_t n = 0; n < c.G; ++n) dw.bias[n] = a.weights.b_ih[w][n] + a.weights.b_hh[w][n];
+    }
     L.w.push_back(std::move(dw));
     L.gates.push_back(a.gates + c.saved_rows(l, d) * c.G);
     L.cells.push_back(a.cells + c.saved_rows(l, d) * c.H);
@@ -51,8 +52,8 @@ void zero_forward_padding(const LstmForwardArgs<T>& a, const math::CallDims& c) 
   }
 }
 
-// Input projection (phases.h): every valid step's x . W_ih^T, the head of each gate's chain, for
-// all steps and both directions in one parallel region.
+// Input projection (phases.h): every valid step's (b_ih + b_hh) + X, X the chunked sum of x . W_ih^T
+// (X alone without biases), for all steps and both directions in one parallel region.
 template <typename T>
 void input_projection(const math::CallDims& c, const StepSchedule& sched, const ForwardLayer<T>& L,
                       const ParallelFor& parallel_for) {
@@ -67,7 +68,8 @@ void input_projection(const math::CallDims& c, const StepSchedule& sched, const 
     for (int64_t p = 0; p < K; ++p) b_rows[d * K + p] = L.w[d].wt_ih.data() + p * c.G;
     panels[d] = panels_for_vector_kernel(b_rows.data() + d * K, K, c.G);
     groups.push_back({R, a_rows.data(), b_rows.data() + d * K, c_rows.data() + d * R,
-                      GemmInit::kVector, L.w[d].bias.data(), panels_or_null(panels[d])});
+                      c.bias ? GemmEpilogue::kAddVector : GemmEpilogue::kStore, L.w[d].bias.data(),
+                      panels_or_null(panels[d])});
   }
   gemm_chain<T, false>(groups, c.G, K, parallel_for);
 }
@@ -76,16 +78,17 @@ void input_projection(const math::CallDims& c, const StepSchedule& sched, const 
 template <typename T>
 struct StepRowsCpu {
   std::vector<const T*> h_prev, c_prev, m;  // m: the cell outputs with projections
-  std::vector<T*> gates, h, cell, out;      // out: where the cell writes h (or m)
+  std::vector<T*> gates, r, h, cell, out;   // r: the recurrent parts; out: where the cell writes h (or m)
   explicit StepRowsCpu(int64_t rows)
-      : h_prev(rows), c_prev(rows), m(rows), gates(rows), h(rows), cell(rows), out(rows) {}
+      : h_prev(rows), c_prev(rows), m(rows), gates(rows), r(rows), h(rows), cell(rows), out(rows) {}
 };
 
-// The recurrence's fixed operands: W_hh^T and W_hr^T rows, panels, and the m buffer.
+// The recurrence's fixed operands: W_hh^T and W_hr^T rows, panels, and the step buffers.
 template <typename T>
 struct RecurrenceOperands {
   std::vector<const T*> hh_rows, hr_rows;
   std::vector<std::vector<T>> hh_panels;
+  std::vector<T> r_buf;  // a step's recurrent parts R = h_prev . W_hh^T, (D * B, 4H)
   std::vector<T> m_buf;  // with projections the cell's output m = o * tanh(c), before h = W_hr m
 };
 
@@ -98,6 +101,7 @@ RecurrenceOperands<T> recurrence_operands(const math::CallDims& c, const Forward
     for (int64_t p = 0; p < c.RH; ++p) ops.hh_rows[d * c.RH + p] = L.w[d].wt_hh.data() + p * c.G;
     ops.hh_panels[d] = panels_for_vector_kernel(ops.hh_rows.data() + d * c.RH, c.RH, c.G);
   }
+  ops.r_buf.resize(static_cast<size_t>(c.D * c.B * c.G));
   if (c.proj) {
     ops.hr_rows.resize(c.D * c.H);
     for (int64_t d = 0; d < c.D; ++d)
@@ -118,6 +122,7 @@ void fill_step_rows(const LstmForwardArgs<T>& a, const math::CallDims& c, const 
     rows.h_prev[k] = math::h_prev_of(c, a.h0, static_cast<const T*>(L.Y), L.l, d, t, b, len);
     rows.c_prev[k] = math::c_prev_of(c, a.c0, static_cast<const T*>(L.cells[d]), L.l, d, t, b, len);
     rows.gates[k] = L.gates[d] + c.row(t, b) * c.G;
+    rows.r[k] = ops.r_buf.data() + k * c.G;
     rows.cell[k] = L.cells[d] + c.row(t, b) * c.H;
     rows.h[k] = L.Y + c.out_offset(t, b, d);
     rows.m[k] = c.proj ? ops.m_buf.data() + k * c.H : nullptr;
@@ -125,8 +130,8 @@ void fill_step_rows(const LstmForwardArgs<T>& a, const math::CallDims& c, const 
   }
 }
 
-// One step of the recurrence (phases.h): each gate chain continues with h_prev . W_hh^T, then the
-// cell runs. A hidden unit's four gates, its cell and its h depend on no other unit of the step, so
+// One step of the recurrence (phases.h): R = the chunked sum of h_prev . W_hh^T for every gate row,
+// then the cell on a = pre + R (rule 4). A hidden unit's four gates, its cell and its h depend on no other unit of the step, so
 // one task per (direction, block of kUnitBlock units) runs the recurrent product for the block's gate
 // columns over all rows, then their cells, reading its slice of W_hh^T once per step. With
 // projections h = W_hr m needs every unit of a row: a second region, by row tiles.
@@ -136,12 +141,11 @@ void recurrence_step(const math::CallDims& c, int64_t n, const RecurrenceOperand
   std::vector<GemmGroup<T>> groups, projections;
   for (int64_t d = 0; d < c.D; ++d) {
     const int64_t k = d * c.B;
-    groups.push_back({n, rows.h_prev.data() + k, ops.hh_rows.data() + d * c.RH,
-                      rows.gates.data() + k, GemmInit::kFromC, nullptr,
-                      panels_or_null(ops.hh_panels[d])});
-    if (c.proj)  // h = W_hr m: one chain per element over k = 0 .. H-1, from 0 (rule 4)
+    groups.push_back({n, rows.h_prev.data() + k, ops.hh_rows.data() + d * c.RH, rows.r.data() + k,
+                      GemmEpilogue::kStore, nullptr, panels_or_null(ops.hh_panels[d])});
+    if (c.proj)  // h = W_hr m: the chunked sum over k = 0 .. H-1 (rule 4)
       projections.push_back({n, rows.m.data() + k, ops.hr_rows.data() + d * c.H,
-                             rows.h.data() + k, GemmInit::kZero, nullptr});
+                             rows.h.data() + k, GemmEpilogue::kStore, nullptr});
   }
   const int64_t unit_blocks = (c.H + kUnitBlock - 1) / kUnitBlock;
   parallel_for(c.D * unit_blocks, 1, [&](int64_t begin, int64_t end) {
@@ -152,7 +156,8 @@ void recurrence_step(const math::CallDims& c, int64_t n, const RecurrenceOperand
       for (int64_t gate = 0; gate < 4; ++gate)
         gemm_columns<T, false>(groups[d], c.RH, gate * c.H + u0, gate * c.H + u1);
       for (int64_t i = d * c.B; i < d * c.B + n; ++i)
-        cell_forward_row<T>(rows.gates[i], rows.c_prev[i], rows.cell[i], rows.out[i], c.H, u0, u1);
+        cell_forward_row<T>(rows.gates[i], rows.r[i], rows.c_prev[i], rows.cell[i], rows.out[i], c.H,
+                            u0, u1);
     }
   });
   if (!c.proj) return;

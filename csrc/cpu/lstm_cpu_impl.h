@@ -6,6 +6,7 @@
 // Work is proportional to the sum of the lengths: only valid (step, row) pairs are computed, and a
 // sequence's reverse direction starts at its own last step.
 
+#include "../common/chunked_sum.h"
 #include "../common/layout.h"
 
 namespace detlstm {
@@ -13,7 +14,7 @@ namespace cpu {
 namespace DETLSTM_CPU_VARIANT {
 
 namespace math = ::DETLSTM_MATH_NS;
-using math::GemmInit;
+using math::GemmEpilogue;
 using ::detlstm::StepSchedule;
 
 #include "gemm_chain.h"

@@ -1,8 +1,8 @@
 // The LSTM backward on the GPU, in the phases of csrc/common/phases.h (the same names as
-// csrc/cpu/lstm_cpu_backward.h), the same chains as the CPU (ARITHMETIC.md rule 8): per layer, steps
-// in reverse processing order (one launch per step, both directions in grid z), each thread
-// continuing dh as a chain over the gate rows of da(next step) . W_hh and running the cell's
-// backward; then the initial-state, input, weight and bias gradients.
+// csrc/cpu/lstm_cpu_backward.h), the same sums as the CPU (ARITHMETIC.md rule 8): per layer, steps
+// in reverse processing order (one launch per step, both directions in grid z), each thread summing
+// over the gate rows of da(next step) . W_hh for its unit's dh and running the cell's backward; then
+// the initial-state, input, weight and bias gradients.
 #include "gemm_chain.cuh"
 
 namespace detlstm {
@@ -18,7 +18,7 @@ struct BackwardStepParams {
   const int64_t* lengths;
   const int64_t* order;
   int64_t layer, step, active;
-  BackwardMode mode;  // kFinal: dh0 = chain over da(step 0) from 0, no cell
+  BackwardMode mode;  // kFinal: dh0 = the sum over da(first step), no cell
   const T* dy;        // gradient w.r.t. this layer's output (T, B, D*RH)
   const T* dh_n;      // (L*D, B, RH)
   const T* dc_n;      // (L*D, B, H)
@@ -36,11 +36,32 @@ struct BackwardStepParams {
 // One row of a step as a backward thread sees it, for unit j.
 template <typename T>
 struct BackwardRow {
-  const T* src;  // da of the next processing step (the dh chain's left factor), or null: no chain
+  const T* src;  // da of the next processing step (the sum's left factor), or null: no sum
   int64_t b, t;
   bool last;  // the row's last step: dh_n and dc_n enter here
-  T acc;      // the chain's head: dy (+ dh_n), dm (kCellOnly) or 0 (kFinal)
+  T head;     // what the sum S is added to: dy; or, without a sum, dy + dh_n or dm (kCellOnly)
+  T acc;      // the current chunk's partial of S, from +0
+  T total;    // the fold of S's finished chunks
 };
+
+// Folds every summing row's chunk partial into its running sum and restarts it from +0.
+template <typename T, int RB>
+__device__ __forceinline__ void fold_rows(BackwardRow<T> (&rows)[RB], int64_t chunk_start) {
+#pragma unroll
+  for (int r = 0; r < RB; ++r)
+    if (rows[r].src) {
+      rows[r].total = fold_chunk(rows[r].total, rows[r].acc, chunk_start);
+      rows[r].acc = T(0);
+    }
+}
+
+// The row's dh once its sum is complete (rule 8): dh0 = S (kFinal), dh = dy + S where the row goes
+// on, and the head itself without a sum.
+template <typename T>
+__device__ T backward_dh(const BackwardStepParams<T>& p, const BackwardRow<T>& row) {
+  if (!row.src) return row.head;
+  return p.mode == BackwardMode::kFinal ? row.total : row.head + row.total;
+}
 
 template <typename T>
 __device__ BackwardRow<T> backward_row(const BackwardStepParams<T>& p, int d, int64_t i, bool live,
@@ -48,29 +69,31 @@ __device__ BackwardRow<T> backward_row(const BackwardStepParams<T>& p, int d, in
   const CallDims& c = p.c;
   BackwardRow<T> row;
   row.b = p.order[i];
+  row.acc = T(0);
+  row.total = T(0);
   const int64_t len = p.lengths[row.b];
   if (p.mode == BackwardMode::kFinal) {
     row.last = false;
     row.t = step_time(d, 0, len);
     row.src = live ? pick(p.da, d) + c.row(row.t, row.b) * c.G : nullptr;
-    row.acc = T(0);
+    row.head = T(0);
     return row;
   }
   row.t = step_time(d, p.step, len);
   row.last = p.step == len - 1;
   if (p.mode == BackwardMode::kCellOnly) {
     row.src = nullptr;
-    row.acc = pick(p.dm_in, d)[c.row(row.t, row.b) * c.H + j];
+    row.head = pick(p.dm_in, d)[c.row(row.t, row.b) * c.H + j];
     return row;
   }
   const T dy = p.dy[c.out_offset(row.t, row.b, d) + j];
-  row.acc = row.last ? dy + p.dh_n[c.state_row(p.layer, d, row.b) * c.RH + j] : dy;
+  row.head = row.last ? dy + p.dh_n[c.state_row(p.layer, d, row.b) * c.RH + j] : dy;
   row.src = live && !row.last ? pick(p.da, d) + c.row(step_time(d, p.step + 1, len), row.b) * c.G
                               : nullptr;
   return row;
 }
 
-// What a row's unit j does once its dh chain is complete: store dh (kChainOnly, kFinal) or run the
+// What a row's unit j does once its dh is complete: store dh (kChainOnly, kFinal) or run the
 // cell's backward (kFused, kCellOnly).
 template <typename T>
 __device__ void backward_finish(const BackwardStepParams<T>& p, int d, const BackwardRow<T>& row,
@@ -107,8 +130,8 @@ __host__ __device__ int64_t backward_units(const BackwardStepParams<T>& p) {
   return cell ? p.c.H : p.c.RH;
 }
 
-// Thread (unit j, RB rows from i0) of direction blockIdx.z: dh as one chain over the gate rows n of
-// da(next step) . W_hh, W_hh and da read straight from global memory (L2).
+// Thread (unit j, RB rows from i0) of direction blockIdx.z: S, the chunked sum over the gate rows n
+// of da(next step) . W_hh, then dh and the cell; W_hh and da read straight from global memory (L2).
 template <typename T, int RB>
 __device__ void backward_step_rows(const BackwardStepParams<T>& p, int64_t j, int64_t i0) {
   const int d = blockIdx.z;
@@ -128,11 +151,12 @@ __device__ void backward_step_rows(const BackwardStepParams<T>& p, int64_t j, in
 #pragma unroll
       for (int r = 0; r < RB; ++r)
         if (rows[r].src) rows[r].acc = fma_rn(rows[r].src[n], wv, rows[r].acc);
+      if (chunk_ends_after(n, G)) fold_rows<T, RB>(rows, n / kSumChunk * kSumChunk);
     }
   }
 #pragma unroll
   for (int r = 0; r < RB; ++r)
-    if (live[r]) backward_finish(p, d, rows[r], j, rows[r].acc);
+    if (live[r]) backward_finish(p, d, rows[r], j, backward_dh(p, rows[r]));
 }
 
 template <typename T, int RB>
@@ -145,7 +169,7 @@ __global__ void backward_step_kernel(BackwardStepParams<T> p) {
 
 // The same step by (direction, kSliceUnits units from j0, kSliceRowGroups * RB rows from i0) blocks
 // that stage their units' columns of W_hh and their rows' da(next step) in shared memory, kSliceK
-// gate rows at a time (see forward_step_slice). A row without a chain skips the fma, never adds
+// gate rows at a time (see forward_step_slice). A row without a sum skips the fma, never adds
 // zeros. Every thread of the block calls this (it holds barriers).
 template <typename T, int RB>
 __device__ void backward_step_slice(const BackwardStepParams<T>& p, int64_t j0, int64_t i0) {
@@ -158,7 +182,7 @@ __device__ void backward_step_slice(const BackwardStepParams<T>& p, int64_t j0, 
   const int u = threadIdx.x % kSliceUnits, q = threadIdx.x / kSliceUnits;
   const int64_t j = j0 + u;
   __syncthreads();  // a previous block of work of this thread block is done with the shared arrays
-  // the rows' chain sources do not depend on the unit: any in-range j does for looking them up
+  // the rows' sum sources do not depend on the unit: any in-range j does for looking them up
   for (int rr = threadIdx.x; rr < kRows; rr += kSliceThreads)
     src_s[rr] = p.mode != BackwardMode::kCellOnly && i0 + rr < p.active
                     ? backward_row(p, d, i0 + rr, true, int64_t(0)).src
@@ -195,11 +219,13 @@ __device__ void backward_step_slice(const BackwardStepParams<T>& p, int64_t j0, 
         for (int r = 0; r < RB; ++r)
           if (rows[r].src) rows[r].acc = fma_rn(a_s[q + r * kSliceRowGroups][nn], wv, rows[r].acc);
       }
+      const int64_t last = n0 + nc - 1;  // a staged block never straddles a chunk (launch_shapes.h)
+      if (chunk_ends_after(last, G)) fold_rows<T, RB>(rows, last / kSumChunk * kSumChunk);
     }
   }
 #pragma unroll
   for (int r = 0; r < RB; ++r)
-    if (live[r]) backward_finish(p, d, rows[r], j, rows[r].acc);
+    if (live[r]) backward_finish(p, d, rows[r], j, backward_dh(p, rows[r]));
 }
 
 template <typename T, int RB>
@@ -237,15 +263,14 @@ struct HPrevRows {
   }
 };
 
-// db[n] = chain of adds over the valid rows in storage order, from 0; b_ih and b_hh get the same.
+// db[n] = the chunked add-sum over the valid rows in storage order; b_ih and b_hh get the same.
 template <typename T>
 __global__ void bias_grad_kernel(const T* da, const int64_t* valid, int64_t rows, int64_t G,
                                  T* db_ih, T* db_hh) {
   for (int64_t n = stride_start(); n < G; n += stride_step()) {
-    T acc = T(0);
-    for (int64_t v = 0; v < rows; ++v) acc = acc + da[valid[v] * G + n];
-    db_ih[n] = acc;
-    db_hh[n] = acc;
+    const T sum = chunked_sum<T>(rows, [&](int64_t v, T acc) { return acc + da[valid[v] * G + n]; });
+    db_ih[n] = sum;
+    db_hh[n] = sum;
   }
 }
 
@@ -269,6 +294,7 @@ struct BackwardScratch {
   T* dh_all[2];    // with projections: dh of every (t, b) (T, B, RH)
   T* dm_all[2];    // with projections: dm = W_hr^T dh of every (t, b) (T, B, H)
   T* m_all[2];     // with projections: the cell outputs m, for dW_hr (T, B, H)
+  T* dx_reverse;   // bidirectional: the reverse direction's part of dX (T, B, max(I, D*RH))
 };
 
 template <typename T>
@@ -280,6 +306,7 @@ BackwardScratch<T> backward_scratch(const CallDims& c, const ScratchAlloc& scrat
     for (auto& buf : s.grad_buf) buf = scratch_array<T>(scratch, rows * c.DH);
   for (int64_t d = 0; d < c.D; ++d) s.da[d] = scratch_array<T>(scratch, rows * c.G);
   s.dc = scratch_array<T>(scratch, c.D * c.B * c.H);
+  s.dx_reverse = c.D == 2 ? scratch_array<T>(scratch, rows * (c.I > c.DH ? c.I : c.DH)) : nullptr;
   for (int64_t d = 0; c.proj && d < c.D; ++d) {
     s.dh_all[d] = scratch_array<T>(scratch, rows * c.RH);
     s.dm_all[d] = scratch_array<T>(scratch, rows * c.H);
@@ -338,7 +365,7 @@ BackwardStepParams<T> step_params(const LstmBackwardArgs<T>& a, const CallDims& 
 }
 
 // Recurrence backward (phases.h): one launch per step in reverse processing order (three with
-// projections: dh, then dm = W_hr^T dh as one chain per element over q = 0 .. P-1 from 0, then the
+// projections: dh, then dm = W_hr^T dh, the chunked sum over q = 0 .. P-1, then the
 // cell). Steps no row reaches are not launched.
 template <typename T>
 void recurrence_backward(const LstmBackwardArgs<T>& a, const CallDims& c, const StepSchedule& sched,
@@ -359,7 +386,7 @@ void recurrence_backward(const LstmBackwardArgs<T>& a, const CallDims& c, const 
       const int64_t* rows = step_rows.rows + step_rows.offset(d, step);
       gemm_chain<T, false>(p.active, c.H, c.RH, Rows<const T>{s.dh_all[d], rows, c.RH, 0},
                            Rows<const T>{a.fwd.weights.w_hr[p.layer * c.D + d], nullptr, c.H, 0},
-                           Rows<T>{s.dm_all[d], rows, c.H, 0}, GemmInit::kZero,
+                           Rows<T>{s.dm_all[d], rows, c.H, 0}, GemmEpilogue::kStore,
                            static_cast<const T*>(nullptr), stream);
     }
     p.mode = BackwardMode::kCellOnly;
@@ -367,7 +394,7 @@ void recurrence_backward(const LstmBackwardArgs<T>& a, const CallDims& c, const 
   }
 }
 
-// Initial-state gradients (phases.h): dh0 = the chain over da(first step) . W_hh from 0 (a kFinal
+// Initial-state gradients (phases.h): dh0 = the chunked sum over da(first step) . W_hh (a kFinal
 // launch over every row); dc0 = what reached c_prev at the first step.
 template <typename T>
 void initial_state_gradients(const LstmBackwardArgs<T>& a, const CallDims& c,
@@ -382,8 +409,18 @@ void initial_state_gradients(const LstmBackwardArgs<T>& a, const CallDims& c,
                "copy dc0");
 }
 
-// Input gradient (phases.h): the forward direction's gate rows, then the reverse's, one chain from
-// 0. Returns where it went: dx for layer 0, else a buffer.
+// dst[r] += src[r] for the valid rows r (rows of `width`): the two directions' input gradients.
+template <typename T>
+__global__ void add_rows_kernel(T* dst, const T* src, int64_t width, const int64_t* valid,
+                                int64_t rows) {
+  for (int64_t e = stride_start(); e < rows * width; e += stride_step()) {
+    const int64_t f = valid[e / width] * width + e % width;
+    dst[f] = dst[f] + src[f];
+  }
+}
+
+// Input gradient (phases.h): dX = S_forward (+ S_reverse), each the chunked sum over its
+// direction's gate rows of da . W_ih. Returns where it went: dx for layer 0, else a buffer.
 template <typename T>
 T* input_gradient(const LstmBackwardArgs<T>& a, const CallDims& c, const DeviceSchedule& ds,
                   const BackwardLayer<T>& L, const BackwardScratch<T>& s, cudaStream_t stream) {
@@ -391,13 +428,15 @@ T* input_gradient(const LstmBackwardArgs<T>& a, const CallDims& c, const DeviceS
   for (int64_t d = 0; d < c.D; ++d)
     gemm_chain<T, false>(ds.rows, L.K, c.G, Rows<const T>{s.da[d], ds.valid, c.G, 0},
                          Rows<const T>{a.fwd.weights.w_ih[L.l * c.D + d], nullptr, L.K, 0},
-                         Rows<T>{dX, ds.valid, L.K, 0},
-                         d == 0 ? GemmInit::kZero : GemmInit::kFromC,
-                         static_cast<const T*>(nullptr), stream);
+                         Rows<T>{d == 0 ? dX : s.dx_reverse, ds.valid, L.K, 0},
+                         GemmEpilogue::kStore, static_cast<const T*>(nullptr), stream);
+  if (c.D == 2)
+    launch_kernel("add_rows_kernel", add_rows_kernel<T>, stride_grid(ds.rows * L.K, 256), 256,
+                  stream, dX, static_cast<const T*>(s.dx_reverse), L.K, ds.valid, ds.rows);
   return dX;
 }
 
-// Weight gradients (phases.h): chains over the valid (t, b) in storage order, from 0.
+// Weight gradients (phases.h): chunked sums over the valid (t, b) in storage order.
 template <typename T>
 void weight_gradients(const LstmBackwardArgs<T>& a, const CallDims& c, const DeviceSchedule& ds,
                       const BackwardLayer<T>& L, const BackwardScratch<T>& s,
@@ -407,23 +446,23 @@ void weight_gradients(const LstmBackwardArgs<T>& a, const CallDims& c, const Dev
     const int64_t w = L.l * c.D + d;
     gemm_chain<T, true>(c.G, L.K, R, Rows<const T>{s.da[d], ds.valid, c.G, 0},
                         Rows<const T>{L.X, ds.valid, L.K, 0}, Rows<T>{a.dw_ih[w], nullptr, L.K, 0},
-                        GemmInit::kZero, static_cast<const T*>(nullptr), stream);
+                        GemmEpilogue::kStore, static_cast<const T*>(nullptr), stream);
     gemm_chain<T, true>(c.G, c.RH, R, Rows<const T>{s.da[d], ds.valid, c.G, 0},
                         HPrevRows<T>{c, a.fwd.h0, L.Y, ds.valid, ds.lengths, L.l, d},
-                        Rows<T>{a.dw_hh[w], nullptr, c.RH, 0}, GemmInit::kZero,
+                        Rows<T>{a.dw_hh[w], nullptr, c.RH, 0}, GemmEpilogue::kStore,
                         static_cast<const T*>(nullptr), stream);
     if (!c.proj) continue;
-    // dW_hr[q][k] = chain over the valid (t, b) in storage order of dh[q] * m[k], from 0.
+    // dW_hr[q][k] = the chunked sum over the valid (t, b) in storage order of dh[q] * m[k].
     launch_kernel("cell_output_kernel", cell_output_kernel<T>, stride_grid(R * c.H, 256), 256,
                   stream, L.gates[d], L.cells[d], ds.valid, R, c.H, s.m_all[d]);
     gemm_chain<T, true>(c.RH, c.H, R, Rows<const T>{s.dh_all[d], ds.valid, c.RH, 0},
                         Rows<const T>{s.m_all[d], ds.valid, c.H, 0},
-                        Rows<T>{a.dw_hr[w], nullptr, c.H, 0}, GemmInit::kZero,
+                        Rows<T>{a.dw_hr[w], nullptr, c.H, 0}, GemmEpilogue::kStore,
                         static_cast<const T*>(nullptr), stream);
   }
 }
 
-// Bias gradients (phases.h): one add chain per gate row over the valid rows, for b_ih and b_hh.
+// Bias gradients (phases.h): one chunked add-sum per gate row over the valid rows, for b_ih, b_hh.
 template <typename T>
 void bias_gradients(const LstmBackwardArgs<T>& a, const CallDims& c, const DeviceSchedule& ds,
                     const BackwardLayer<T>& L, const BackwardScratch<T>& s, cudaStream_t stream) {

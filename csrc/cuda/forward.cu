@@ -1,8 +1,8 @@
 // The LSTM forward on the GPU, in the phases of csrc/common/phases.h (the same names as
 // csrc/cpu/lstm_cpu_forward.h): per layer, the input projection of every valid step as one
-// fixed-order GEMM (the head of each pre-activation chain), then one launch per step that continues
-// the chains with h_prev . W_hh^T and runs the cell (csrc/common/lstm_cell.h), both directions in
-// grid z. Same chains and same cell as the CPU kernels, so the same bits. With projections the cell's
+// fixed-order GEMM ((b_ih + b_hh) + X), then one launch per step that sums h_prev . W_hh^T and runs
+// the cell (csrc/common/lstm_cell.h) on pre + R, both directions in grid z. Same sums and same cell
+// as the CPU kernels, so the same bits. With projections the cell's
 // output m = o * tanh(c) goes to a buffer and h = W_hr m is one more fixed-order GEMM per step.
 #include "gemm_chain.cuh"
 
@@ -47,12 +47,16 @@ __device__ ForwardRow<T> forward_row(const ForwardStepParams<T>& p, int d, int64
   return row;
 }
 
-// The cell of unit j of a row whose four pre-activation chains are complete.
+// The cell of unit j of a row whose four recurrent sums R are complete: a = pre + R (rule 4), pre
+// the input projection's part in the gates row.
 template <typename T>
 __device__ void forward_finish(const ForwardStepParams<T>& p, int d, const ForwardRow<T>& row,
-                               int64_t j, const T (&acc)[4]) {
+                               int64_t j, const T (&rsum)[4]) {
   const int64_t H = p.c.H;
-  const CellState<T> st = lstm_cell_forward(acc[0], acc[1], acc[2], acc[3], row.cprev[j]);
+  T a[4];
+#pragma unroll
+  for (int g = 0; g < 4; ++g) a[g] = row.grow[g * H + j] + rsum[g];
+  const CellState<T> st = lstm_cell_forward(a[0], a[1], a[2], a[3], row.cprev[j]);
   row.grow[j] = st.i;
   row.grow[H + j] = st.f;
   row.grow[2 * H + j] = st.g;
@@ -65,9 +69,22 @@ __device__ void forward_finish(const ForwardStepParams<T>& p, int d, const Forwa
     p.y[row.out_row * p.c.DH + d * p.c.RH + j] = st.h;
 }
 
-// Thread (unit j, RB rows from i0) of direction blockIdx.z. Each of its 4*RB pre-activations
-// continues as one fma chain over k = 0 .. R-1 (ARITHMETIC.md rule 4), then the cell runs in the same
-// thread. W_hh^T and h_prev are read straight from global memory (L2).
+// Folds the RB x 4 chunk partials into the running sums and restarts the partials from +0.
+template <typename T, int RB>
+__device__ __forceinline__ void fold_partials(T (&total)[RB][4], T (&acc)[RB][4],
+                                              int64_t chunk_start) {
+#pragma unroll
+  for (int r = 0; r < RB; ++r)
+#pragma unroll
+    for (int g = 0; g < 4; ++g) {
+      total[r][g] = fold_chunk(total[r][g], acc[r][g], chunk_start);
+      acc[r][g] = T(0);
+    }
+}
+
+// Thread (unit j, RB rows from i0) of direction blockIdx.z. Each of its 4*RB recurrent sums R is the
+// chunked sum over k = 0 .. RH-1 of h_prev[k] * W_hh[n][k] (rules 3 and 4), then the cell runs in
+// the same thread. W_hh^T and h_prev are read straight from global memory (L2).
 template <typename T, int RB>
 __device__ void forward_step_rows(const ForwardStepParams<T>& p, int64_t j, int64_t i0) {
   const int d = blockIdx.z;
@@ -75,13 +92,11 @@ __device__ void forward_step_rows(const ForwardStepParams<T>& p, int64_t j, int6
   if (j >= H) return;
   ForwardRow<T> rows[RB];
   bool live[RB];
-  T acc[RB][4];
+  T acc[RB][4] = {}, total[RB][4];
 #pragma unroll
   for (int r = 0; r < RB; ++r) {
     live[r] = i0 + r < p.active;  // row i0 is always live
     rows[r] = forward_row(p, d, live[r] ? i0 + r : i0);
-#pragma unroll
-    for (int g = 0; g < 4; ++g) acc[r][g] = rows[r].grow[g * H + j];
   }
   const T* wt = pick(p.wt_hh, d) + j;
   for (int64_t k = 0; k < RH; ++k) {
@@ -94,10 +109,11 @@ __device__ void forward_step_rows(const ForwardStepParams<T>& p, int64_t j, int6
 #pragma unroll
       for (int g = 0; g < 4; ++g) acc[r][g] = fma_rn(hv, w[g], acc[r][g]);
     }
+    if (chunk_ends_after(k, RH)) fold_partials<T, RB>(total, acc, k / kSumChunk * kSumChunk);
   }
 #pragma unroll
   for (int r = 0; r < RB; ++r)
-    if (live[r]) forward_finish(p, d, rows[r], j, acc[r]);
+    if (live[r]) forward_finish(p, d, rows[r], j, total[r]);
 }
 
 template <typename T, int RB>
@@ -111,7 +127,7 @@ __global__ void forward_step_kernel(ForwardStepParams<T> p) {
 // The same step with a block per (direction, kSliceUnits units from j0, kSliceRowGroups * RB rows
 // from i0): the block stages its units' columns of W_hh^T and its rows' h_prev in shared memory,
 // kSliceK values of k at a time, so W_hh is read from L2 once per step per row block instead of once
-// per RB rows. Thread (unit u, row group q) owns rows q, q + kSliceRowGroups, ...; chains and cell as
+// per RB rows. Thread (unit u, row group q) owns rows q, q + kSliceRowGroups, ...; sums and cell as
 // above. Every thread of the block calls this (it holds barriers).
 template <typename T, int RB>
 __device__ void forward_step_slice(const ForwardStepParams<T>& p, int64_t j0, int64_t i0) {
@@ -128,14 +144,12 @@ __device__ void forward_step_slice(const ForwardStepParams<T>& p, int64_t j0, in
     hprev_s[rr] = i0 + rr < p.active ? forward_row(p, d, i0 + rr).hprev : nullptr;
   ForwardRow<T> rows[RB];
   bool live[RB];
-  T acc[RB][4];
+  T acc[RB][4] = {}, total[RB][4];
 #pragma unroll
   for (int r = 0; r < RB; ++r) {
     const int64_t i = i0 + q + r * kSliceRowGroups;
     live[r] = i < p.active && j < H;
     if (live[r]) rows[r] = forward_row(p, d, i);
-#pragma unroll
-    for (int g = 0; g < 4; ++g) acc[r][g] = live[r] ? rows[r].grow[g * H + j] : T(0);
   }
   const T* wt = pick(p.wt_hh, d);
   for (int64_t k0 = 0; k0 < RH; k0 += kSliceK) {
@@ -162,10 +176,12 @@ __device__ void forward_step_slice(const ForwardStepParams<T>& p, int64_t j0, in
         for (int g = 0; g < 4; ++g) acc[r][g] = fma_rn(hv, w[g], acc[r][g]);
       }
     }
+    const int64_t last = k0 + kc - 1;  // a staged block never straddles a chunk (launch_shapes.h)
+    if (chunk_ends_after(last, RH)) fold_partials<T, RB>(total, acc, last / kSumChunk * kSumChunk);
   }
 #pragma unroll
   for (int r = 0; r < RB; ++r)
-    if (live[r]) forward_finish(p, d, rows[r], j, acc[r]);
+    if (live[r]) forward_finish(p, d, rows[r], j, total[r]);
 }
 
 template <typename T, int RB>
@@ -191,7 +207,7 @@ void forward_step(const ForwardStepParams<T>& p, cudaStream_t stream) {
 template <typename T>
 __global__ void bias_sum_kernel(const T* b_ih, const T* b_hh, T* out, int64_t n) {
   for (int64_t e = stride_start(); e < n; e += stride_step())
-    out[e] = b_ih[e] + b_hh[e];  // the chain's head (rule 4)
+    out[e] = b_ih[e] + b_hh[e];  // (b_ih + b_hh), rule 4
 }
 
 // A final state after step len-1 (forward) or step 0 (reverse): h_n from the layer output (rows of
@@ -300,7 +316,8 @@ void layer_weights(const LstmForwardArgs<T>& a, const CallDims& c, const Forward
   }
 }
 
-// Input projection (phases.h): every valid step's x . W_ih^T, the head of each gate's chain.
+// Input projection (phases.h): every valid step's (b_ih + b_hh) + X, X the chunked sum of
+// x . W_ih^T (X alone without biases).
 template <typename T>
 void input_projection(const CallDims& c, const DeviceSchedule& ds, const ForwardLayer<T>& L,
                       const ForwardScratch<T>& s, cudaStream_t stream) {
@@ -308,14 +325,14 @@ void input_projection(const CallDims& c, const DeviceSchedule& ds, const Forward
     gemm_chain<T, false>(ds.rows, c.G, L.K, Rows<const T>{L.X, ds.valid, L.K, 0},
                          Rows<const T>{s.w[d].wt_ih, nullptr, c.G, 0},
                          Rows<T>{L.gates[d], ds.valid, c.G, 0},
-                         c.bias ? GemmInit::kVector : GemmInit::kZero,
+                         c.bias ? GemmEpilogue::kAddVector : GemmEpilogue::kStore,
                          static_cast<const T*>(s.w[d].bias), stream);
 }
 
-// The recurrence (phases.h): one launch per step in processing order, continuing every gate's chain
-// with h_prev . W_hh^T and running the cell; with projections h = W_hr m for the step's rows, one
-// chain per element over k = 0 .. H-1, from 0. Steps no row reaches are not launched: they have no
-// work, and a launch with no rows would be an empty grid.
+// The recurrence (phases.h): one launch per step in processing order: R, the chunked sum of
+// h_prev . W_hh^T, for every gate, then the cell on pre + R; with projections h = W_hr m for the
+// step's rows, the chunked sum over k = 0 .. H-1. Steps no row reaches are not launched: they have
+// no work, and a launch with no rows would be an empty grid.
 template <typename T>
 void recurrence(const LstmForwardArgs<T>& a, const CallDims& c, const StepSchedule& sched,
                 const DeviceSchedule& ds, const StepRows& step_rows, const ForwardLayer<T>& L,
@@ -341,7 +358,7 @@ void recurrence(const LstmForwardArgs<T>& a, const CallDims& c, const StepSchedu
       const int64_t* rows = step_rows.rows + step_rows.offset(d, step);
       gemm_chain<T, false>(p.active, c.RH, c.H, Rows<const T>{s.w[d].m_buf, rows, c.H, 0},
                            Rows<const T>{s.w[d].wt_hr, nullptr, c.RH, 0},
-                           Rows<T>{L.Y, rows, c.DH, d * c.RH}, GemmInit::kZero,
+                           Rows<T>{L.Y, rows, c.DH, d * c.RH}, GemmEpilogue::kStore,
                            static_cast<const T*>(nullptr), stream);
     }
   }

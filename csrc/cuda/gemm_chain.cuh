@@ -1,12 +1,13 @@
-// Fixed-order matrix product on the GPU (ARITHMETIC.md rule 3), the CUDA twin of
-// csrc/cpu/gemm_chain.h, with the same contract:
+// Fixed-order matrix product on the GPU (ARITHMETIC.md rule 3, csrc/common/chunked_sum.h), the
+// CUDA twin of csrc/cpu/gemm_chain.h, with the same contract:
 //
-// C[m][n] = init(m, n) + sum over p = 0 .. P-1 of A(m, p) * B(p, n), each element ONE chain of
-// fma in ascending p, started from init. A thread owns a TM x TN patch of C for the whole reduction;
-// the P-tiles are visited in order and a tile's inner loop stops at P (a position past the end is
-// never added as a zero). Tile and patch sizes decide only which thread computes which element, so
-// the bits match the CPU's for any BM/BN/TM/TN and any grid. Like any GEMM without split-K, which
-// this contract rules out, each element is a sequential chain anyway.
+// C[m][n] = epilogue(S(m, n)), S the chunked sum over p = 0 .. P-1 of A(m, p) * B(p, n): chunks of
+// kSumChunk p, each one chain of fma from +0 in ascending p, the partials left-folded; the epilogue
+// stores S or v[n] + S. A thread owns a TM x TN patch of C for the whole reduction, keeping each
+// element's chunk partial and running fold in registers; the P-tiles (kGemmBK, a divisor of the
+// chunk) are visited in order and a tile's inner loop stops at P (a position past the end is never
+// added as a zero). Tile and patch sizes decide only which thread computes which element, so the
+// bits match the CPU's for any BM/BN/TM/TN and any grid.
 #pragma once
 
 #include "kernels_common.cuh"
@@ -15,13 +16,14 @@ namespace detlstm {
 namespace cuda {
 
 constexpr int kGemmBK = 16;
+static_assert(kSumChunk % kGemmBK == 0, "a chunk must end on a P-tile boundary");
 
 // The BM x BN tile of C at (m0, n0). Every thread of the block calls this (it holds barriers); it
 // ends on a barrier, so the block can go on to another tile with the same shared arrays.
 template <typename T, bool kACols, int BM, int BN, int TM, int TN, class ARows, class BRows,
           class CRows>
 __device__ void gemm_chain_tile(int64_t M, int64_t N, int64_t P, const ARows& a, const BRows& b,
-                                const CRows& c, GemmInit init, const T* init_vec, int64_t m0,
+                                const CRows& c, GemmEpilogue epilogue, const T* vec, int64_t m0,
                                 int64_t n0) {
   constexpr int kThreads = (BM / TM) * (BN / TN);
   // 16-byte aligned rows, so a patch's TM (TN) consecutive values load as vectors
@@ -30,20 +32,11 @@ __device__ void gemm_chain_tile(int64_t M, int64_t N, int64_t P, const ARows& a,
   const int tid = threadIdx.x;
   const int tx = tid % (BN / TN), ty = tid / (BN / TN);
 
-  T acc[TM][TN];
+  T acc[TM][TN], total[TM][TN];
 #pragma unroll
-  for (int i = 0; i < TM; ++i) {
+  for (int i = 0; i < TM; ++i)
 #pragma unroll
-    for (int j = 0; j < TN; ++j) {
-      const int64_t m = m0 + ty * TM + i, n = n0 + tx * TN + j;
-      T v = T(0);
-      if (m < M && n < N) {
-        if (init == GemmInit::kVector) v = init_vec[n];
-        else if (init == GemmInit::kFromC) v = c(m)[n];
-      }
-      acc[i][j] = v;
-    }
-  }
+    for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
 
   for (int64_t k0 = 0; k0 < P; k0 += kGemmBK) {
     for (int e = tid; e < BM * kGemmBK; e += kThreads) {
@@ -77,6 +70,16 @@ __device__ void gemm_chain_tile(int64_t M, int64_t N, int64_t P, const ARows& a,
         for (int j = 0; j < TN; ++j) acc[i][j] = fma_rn(av[i], bv[j], acc[i][j]);
     }
     __syncthreads();
+    if (chunk_ends_after(k0 + kmax - 1, P)) {  // fold the chunk's partial, start the next from +0
+      const int64_t chunk_start = (k0 + kmax - 1) / kSumChunk * kSumChunk;
+#pragma unroll
+      for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) {
+          total[i][j] = fold_chunk(total[i][j], acc[i][j], chunk_start);
+          acc[i][j] = T(0);
+        }
+    }
   }
 
 #pragma unroll
@@ -87,7 +90,7 @@ __device__ void gemm_chain_tile(int64_t M, int64_t N, int64_t P, const ARows& a,
 #pragma unroll
     for (int j = 0; j < TN; ++j) {
       const int64_t n = n0 + tx * TN + j;
-      if (n < N) row[n] = acc[i][j];
+      if (n < N) row[n] = epilogue == GemmEpilogue::kAddVector ? vec[n] + total[i][j] : total[i][j];
     }
   }
 }
@@ -96,48 +99,48 @@ __device__ void gemm_chain_tile(int64_t M, int64_t N, int64_t P, const ARows& a,
 template <typename T, bool kACols, int BM, int BN, int TM, int TN, class ARows, class BRows,
           class CRows>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN))
-    gemm_chain_kernel(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows c, GemmInit init,
-                      const T* init_vec) {
+    gemm_chain_kernel(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows c,
+                      GemmEpilogue epilogue, const T* vec) {
   for_each_work_block(ceil_div(N, BN), ceil_div(M, BM), [&](int64_t bx, int64_t by) {
-    gemm_chain_tile<T, kACols, BM, BN, TM, TN>(M, N, P, a, b, c, init, init_vec, by * BM, bx * BN);
+    gemm_chain_tile<T, kACols, BM, BN, TM, TN>(M, N, P, a, b, c, epilogue, vec, by * BM, bx * BN);
   });
 }
 
 template <typename T, bool kACols, int BM, int BN, int TM, int TN, class ARows, class BRows,
           class CRows>
-void launch_gemm_tiles(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows c, GemmInit init,
-                       const T* init_vec, cudaStream_t stream) {
+void launch_gemm_tiles(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows c,
+                       GemmEpilogue epilogue, const T* vec, cudaStream_t stream) {
   const dim3 grid = capped_grid(ceil_div(N, BN), ceil_div(M, BM));
   launch_kernel("gemm_chain_kernel",
                 gemm_chain_kernel<T, kACols, BM, BN, TM, TN, ARows, BRows, CRows>, grid,
-                (BM / TM) * (BN / TN), stream, M, N, P, a, b, c, init, init_vec);
+                (BM / TM) * (BN / TN), stream, M, N, P, a, b, c, epilogue, vec);
 }
 
-// C = init + A . B over the rows the providers name. M, N, P >= 1.
+// C = epilogue(A . B) over the rows the providers name. M, N, P >= 1.
 template <typename T, bool kACols, class ARows, class BRows, class CRows>
-void gemm_chain(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows c, GemmInit init,
-                const T* init_vec, cudaStream_t stream) {
+void gemm_chain(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows c, GemmEpilogue epilogue,
+                const T* vec, cudaStream_t stream) {
   if (M <= 0 || N <= 0) return;
   // GemmTiles::kAuto: large float products get 128x128 tiles of 8x8 patches, twice the fma per
   // shared-memory load of 4x4 patches (64 per 16 values instead of 16 per 8). Small ones, and float64
   // (whose 8x8 patch would take 128 registers of accumulators), keep 64x64 tiles of 4x4.
   switch (launch_shape().gemm) {
     case GemmTiles::k32x32:
-      launch_gemm_tiles<T, kACols, 32, 32, 4, 4>(M, N, P, a, b, c, init, init_vec, stream);
+      launch_gemm_tiles<T, kACols, 32, 32, 4, 4>(M, N, P, a, b, c, epilogue, vec, stream);
       return;
     case GemmTiles::k64x32:
-      launch_gemm_tiles<T, kACols, 64, 32, 4, 4>(M, N, P, a, b, c, init, init_vec, stream);
+      launch_gemm_tiles<T, kACols, 64, 32, 4, 4>(M, N, P, a, b, c, epilogue, vec, stream);
       return;
     case GemmTiles::kAuto:
       break;
   }
   if constexpr (sizeof(T) == 4) {
     if (M >= 128 && N >= 128) {
-      launch_gemm_tiles<T, kACols, 128, 128, 8, 8>(M, N, P, a, b, c, init, init_vec, stream);
+      launch_gemm_tiles<T, kACols, 128, 128, 8, 8>(M, N, P, a, b, c, epilogue, vec, stream);
       return;
     }
   }
-  launch_gemm_tiles<T, kACols, 64, 64, 4, 4>(M, N, P, a, b, c, init, init_vec, stream);
+  launch_gemm_tiles<T, kACols, 64, 64, 4, 4>(M, N, P, a, b, c, epilogue, vec, stream);
 }
 
 }  // namespace cuda

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/chunked_sum.h"
 #include "../common/layout.h"
 #include "../common/lstm_cell.h"
 #include "../common/schedule.h"
@@ -91,7 +92,10 @@ __device__ __forceinline__ void for_each_work_block(int64_t nx, int64_t ny, Body
 }
 
 using ::detlstm::CallDims;
-using ::detlstm::GemmInit;
+using ::detlstm::GemmEpilogue;
+using ::detlstm::chunk_ends_after;
+using ::detlstm::fold_chunk;
+using ::detlstm::kSumChunk;
 using ::detlstm::StepSchedule;
 using ::detlstm::c_prev_of;
 using ::detlstm::h_prev_of;

@@ -18,6 +18,8 @@ constexpr int kSliceRowGroups = 32;
 constexpr int kSliceThreads = kSliceUnits * kSliceRowGroups;
 constexpr int kSliceK = 32;
 constexpr int kSliceRowsPerThread = 2;  // shared memory: float64 at 2 rows takes ~26 KB of 48
+// A staged block of the chain's index must not straddle a chunk of the chunked sums (chunked_sum.h).
+static_assert(64 % kSliceK == 0, "kSliceK must divide the sums' chunk length");
 
 enum class StepKernel {
   kSlice,    // a block per (units, rows) stages W_hh's columns and the rows in shared memory
