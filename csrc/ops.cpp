@@ -123,17 +123,20 @@ at::Tensor philox4x32_10_cpu(const at::Tensor& counters_, int64_t key0, int64_t 
 
 }  // namespace
 
+// proj_size has no default on purpose: the dispatcher drops a trailing argument equal to its default,
+// and torch 2.11's autograd wrapper then wants one gradient fewer than the formula returns (seen on
+// the first GPU run of this schema). Every caller passes it.
 TORCH_LIBRARY(detlstm, m) {
   m.def(
       "lstm_forward(Tensor input, Tensor lengths, Tensor h0, Tensor c0, Tensor[] weights, "
       "bool has_biases, int num_layers, bool bidirectional, float dropout, bool train, "
-      "Tensor seed, int proj_size=0) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor layer_out, "
+      "Tensor seed, int proj_size) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor layer_out, "
       "Tensor gates, Tensor cells)");
   m.def(
       "lstm_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, "
       "Tensor lengths, Tensor h0, Tensor c0, Tensor[] weights, Tensor output, Tensor layer_out, "
       "Tensor gates, Tensor cells, bool has_biases, int num_layers, bool bidirectional, "
-      "float dropout, bool train, Tensor seed, int proj_size=0) -> (Tensor grad_input, "
+      "float dropout, bool train, Tensor seed, int proj_size) -> (Tensor grad_input, "
       "Tensor grad_h0, Tensor grad_c0, Tensor[] grad_weights)");
   m.def("canonical_unary(Tensor x, str fn) -> Tensor");
   m.def("philox4x32_10(Tensor counters, int key0, int key1) -> Tensor");

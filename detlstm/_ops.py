@@ -21,7 +21,7 @@ ops = torch.ops.detlstm
 
 @torch.library.register_fake("detlstm::lstm_forward")
 def _lstm_forward_fake(input, lengths, h0, c0, weights, has_biases, num_layers, bidirectional,
-                       dropout, train, seed, proj_size=0):
+                       dropout, train, seed, proj_size):
     steps, batch, _ = input.shape
     hidden, real_hidden = c0.shape[-1], h0.shape[-1]  # real_hidden: proj_size with projections
     directions = 2 if bidirectional else 1
@@ -38,7 +38,7 @@ def _lstm_forward_fake(input, lengths, h0, c0, weights, has_biases, num_layers, 
 @torch.library.register_fake("detlstm::lstm_backward")
 def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, input, lengths, h0, c0, weights, output,
                         layer_out, gates, cells, has_biases, num_layers, bidirectional, dropout,
-                        train, seed, proj_size=0):
+                        train, seed, proj_size):
     return (
         torch.empty_like(input, memory_format=torch.contiguous_format),
         torch.empty_like(h0, memory_format=torch.contiguous_format),

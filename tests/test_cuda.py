@@ -178,7 +178,7 @@ def test_opcheck_on_cuda():
     args = (torch.randn(5, 3, 3, generator=g).cuda().requires_grad_(), torch.tensor([5, 2, 4]),
             torch.zeros(4, 3, 4).cuda().requires_grad_(), torch.zeros(4, 3, 4).cuda().requires_grad_(),
             [w.detach().cuda().requires_grad_() for w in model._flat_weights], True, 2, True, 0.5,
-            True, torch.tensor(5))
+            True, torch.tensor(5), 0)
     torch.library.opcheck(torch.ops.detlstm.lstm_forward.default, args)
 
 
