@@ -14,7 +14,12 @@ Shapes:
   bi2-uneven 2 layers, bidirectional, T=50, B=32, I=H=256, lengths uniform in [10, 50] (one at 50), as a
              PackedSequence; random gradients on output, h_n and c_n.
 
-Usage: python -m bench.accuracy [--shapes fastrnns,bi2-uneven]
+The fold study (--fold-study) isolates the summation: a (6400 x 128)^T (6400 x 128) product of
+float32 data with a same-sign bias (like a weight gradient's large elements), summed by torch's
+sgemm (MKL/oneDNN), by v2's chunks of 64 left-folded, by chunks of 256 left-folded, and by chunks
+of 64 folded pairwise; each chain emulated one rounded fma at a time in numpy.
+
+Usage: python -m bench.accuracy [--shapes fastrnns,bi2-uneven] [--fold-study]
 """
 
 import argparse
@@ -167,10 +172,60 @@ def markdown(shape: Shape, rows):
     return "\n".join(lines)
 
 
+def _chunk_partials(a, b, chunk):
+    """The chunk partials of a^T b: each chunk one chain of rounded fmas from +0 (a*b is exact in
+    float64; the add is rounded to float64, then float32: a double rounding, rare, fine for a study)."""
+    import numpy as np
+
+    parts = []
+    for lo in range(0, a.shape[0], chunk):
+        acc = np.zeros((a.shape[1], b.shape[1]), np.float32)
+        for p in range(lo, min(lo + chunk, a.shape[0])):
+            acc = (np.outer(a[p], b[p]).astype(np.float64) + acc).astype(np.float32)
+        parts.append(acc)
+    return parts
+
+
+def _fold(parts, pairwise):
+    import numpy as np
+
+    if not pairwise:
+        total = parts[0]
+        for p in parts[1:]:
+            total = (total + p).astype(np.float32)
+        return total
+    while len(parts) > 1:
+        parts = [(parts[i] + parts[i + 1]).astype(np.float32) if i + 1 < len(parts) else parts[i]
+                 for i in range(0, len(parts), 2)]
+    return parts[0]
+
+
+def fold_study(rows=6400, width=128, seed=1):
+    """Markdown table: max and median error against float64 of four ways to sum the same product."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    a = (rng.standard_normal((rows, width)) * 0.05 + 0.03).astype(np.float32)
+    b = (rng.standard_normal((rows, width)) + 0.5).astype(np.float32)
+    exact = a.astype(np.float64).T @ b.astype(np.float64)
+    scale = np.abs(exact).max()
+    ways = {"torch sgemm (CPU BLAS)": (torch.from_numpy(a).T @ torch.from_numpy(b)).numpy(),
+            "chunks of 64, left fold (contract v2)": _fold(_chunk_partials(a, b, 64), False),
+            "chunks of 256, left fold": _fold(_chunk_partials(a, b, 256), False),
+            "chunks of 64, pairwise fold": _fold(_chunk_partials(a, b, 64), True)}
+    lines = [f"### Fold study: ({rows} x {width})^T ({rows} x {width}), same-sign bias, float32", "",
+             "| summation | max error | median error |", "|---|---:|---:|"]
+    for name, result in ways.items():
+        e = np.abs(result.astype(np.float64) - exact) / scale
+        lines.append(f"| {name} | {e.max():.2e} | {np.median(e):.2e} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench.accuracy", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated: {', '.join(SHAPES)}")
+    p.add_argument("--fold-study", action="store_true", help="also the summation study (~10 s)")
     args = p.parse_args(argv)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, detlstm "
           f"{detlstm.__version__}, CPU\n")
@@ -181,6 +236,8 @@ def main(argv=None):
         all_ok &= all(r.ok for r in rows)
         print(markdown(shape, rows))
         print()
+    if args.fold_study:
+        print(fold_study())
     return 0 if all_ok else 1
 
 
