@@ -51,7 +51,7 @@ BackwardLayer<T> backward_layer(const LstmForwardArgs<T>& f, const math::CallDim
   return L;
 }
 
-// W_hh rows (4H of RH: the dh chain runs over gate rows) and W_hr rows, per direction.
+// W_hh rows (4H of RH: the dh sum runs over gate rows) and W_hr rows, per direction.
 template <typename T>
 struct BackwardOperands {
   std::vector<const T*> hh_rows, hr_rows;

@@ -234,7 +234,7 @@ void launch_final_state(const int64_t* lengths, const T* fwd, const T* rev, int6
 }
 
 // One direction's weights as the kernels read them (call scratch): W_ih^T (K, 4H), W_hh^T (RH, 4H),
-// W_hr^T (H, RH), the chains' head b_ih + b_hh, and with projections the cell outputs m (T, B, H).
+// W_hr^T (H, RH), b_ih + b_hh, and with projections the cell outputs m (T, B, H).
 template <typename T>
 struct DirectionWeights {
   T* wt_ih;

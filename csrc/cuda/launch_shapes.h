@@ -12,7 +12,7 @@ namespace detlstm {
 namespace cuda {
 
 // Blocks of the "slice" step kernels: kSliceUnits units x kSliceRowGroups row groups of threads,
-// staging kSliceK values of the chain's index in shared memory at a time.
+// staging kSliceK values of the summed index in shared memory at a time.
 constexpr int kSliceUnits = 8;
 constexpr int kSliceRowGroups = 32;
 constexpr int kSliceThreads = kSliceUnits * kSliceRowGroups;
