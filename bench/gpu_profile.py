@@ -10,8 +10,10 @@ Floors, per forward + backward call (the backward does twice the forward's produ
 - memory: the activations the forward writes and the backward reads back (gates 4H, cells H,
   output R per valid token, layer and direction), the input and its gradient, the weights and their
   gradients, once each, over the measured device-to-device copy rate;
-- latency: each step's chains depend on the step before: steps x layers x (R fma for the forward,
-  4H for the backward) x the fma latency (4 cycles) at the clock. Nothing runs faster than the largest.
+- latency: each step's sums depend on the step before. With ARITHMETIC.md v2's chunked sums a sum
+  of n terms is at best one 64-term fma chain (chunks in parallel) and a fold of ceil(n/64) - 1 adds:
+  steps x layers x (that for R terms forward, and for 4H terms backward) x the fma/add latency (4
+  cycles) at the clock. Nothing runs faster than the largest.
 On the CPU (`--device cpu`) the same table lists CPU operators; that mode exists to test the script.
 """
 
@@ -78,7 +80,10 @@ def floors_ms(spec, tokens, flop_rate, byte_rate, clock_hz):
         params += D * (4 * H * (K + R) + 8 * H)
     activations = tokens * spec.layers * D * (4 * H + H + R)
     byte_count = 4 * (2 * activations + 2 * tokens * spec.input + 2 * params)
-    latency = spec.T * spec.layers * (R + 4 * H) * FMA_LATENCY_CYCLES / clock_hz
+    def depth(n):  # a chunked sum's dependent operations: one chunk's chain, then the fold
+        return min(n, 64) + (n + 63) // 64 - 1
+
+    latency = spec.T * spec.layers * (depth(R) + depth(4 * H)) * FMA_LATENCY_CYCLES / clock_hz
     return {"arithmetic": 1e3 * flops / flop_rate, "memory": 1e3 * byte_count / byte_rate,
             "latency": 1e3 * latency}
 

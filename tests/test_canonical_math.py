@@ -105,8 +105,14 @@ def test_cpu_builds_agree_bitwise():
     _, projected = make_pair(19, 37, num_layers=2, bidirectional=True, dropout=0.5, proj_size=5)
     model.train()
     projected.train()
+    # sums longer than the CPU GEMM's 256-term reduction slices, with outputs wide enough for the
+    # vector kernel: 300 inputs (the input projection), 24 x 16 steps with 330 valid rows (the
+    # weight gradients, the column-mode products), 4H = 80 gate columns
+    _, wide = make_pair(300, 20, num_layers=2, bidirectional=True)
     g = torch.Generator().manual_seed(3)
     inp = torch.randn(9, 7, 19, generator=g)
+    wide_inp = torch.randn(24, 16, 300, generator=g)
+    wide_lengths = [24] * 12 + [20, 9, 4, 1]
     results = {}
     try:
         for variant in ("avx2", "generic"):
@@ -116,6 +122,8 @@ def test_cpu_builds_agree_bitwise():
             for m in (model, projected):
                 results[variant] += forward_backward(m, "lengths", inp, None, [9, 3, 7, 1, 9, 4, 6],
                                                      loss_seed=123, dropout_seed=11)
+            results[variant] += forward_backward(wide, "lengths", wide_inp, None, wide_lengths,
+                                                 loss_seed=5)
     finally:
         detlstm.set_cpu_variant("default")
     assert_results_equal(results["avx2"], results["generic"], "avx2 vs generic")

@@ -31,6 +31,17 @@ DETLSTM_HD bool chunk_ends_after(int64_t k, int64_t n) {
   return (k + 1) % kSumChunk == 0 || k + 1 == n;
 }
 
+// The index of the first term of the chunk that holds term k.
+DETLSTM_HD int64_t chunk_start(int64_t k) { return k / kSumChunk * kSumChunk; }
+
+// At the end of the chunk holding term k: folds its partial `acc` into `total` and restarts `acc`
+// from +0 for the next chunk.
+template <typename T>
+DETLSTM_HD void fold_and_restart(T& total, T& acc, int64_t k) {
+  total = fold_chunk(total, acc, chunk_start(k));
+  acc = T(0);
+}
+
 // The chunked sum of n terms for scalar code: step(k, acc) returns acc continued with term k (an fma
 // for a product, an add for a plain sum). n >= 1.
 template <typename T, class Step>

@@ -30,6 +30,7 @@ ForwardLayer<T> forward_layer(const LstmForwardArgs<T>& a, const math::CallDims&
     dw.wt_hh = transposed(a.weights.w_hh[w], c.G, c.RH);
     if (c.proj) dw.wt_hr = transposed(a.weights.w_hr[w], c.RH, c.H);
     if (c.bias) {
+      DenormalGuard guard;  // this add runs on the calling thread: keep its subnormals too
       dw.bias.resize(static_cast<size_t>(c.G));
       for (int64_t n = 0; n < c.G; ++n) dw.bias[n] = a.weights.b_ih[w][n] + a.weights.b_hh[w][n];
     }

@@ -44,15 +44,12 @@ struct BackwardRow {
   T total;    // the fold of S's finished chunks
 };
 
-// Folds every summing row's chunk partial into its running sum and restarts it from +0.
+// At the end of the chunk holding term k: every summing row folds its partial.
 template <typename T, int RB>
-__device__ __forceinline__ void fold_rows(BackwardRow<T> (&rows)[RB], int64_t chunk_start) {
+__device__ __forceinline__ void fold_rows(BackwardRow<T> (&rows)[RB], int64_t k) {
 #pragma unroll
   for (int r = 0; r < RB; ++r)
-    if (rows[r].src) {
-      rows[r].total = fold_chunk(rows[r].total, rows[r].acc, chunk_start);
-      rows[r].acc = T(0);
-    }
+    if (rows[r].src) fold_and_restart(rows[r].total, rows[r].acc, k);
 }
 
 // The row's dh once its sum is complete (rule 8): dh0 = S (kFinal), dh = dy + S where the row goes
@@ -151,7 +148,7 @@ __device__ void backward_step_rows(const BackwardStepParams<T>& p, int64_t j, in
 #pragma unroll
       for (int r = 0; r < RB; ++r)
         if (rows[r].src) rows[r].acc = fma_rn(rows[r].src[n], wv, rows[r].acc);
-      if (chunk_ends_after(n, G)) fold_rows<T, RB>(rows, n / kSumChunk * kSumChunk);
+      if (chunk_ends_after(n, G)) fold_rows<T, RB>(rows, n);
     }
   }
 #pragma unroll
@@ -220,7 +217,7 @@ __device__ void backward_step_slice(const BackwardStepParams<T>& p, int64_t j0, 
           if (rows[r].src) rows[r].acc = fma_rn(a_s[q + r * kSliceRowGroups][nn], wv, rows[r].acc);
       }
       const int64_t last = n0 + nc - 1;  // a staged block never straddles a chunk (launch_shapes.h)
-      if (chunk_ends_after(last, G)) fold_rows<T, RB>(rows, last / kSumChunk * kSumChunk);
+      if (chunk_ends_after(last, G)) fold_rows<T, RB>(rows, last);
     }
   }
 #pragma unroll

@@ -69,17 +69,13 @@ __device__ void forward_finish(const ForwardStepParams<T>& p, int d, const Forwa
     p.y[row.out_row * p.c.DH + d * p.c.RH + j] = st.h;
 }
 
-// Folds the RB x 4 chunk partials into the running sums and restarts the partials from +0.
+// At the end of the chunk holding term k: every one of the RB x 4 sums folds its partial.
 template <typename T, int RB>
-__device__ __forceinline__ void fold_partials(T (&total)[RB][4], T (&acc)[RB][4],
-                                              int64_t chunk_start) {
+__device__ __forceinline__ void fold_partials(T (&total)[RB][4], T (&acc)[RB][4], int64_t k) {
 #pragma unroll
   for (int r = 0; r < RB; ++r)
 #pragma unroll
-    for (int g = 0; g < 4; ++g) {
-      total[r][g] = fold_chunk(total[r][g], acc[r][g], chunk_start);
-      acc[r][g] = T(0);
-    }
+    for (int g = 0; g < 4; ++g) fold_and_restart(total[r][g], acc[r][g], k);
 }
 
 // Thread (unit j, RB rows from i0) of direction blockIdx.z. Each of its 4*RB recurrent sums R is the
@@ -109,7 +105,7 @@ __device__ void forward_step_rows(const ForwardStepParams<T>& p, int64_t j, int6
 #pragma unroll
       for (int g = 0; g < 4; ++g) acc[r][g] = fma_rn(hv, w[g], acc[r][g]);
     }
-    if (chunk_ends_after(k, RH)) fold_partials<T, RB>(total, acc, k / kSumChunk * kSumChunk);
+    if (chunk_ends_after(k, RH)) fold_partials<T, RB>(total, acc, k);
   }
 #pragma unroll
   for (int r = 0; r < RB; ++r)
@@ -177,7 +173,7 @@ __device__ void forward_step_slice(const ForwardStepParams<T>& p, int64_t j0, in
       }
     }
     const int64_t last = k0 + kc - 1;  // a staged block never straddles a chunk (launch_shapes.h)
-    if (chunk_ends_after(last, RH)) fold_partials<T, RB>(total, acc, last / kSumChunk * kSumChunk);
+    if (chunk_ends_after(last, RH)) fold_partials<T, RB>(total, acc, last);
   }
 #pragma unroll
   for (int r = 0; r < RB; ++r)

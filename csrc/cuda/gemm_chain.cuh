@@ -71,14 +71,10 @@ __device__ void gemm_chain_tile(int64_t M, int64_t N, int64_t P, const ARows& a,
     }
     __syncthreads();
     if (chunk_ends_after(k0 + kmax - 1, P)) {  // fold the chunk's partial, start the next from +0
-      const int64_t chunk_start = (k0 + kmax - 1) / kSumChunk * kSumChunk;
 #pragma unroll
       for (int i = 0; i < TM; ++i)
 #pragma unroll
-        for (int j = 0; j < TN; ++j) {
-          total[i][j] = fold_chunk(total[i][j], acc[i][j], chunk_start);
-          acc[i][j] = T(0);
-        }
+        for (int j = 0; j < TN; ++j) fold_and_restart(total[i][j], acc[i][j], k0 + kmax - 1);
     }
   }
 

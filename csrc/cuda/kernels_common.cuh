@@ -94,6 +94,7 @@ __device__ __forceinline__ void for_each_work_block(int64_t nx, int64_t ny, Body
 using ::detlstm::CallDims;
 using ::detlstm::GemmEpilogue;
 using ::detlstm::chunk_ends_after;
+using ::detlstm::fold_and_restart;
 using ::detlstm::fold_chunk;
 using ::detlstm::kSumChunk;
 using ::detlstm::StepSchedule;

@@ -41,7 +41,8 @@ struct LaunchShape {
 };
 
 // Measured on an H100 (bench/GPU_NOTES.md, 2026-11-23): the slice kernels are the fastest at the
-// tagger, large and stream shapes, so they are the default.
+// large and stream shapes and, under the arithmetic v2, at tagger too (under v1 shape 1 was faster
+// there), so they are the default.
 constexpr LaunchShape kLaunchShapes[] = {
     {"slice", StepKernel::kSlice, kSliceThreads, kSliceRowsPerThread, GemmTiles::kAuto},
     {"unit x 1 row, 32 threads", StepKernel::kPerUnit, 32, 1, GemmTiles::k32x32},
