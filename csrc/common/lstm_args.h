@@ -74,12 +74,9 @@ struct LstmBackwardArgs {
   std::vector<T*> dw_ih, dw_hh, db_ih, db_hh, dw_hr;
 };
 
-// Width of h (proj_size with projections, else hidden_size) and of a layer's input.
+// Width of h: proj_size with projections, else hidden_size.
 inline int64_t real_hidden_size(const LstmShape& s) {
   return s.proj_size > 0 ? s.proj_size : s.hidden_size;
-}
-inline int64_t layer_input_size(const LstmShape& s, int64_t layer) {
-  return layer == 0 ? s.input_size : s.directions * real_hidden_size(s);
 }
 
 // Layer l's output: the call's output for the last layer, else its slice of layer_out.

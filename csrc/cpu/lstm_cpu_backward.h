@@ -226,7 +226,7 @@ void initial_state_gradients(const LstmBackwardArgs<T>& a, const math::CallDims&
   gemm_chain<T, false>(groups, c.RH, c.G, parallel_for);
   for (int64_t d = 0; d < c.D; ++d)
     std::copy(buf.dc.begin() + d * c.B * c.H, buf.dc.begin() + (d + 1) * c.B * c.H,
-              a.dc0 + (L.l * c.D + d) * c.B * c.H);
+              a.dc0 + c.state_row(L.l, d, 0) * c.H);
 }
 
 // Input gradient (phases.h): dX = S_forward (+ S_reverse), each the chunked sum over its

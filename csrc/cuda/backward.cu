@@ -401,7 +401,7 @@ void initial_state_gradients(const LstmBackwardArgs<T>& a, const CallDims& c,
   p.mode = BackwardMode::kFinal;
   backward_step(p, stream);
   for (int64_t d = 0; d < c.D; ++d)
-    check_cuda(cudaMemcpyAsync(a.dc0 + (p.layer * c.D + d) * c.B * c.H, p.dc + d * c.B * c.H,
+    check_cuda(cudaMemcpyAsync(a.dc0 + c.state_row(p.layer, d, 0) * c.H, p.dc + d * c.B * c.H,
                                c.B * c.H * sizeof(T), cudaMemcpyDeviceToDevice, stream),
                "copy dc0");
 }

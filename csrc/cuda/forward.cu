@@ -209,24 +209,24 @@ __global__ void bias_sum_kernel(const T* b_ih, const T* b_hh, T* out, int64_t n)
 // A final state after step len-1 (forward) or step 0 (reverse): h_n from the layer output (rows of
 // D*width, this direction's slice at d*width), c_n from the cells (rows of width).
 template <typename T>
-__global__ void final_state_kernel(const int64_t* lengths, const T* src_fwd, const T* src_rev,
-                                   int64_t row_width, int64_t width, bool sliced, T* dst,
-                                   int64_t layer, int64_t D, int64_t B) {
-  for (int64_t e = stride_start(); e < D * B * width; e += stride_step()) {
-    const int64_t d = e / (B * width), b = (e / width) % B, j = e % width;
+__global__ void final_state_kernel(CallDims c, const int64_t* lengths, const T* src_fwd,
+                                   const T* src_rev, int64_t row_width, int64_t width, bool sliced,
+                                   T* dst, int64_t layer) {
+  for (int64_t e = stride_start(); e < c.D * c.B * width; e += stride_step()) {
+    const int64_t d = e / (c.B * width), b = (e / width) % c.B, j = e % width;
     const int64_t t = d == 0 ? lengths[b] - 1 : 0;
     const T* src = d == 0 ? src_fwd : src_rev;
-    dst[((layer * D + d) * B + b) * width + j] =
-        src[(t * B + b) * row_width + (sliced ? d * width : 0) + j];
+    dst[c.state_row(layer, d, b) * width + j] =
+        src[c.row(t, b) * row_width + (sliced ? d * width : 0) + j];
   }
 }
 
 template <typename T>
-void launch_final_state(const int64_t* lengths, const T* fwd, const T* rev, int64_t row_width,
-                        int64_t width, bool sliced, T* dst, int64_t layer, int64_t D, int64_t B,
+void launch_final_state(const CallDims& c, const int64_t* lengths, const T* fwd, const T* rev,
+                        int64_t row_width, int64_t width, bool sliced, T* dst, int64_t layer,
                         cudaStream_t stream) {
-  launch_kernel("final_state_kernel", final_state_kernel<T>, stride_grid(D * B * width, 256), 256,
-                stream, lengths, fwd, rev, row_width, width, sliced, dst, layer, D, B);
+  launch_kernel("final_state_kernel", final_state_kernel<T>, stride_grid(c.D * c.B * width, 256),
+                256, stream, c, lengths, fwd, rev, row_width, width, sliced, dst, layer);
 }
 
 // One direction's weights as the kernels read them (call scratch): W_ih^T (K, 4H), W_hh^T (RH, 4H),
@@ -364,9 +364,9 @@ void recurrence(const LstmForwardArgs<T>& a, const CallDims& c, const StepSchedu
 template <typename T>
 void final_states(const LstmForwardArgs<T>& a, const CallDims& c, const DeviceSchedule& ds,
                   const ForwardLayer<T>& L, cudaStream_t stream) {
-  launch_final_state<T>(ds.lengths, L.Y, L.Y, c.DH, c.RH, true, a.h_n, L.l, c.D, c.B, stream);
-  launch_final_state<T>(ds.lengths, L.cells[0], L.cells[c.D - 1], c.H, c.H, false, a.c_n, L.l, c.D,
-                        c.B, stream);
+  launch_final_state<T>(c, ds.lengths, L.Y, L.Y, c.DH, c.RH, true, a.h_n, L.l, stream);
+  launch_final_state<T>(c, ds.lengths, L.cells[0], L.cells[c.D - 1], c.H, c.H, false, a.c_n, L.l,
+                        stream);
 }
 
 template <typename T>
