@@ -11,6 +11,9 @@ BUILT := $(VENV)/.detlstm-built
 LINT_TOOLS := $(VENV)/.lint-tools-installed
 RUFF_SPEC ?= ruff==0.17.6
 LIZARD_SPEC ?= lizard==1.24.3
+# Optional extras the tests exercise (ONNX export checked with onnxruntime); users need them only to export.
+ONNX_SPECS ?= onnx==1.23.2 onnxscript==0.7.2 onnxruntime==1.32.0
+TEST_EXTRAS := $(VENV)/.test-extras-installed
 MAX_NLOC ?= 80
 # Files named on lizard's command line are always read (an unknown extension as C/C++), but its walk
 # of a folder keeps only the extensions it knows, and .cu/.cuh are not among them: so name every file.
@@ -23,7 +26,7 @@ SOURCES := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
 demo: $(BUILT)
 	$(PY) -m detlstm
 
-test: lint $(BUILT)
+test: lint $(BUILT) $(TEST_EXTRAS)
 	$(PY) -m pytest -q tests
 
 # Both checks always run (each one's findings are shown); the target fails if either does. Only the
@@ -58,6 +61,10 @@ $(LINT_TOOLS): $(DEPS)
 
 # The extension compiles against the venv's torch: no build isolation. Where nvcc and a CUDA build
 # of torch are present, the CUDA extension is compiled too (so CI catches a kernel that does not build).
+$(TEST_EXTRAS): $(DEPS)
+	$(PY) -m pip install -q $(ONNX_SPECS)
+	touch $@
+
 $(BUILT): $(DEPS) $(SOURCES)
 	MAX_JOBS=$${MAX_JOBS:-2} $(PY) -m pip install -q --no-build-isolation -e .
 	touch $@

@@ -7,14 +7,7 @@ which calls the registered backward operator.
 
 import torch
 
-from . import _C  # noqa: F401  (registers the detlstm operators and their CPU kernels)
-
-try:  # the CUDA kernels are a separate extension, built where nvcc and a CUDA torch exist
-    from . import _C_cuda  # noqa: F401
-
-    HAS_CUDA_KERNELS = True
-except ImportError:
-    HAS_CUDA_KERNELS = False
+from ._library import HAS_CUDA_KERNELS, _C, _C_cuda
 
 ops = torch.ops.detlstm
 

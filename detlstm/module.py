@@ -284,6 +284,9 @@ class LSTM(nn.Module):
         return (x.float(), (hx[0].float(), hx[1].float()), [w.float() for w in weights], low)
 
     def forward(self, input, hx=None, *, lengths=None, dropout_seed=None):
+        if torch.onnx.is_in_onnx_export():  # ONNX nodes instead of our operator: detlstm/onnx.py
+            from .onnx import export_forward
+            return export_forward(self, input, hx, lengths)
         weights = self._flat_weights
         x, seq_lengths, (h0, c0), form = self._canonical_inputs(input, hx, lengths, weights)
         output, h_n, c_n = self._run(x, seq_lengths, h0, c0, weights, dropout_seed)
