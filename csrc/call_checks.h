@@ -36,15 +36,15 @@ inline std::vector<int64_t> expected_weight_shape(int64_t index_in_layer, bool h
   return {real_hidden, hidden};  // w_hr
 }
 
-// input: (T, B, I), float32 or float64, none of them empty.
+// input: (T, B, I), float32 or float64, at least one step and one feature. B = 0 (no sequences) is
+// a valid call with empty results, as for nn.LSTM.
 inline void check_input(const at::Tensor& input, LstmCall& call) {
   TORCH_CHECK(input.dim() == 3, "detlstm: input must be 3-D (T, B, input_size), got ", input.dim(),
               "-D");
   TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
               "detlstm: input must be float32 or float64, got ", input.scalar_type());
-  TORCH_CHECK(input.size(0) >= 1 && input.size(1) >= 1 && input.size(2) >= 1,
-              "detlstm: input must have at least one step, one batch row and one feature, got ",
-              input.sizes());
+  TORCH_CHECK(input.size(0) >= 1 && input.size(2) >= 1,
+              "detlstm: input must have at least one step and one feature, got ", input.sizes());
   call.steps = input.size(0);
   call.batch = input.size(1);
   call.input_size = input.size(2);
@@ -59,6 +59,7 @@ inline void check_lengths(const at::Tensor& lengths, const LstmCall& call) {
               lengths.device());
   TORCH_CHECK(lengths.size(0) == call.batch, "detlstm: lengths must have one entry per batch row (",
               call.batch, "), got ", lengths.size(0));
+  if (call.batch == 0) return;
   const at::Tensor l64 = lengths.to(at::kLong);
   const int64_t lo = l64.min().item<int64_t>(), hi = l64.max().item<int64_t>();
   TORCH_CHECK(lo >= 1 && hi <= call.steps, "detlstm: lengths must lie in [1, T=", call.steps,

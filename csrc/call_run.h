@@ -206,6 +206,7 @@ using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vecto
 template <class Run>
 ForwardResult run_lstm_forward(const PreparedCall& p, Run&& run) {
   const LstmOutputs o = allocate_lstm_outputs(p.call, p.input);
+  if (p.call.batch == 0) return {o.output, o.h_n, o.c_n, o.layer_out, o.gates, o.cells};  // all empty
   if (p.input.scalar_type() == at::kFloat)
     run(forward_view<float>(p, o));
   else
@@ -216,6 +217,10 @@ ForwardResult run_lstm_forward(const PreparedCall& p, Run&& run) {
 template <class Run>
 BackwardResult run_lstm_backward(const PreparedCall& p, Run&& run) {
   const LstmGrads g = allocate_lstm_grads(p.input, p.h0, p.c0, p.weights);
+  if (p.call.batch == 0) {  // no sequences: the weights' gradients are sums over none of them
+    for (const auto& w : g.grad_weights) w.zero_();
+    return {g.grad_input, g.grad_h0, g.grad_c0, g.grad_weights};
+  }
   if (p.input.scalar_type() == at::kFloat)
     run(backward_view<float>(p, g));
   else

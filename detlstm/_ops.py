@@ -1,8 +1,8 @@
-"""The registered operators: loading the compiled library, fake kernels and autograd.
+"""The registered operators: the compiled library and the operators' fake kernels.
 
-The schemas and the CPU (and CUDA) implementations live in C++ (csrc/ops.cpp); this module adds what
-torch.library expects from Python: fake kernels so torch.compile can trace, and the autograd formula,
-which calls the registered backward operator.
+The schemas and the CPU (and CUDA) implementations live in C++ (csrc/ops.cpp); this module adds the fake
+kernels that torch.library expects from Python so torch.compile can trace (the derivatives and
+batching rules are registered in _autograd.py).
 """
 
 import torch
@@ -48,33 +48,6 @@ def _canonical_unary_fake(x, fn):
 @torch.library.register_fake("detlstm::philox4x32_10")
 def _philox_fake(counters, key0, key1):
     return torch.empty_like(counters, memory_format=torch.contiguous_format)
-
-
-def _setup_context(ctx, inputs, output):
-    (input, lengths, h0, c0, weights, has_biases, num_layers, bidirectional, dropout, train,
-     seed, proj_size) = inputs
-    out, _, _, layer_out, gates, cells = output
-    ctx.num_weights = len(weights)
-    ctx.config = (has_biases, num_layers, bidirectional, dropout, train)
-    ctx.proj_size = proj_size
-    ctx.save_for_backward(input, lengths, h0, c0, seed, out, layer_out, gates, cells, *weights)
-    ctx.mark_non_differentiable(layer_out, gates, cells)
-
-
-def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_layer_out, _grad_gates, _grad_cells):
-    input, lengths, h0, c0, seed, out, layer_out, gates, cells, *weights = ctx.saved_tensors
-    # Outputs the loss did not use arrive as None: their gradient is zero.
-    grad_output = torch.zeros_like(out) if grad_output is None else grad_output
-    grad_h_n = torch.zeros_like(h0) if grad_h_n is None else grad_h_n
-    grad_c_n = torch.zeros_like(c0) if grad_c_n is None else grad_c_n
-    grad_input, grad_h0, grad_c0, grad_weights = ops.lstm_backward(
-        grad_output, grad_h_n, grad_c_n, input, lengths, h0, c0, weights, out, layer_out, gates,
-        cells, *ctx.config, seed, ctx.proj_size)
-    return (grad_input, None, grad_h0, grad_c0, list(grad_weights), None, None, None, None, None,
-            None, None)
-
-
-torch.library.register_autograd("detlstm::lstm_forward", _backward, setup_context=_setup_context)
 
 
 def canonical_unary(x: torch.Tensor, fn: str) -> torch.Tensor:

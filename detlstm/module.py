@@ -17,7 +17,8 @@ from torch import nn
 from torch.nn import init
 from torch.nn.utils.rnn import PackedSequence
 
-from . import _ops
+from . import _autograd, _ops
+from .onnx import export_forward, in_onnx_export
 
 _KERNEL_DTYPES = (torch.float32, torch.float64)
 # Half-precision parameters and inputs are widened to float32 for the kernels and the results
@@ -63,10 +64,11 @@ def _check_lengths(lengths, batch: int, steps: int) -> torch.Tensor:
         lengths = torch.tensor(values, dtype=torch.int64)
     if lengths.dim() != 1:
         raise ValueError(f"lengths must be 1-D, got a {lengths.dim()}-D tensor")
-    if lengths.numel() != batch:
+    if not torch.jit.is_tracing() and lengths.numel() != batch:  # (traced sizes: the operator checks)
         raise ValueError(f"lengths must have one entry per sequence: expected {batch}, got {lengths.numel()}")
-    # Reading the values would break a torch.compile graph; the operator checks them when it runs.
-    if not torch.compiler.is_compiling() and batch and (int(lengths.min()) < 1 or int(lengths.max()) > steps):
+    # Reading the values would break a torch.compile graph (or freeze a trace); the operator checks
+    # them when it runs.
+    if not _is_tracing() and batch and (int(lengths.min()) < 1 or int(lengths.max()) > steps):
         raise ValueError(
             f"every length must lie in [1, {steps}] (the padded length), got values in "
             f"[{int(lengths.min())}, {int(lengths.max())}]"
@@ -74,24 +76,67 @@ def _check_lengths(lengths, batch: int, steps: int) -> torch.Tensor:
     return lengths.contiguous()
 
 
+def _is_tracing() -> bool:
+    """Inside torch.jit.trace or torch.compile: the checks that read tensor values are skipped (the
+    operator checks the lengths again when it runs)."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
+def _check_permutation(indices, name: str, batch: int) -> None:
+    if indices.dim() != 1 or indices.dtype != torch.int64 or indices.numel() != batch:
+        raise ValueError(f"PackedSequence.{name} must be a 1-D int64 tensor of {batch} values (one per "
+                         f"sequence), got shape {tuple(indices.shape)} and dtype {indices.dtype}")
+    if not torch.equal(torch.sort(indices.cpu()).values, torch.arange(batch)):
+        raise ValueError(f"PackedSequence.{name} must be a permutation of range({batch}), got "
+                         f"{indices.tolist()}")
+
+
+def _check_packed(packed: PackedSequence) -> None:
+    """A PackedSequence as pack_padded_sequence makes it: batch_sizes positive, non-increasing and
+    summing to the data's rows; sorted_indices and unsorted_indices permutations, each the other's
+    inverse. (nn.LSTM's kernels trust these; ours would read rows that do not exist.)"""
+    data, batch_sizes, sorted_indices, unsorted_indices = packed
+    if batch_sizes.dim() != 1 or batch_sizes.dtype != torch.int64 or batch_sizes.device.type != "cpu":
+        raise ValueError("PackedSequence.batch_sizes must be a 1-D int64 CPU tensor, got shape "
+                         f"{tuple(batch_sizes.shape)}, dtype {batch_sizes.dtype} on {batch_sizes.device}")
+    if batch_sizes.numel() == 0 or int(batch_sizes.min()) < 1:
+        raise ValueError(f"PackedSequence.batch_sizes must be positive, got {batch_sizes.tolist()}")
+    if bool((batch_sizes[1:] > batch_sizes[:-1]).any()):
+        raise ValueError(f"PackedSequence.batch_sizes must be non-increasing, got {batch_sizes.tolist()}")
+    if int(batch_sizes.sum()) != data.size(0):
+        raise ValueError(f"PackedSequence.batch_sizes sums to {int(batch_sizes.sum())} rows but its data "
+                         f"has {data.size(0)} rows")
+    batch = int(batch_sizes[0])
+    if sorted_indices is None:
+        if unsorted_indices is not None:
+            raise ValueError("PackedSequence.unsorted_indices is given without sorted_indices")
+        return
+    _check_permutation(sorted_indices, "sorted_indices", batch)
+    if unsorted_indices is not None:
+        _check_permutation(unsorted_indices, "unsorted_indices", batch)
+        if not torch.equal(unsorted_indices.cpu()[sorted_indices.cpu()], torch.arange(batch)):
+            raise ValueError("PackedSequence.unsorted_indices must be the inverse permutation of "
+                             "sorted_indices")
+
+
 def _packed_to_padded(packed: PackedSequence):
     """A PackedSequence as time-major padded data in the caller's batch order, plus what is needed
-    to pack the output the same way (same batch_sizes and indices)."""
+    to pack the output the same way (same batch_sizes and indices). Tensor operations only, the
+    batch size kept as a tensor: torch.jit.trace records it as data, not as a constant."""
     data, batch_sizes, sorted_indices, _ = packed
-    steps, batch = batch_sizes.numel(), int(batch_sizes[0])
-    positions = torch.arange(batch, dtype=torch.int64)
+    steps, batch = batch_sizes.size(0), batch_sizes[0]
+    positions = torch.arange(batch)
     sorted_lengths = (batch_sizes.unsqueeze(0) > positions.unsqueeze(1)).sum(1)
     user_row = positions if sorted_indices is None else sorted_indices.to("cpu", torch.int64)
-    lengths = torch.empty(batch, dtype=torch.int64)
-    lengths[user_row] = sorted_lengths
+    lengths = torch.zeros_like(sorted_lengths).scatter(0, user_row, sorted_lengths)
     # Packed row r holds (t, sorted position i); its padded slot is t * B + user_row[i].
     step_of_row = torch.repeat_interleave(torch.arange(steps), batch_sizes)
     offsets = torch.cumsum(batch_sizes, 0) - batch_sizes
     position_of_row = torch.arange(data.size(0)) - offsets[step_of_row]
     slot_of_row = step_of_row * batch + user_row[position_of_row]
     # Gathers only, in both directions: every padded slot reads one packed row or a zero row.
-    source = torch.full((steps * batch,), data.size(0), dtype=torch.int64)
-    source[slot_of_row] = torch.arange(data.size(0))
+    source = torch.full_like(positions, data.size(0)).repeat(steps)
+    source = source.scatter(0, slot_of_row, torch.arange(data.size(0)))
     padded = torch.cat([data, data.new_zeros(1, data.size(1))])[source.to(data.device)]
     return padded.view(steps, batch, data.size(1)), lengths, slot_of_row.to(data.device)
 
@@ -149,18 +194,23 @@ def _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropou
             f"detlstm.LSTM supports dtypes float32, float64, float16 and bfloat16, got {dtype}")
 
 
-class LSTM(nn.Module):
+class LSTM(nn.LSTM):
     """Drop-in replacement for :class:`torch.nn.LSTM` with bitwise reproducible results.
 
     Same constructor, parameters, ``state_dict``, inputs and outputs as ``nn.LSTM``. ``forward`` also
     accepts ``lengths=`` (per-sequence lengths of a padded batch; padding rows of the output are 0)
     and ``dropout_seed=`` (the 64-bit seed of the dropout masks; by default one is drawn from
     PyTorch's default CPU generator on each training call).
+
+    A subclass of nn.LSTM, so code that looks for nn.LSTM or nn.RNNBase (initialisation loops,
+    hooks) finds it; none of nn.RNNBase's weight caching is used: the forward reads the parameters
+    by name on every call. (torch.compile treats every nn.LSTM instance as unsupported unless
+    torch._dynamo.config.allow_rnn is set; with it, detlstm.LSTM compiles with fullgraph=True.)
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None):
-        super().__init__()
+        nn.Module.__init__(self)  # not nn.RNNBase's: it would build cuDNN's flat weight cache
         _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size, dtype)
         self.mode = "LSTM"
         self.input_size = input_size
@@ -207,7 +257,37 @@ class LSTM(nn.Module):
 
     @property
     def _flat_weights(self):
-        return [getattr(self, name) for name in self._flat_weights_names]
+        """The parameters in nn.LSTM's order, read by name (None for one that was deleted)."""
+        return [getattr(self, name, None) for name in self._flat_weights_names]
+
+    @_flat_weights.setter
+    def _flat_weights(self, _value) -> None:
+        """nn.RNNBase's methods assign their cache here; ours is always read from the parameters."""
+
+    # nn.RNNBase's versions rebuild its flat weight cache (and __setattr__ keeps it in step); an
+    # nn.Module's are all this module needs.
+    __setattr__ = nn.Module.__setattr__
+    __getstate__ = nn.Module.__getstate__
+    __setstate__ = nn.Module.__setstate__
+    _apply = nn.Module._apply
+    _replicate_for_data_parallel = nn.Module._replicate_for_data_parallel
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(
+            "torch.jit.script cannot compile detlstm.LSTM: its forward takes keyword-only arguments "
+            "(lengths=, dropout_seed=) and runs Python-side input handling that TorchScript does not "
+            "support. Use torch.jit.trace (padded and PackedSequence inputs both trace, batch size "
+            "and length stay dynamic), torch.compile, or torch.export instead.")
+
+    def _weights(self):
+        """The parameters for a call; a clear error naming any that was deleted."""
+        weights = self._flat_weights
+        missing = [name for name, w in zip(self._flat_weights_names, weights) if w is None]
+        if missing:
+            raise AttributeError(
+                f"detlstm.LSTM is missing its parameter(s) {', '.join(missing)} (deleted?); assign "
+                "them again before calling the module")
+        return weights
 
     @property
     def all_weights(self):
@@ -235,7 +315,7 @@ class LSTM(nn.Module):
     def _check_input_tensor(self, input: torch.Tensor, weights) -> None:
         if input.dtype != weights[0].dtype and not torch.is_autocast_enabled(input.device.type):
             raise ValueError(
-                f"LSTM input dtype ({input.dtype}) does not match weight dtype ({weights[0].dtype}). "
+                f"RNN input dtype ({input.dtype}) does not match weight dtype ({weights[0].dtype}). "
                 f"Convert input: input.to({weights[0].dtype}), or convert model: model.to({input.dtype})"
             )
         if input.dtype not in _SUPPORTED_DTYPES:
@@ -248,7 +328,8 @@ class LSTM(nn.Module):
                 "detlstm was built without its CUDA kernels (no nvcc or no CUDA build of torch at "
                 "build time): rebuild with `pip install --no-build-isolation .` where nvcc is available"
             )
-        if input.size(-1) != self.input_size:
+        # (Skipped while tracing, where comparing a size warns; the operator checks it again.)
+        if not torch.jit.is_tracing() and input.size(-1) != self.input_size:
             raise RuntimeError(
                 f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {input.size(-1)}"
             )
@@ -284,10 +365,9 @@ class LSTM(nn.Module):
         return (x.float(), (hx[0].float(), hx[1].float()), [w.float() for w in weights], low)
 
     def forward(self, input, hx=None, *, lengths=None, dropout_seed=None):
-        if torch.onnx.is_in_onnx_export():  # ONNX nodes instead of our operator: detlstm/onnx.py
-            from .onnx import export_forward
+        if in_onnx_export():  # ONNX nodes instead of our operator: detlstm/onnx.py
             return export_forward(self, input, hx, lengths)
-        weights = self._flat_weights
+        weights = self._weights()
         x, seq_lengths, (h0, c0), form = self._canonical_inputs(input, hx, lengths, weights)
         output, h_n, c_n = self._run(x, seq_lengths, h0, c0, weights, dropout_seed)
         return _restore_form(form, output, h_n, c_n)
@@ -302,8 +382,8 @@ class LSTM(nn.Module):
             x, seq_lengths, form = self._from_packed(input, lengths, weights)
         else:
             x, seq_lengths, form = self._from_padded(input, lengths, weights)
-        if x.shape[0] == 0 or x.shape[1] == 0:
-            raise ValueError(f"input must have at least one time step and one sequence, got shape {tuple(x.shape)}")
+        if not torch.jit.is_tracing() and x.shape[0] == 0:  # nn.LSTM's error; a batch of 0 sequences is valid (empty results)
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         return x, seq_lengths, self._initial_state(hx, x, form), form
 
     def _from_packed(self, packed: PackedSequence, lengths, weights):
@@ -312,6 +392,8 @@ class LSTM(nn.Module):
         if packed.data.dim() != 2:
             raise RuntimeError(f"input must have 2 dimensions, got {packed.data.dim()}")
         self._check_input_tensor(packed.data, weights)
+        if not _is_tracing():
+            _check_packed(packed)
         x, seq_lengths, slots = _packed_to_padded(packed)
         return x, seq_lengths, _CallerForm(packed, slots, batched=True, batch_first=False)
 
@@ -354,7 +436,8 @@ class LSTM(nn.Module):
                     f"({h0.dim()}-D, {c0.dim()}-D) tensors"
                 )
             h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
-        self._check_hidden((h0, c0), batch, x)
+        if not torch.jit.is_tracing():  # (comparing traced sizes warns; the operator checks them)
+            self._check_hidden((h0, c0), batch, x)
         return h0, c0
 
     def _dropout_seed(self, dropout_seed) -> torch.Tensor:
@@ -368,7 +451,7 @@ class LSTM(nn.Module):
         """The operator on the canonical layout: (output (T, B, D * H), h_n, c_n) in the caller's dtype."""
         x, (h0, c0), weights, result_dtype = self._compute_dtypes(x, (h0, c0), weights)
         seed = self._dropout_seed(dropout_seed)
-        output, h_n, c_n, *_ = _ops.ops.lstm_forward(
+        output, h_n, c_n = _autograd.lstm(
             x, lengths, h0, c0, weights, self.bias, self.num_layers, self.bidirectional,
             self.dropout, self.training, seed, self.proj_size)
         if result_dtype is not None:

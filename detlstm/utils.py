@@ -34,13 +34,19 @@ def _from_nn_lstm(lstm: nn.LSTM) -> LSTM:
     return new
 
 
+def _is_torch_lstm(module: nn.Module) -> bool:
+    # detlstm.LSTM is an nn.LSTM subclass too: converting it again would be a no-op copy.
+    return isinstance(module, nn.LSTM) and not isinstance(module, LSTM)
+
+
 def convert(model: nn.Module) -> nn.Module:
     """Replace every torch.nn.LSTM inside model (or model itself) with a detlstm.LSTM holding the
-    same weights, device, dtype and training mode. Returns the model (or the new LSTM)."""
-    if isinstance(model, nn.LSTM):
+    same weights, device, dtype and training mode; detlstm modules are left as they are. Returns
+    the model (or the new LSTM)."""
+    if _is_torch_lstm(model):
         return _from_nn_lstm(model)
     for name, child in list(model.named_children()):
-        if isinstance(child, nn.LSTM):
+        if _is_torch_lstm(child):
             setattr(model, name, _from_nn_lstm(child))
         else:
             convert(child)

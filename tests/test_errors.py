@@ -58,10 +58,10 @@ def _x(*shape, dtype=torch.float32):
         (lambda m: m(_x(T)), ValueError, "Expected input to be 2D or 3D, got 1D"),
         (lambda m: m(_x(T, B, I, 1)), ValueError, "Expected input to be 2D or 3D, got 4D"),
         (lambda m: m(_x(T, B, I + 1)), RuntimeError, "input.size\\(-1\\) must be equal to input_size"),
-        (lambda m: m(_x(T, B, I, dtype=torch.float64)), ValueError, "does not match weight dtype"),
+        (lambda m: m(_x(T, B, I, dtype=torch.float64)), ValueError, "^RNN input dtype .* does not match weight dtype"),
         (lambda m: m(_x(T, B, I).int()), ValueError, "does not match weight dtype"),
         (lambda m: m("not a tensor"), TypeError, "Tensor or a PackedSequence"),
-        (lambda m: m(_x(0, B, I)), ValueError, "at least one time step"),
+        (lambda m: m(_x(0, B, I)), RuntimeError, "^Expected sequence length to be larger than 0 in RNN$"),
         # hx
         (lambda m: m(_x(T, B, I), (_x(4, B, H), _x(4, B, H), _x(1))), ValueError, "hx must be a tuple"),
         (lambda m: m(_x(T, B, I), _x(4, B, H)), ValueError, "hx must be a tuple"),

@@ -62,10 +62,14 @@ class _Model(nn.Module):
         return out, h, c
 
 
-def test_torch_compile_fullgraph_gives_eager_bits():
+# detlstm.LSTM is an nn.LSTM (subclass), and dynamo refuses every nn.LSTM instance unless
+# allow_rnn is set: with it, detlstm's forward traces in one graph.
+_ALLOW_RNN = torch._dynamo.config.patch(allow_rnn=True)
+
+
+def _compile_and_run(model, fullgraph):
     torch.manual_seed(0)
-    model = _Model().train()
-    compiled = torch.compile(model, fullgraph=True)
+    compiled = torch.compile(model, fullgraph=fullgraph)
     x0 = torch.randn(5, 3, 6)
     lengths = torch.tensor([5, 2, 4])
     results = []
@@ -78,7 +82,24 @@ def test_torch_compile_fullgraph_gives_eager_bits():
         results.append([out.detach(), h.detach(), c.detach(), x.grad] +
                        [p.grad.clone() for p in model.parameters()])
         model.zero_grad()
-    assert_results_equal(*results, "compiled vs eager")
+    return results
+
+
+@_ALLOW_RNN
+def test_torch_compile_fullgraph_gives_eager_bits():
+    torch._dynamo.reset()
+    assert_results_equal(*_compile_and_run(_Model().train(), fullgraph=True), "compiled vs eager")
+
+
+def test_torch_compile_without_allow_rnn_breaks_the_graph_as_for_nn_lstm():
+    """Without the flag dynamo treats detlstm.LSTM as it treats nn.LSTM: fullgraph refuses it,
+    default compile runs it eagerly (a graph break), with the eager bits."""
+    torch._dynamo.reset()
+    model = _Model().train()
+    with pytest.raises(torch._dynamo.exc.Unsupported, match="allow_rnn"):
+        torch.compile(model, fullgraph=True)(torch.randn(5, 3, 6), torch.tensor([5, 2, 4]))
+    torch._dynamo.reset()
+    assert_results_equal(*_compile_and_run(model, fullgraph=False), "compiled (graph break) vs eager")
 
 
 def _distributed_worker(rank, world, init_file, out_file, wrapper):
@@ -180,6 +201,7 @@ def test_checkpoint_from_another_program_both_ways(tmp_path):
     torch.testing.assert_close(back(x)[0], ref(x)[0])
 
 
+@_ALLOW_RNN
 def test_torch_compile_draws_dropout_seeds_in_graph():
     """Training mode without dropout_seed traces too (fullgraph); reseeding repeats the masks and two
     calls differ. (Compiled graphs draw from their own generator stream: eager-identical masks need

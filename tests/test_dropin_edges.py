@@ -1,0 +1,259 @@
+"""nn.LSTM's behaviour at the edges, with nn.LSTM as the control where it has one: empty batches and
+sequences, malformed PackedSequences, flush-to-zero, TorchScript, messages and types."""
+
+import io
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+import detlstm
+from helpers import assert_bitwise_equal
+
+I, H = 3, 4
+
+
+def _pair(**kwargs):
+    torch.manual_seed(0)
+    ours = detlstm.LSTM(I, H, **kwargs)
+    ref = nn.LSTM(I, H, **kwargs)
+    ref.load_state_dict(ours.state_dict())
+    return ours, ref
+
+
+def _run_with_grads(model, x, hx=None):
+    x = x.clone().requires_grad_()
+    out, (h, c) = model(x, hx)
+    (out.sum() + h.sum() + c.sum()).backward()
+    grads = [p.grad for p in model.parameters()]
+    model.zero_grad()
+    return out, h, c, x.grad, grads
+
+
+# -- empty batch, empty sequence ---------------------------------------------------------------
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("kwargs", [{}, {"num_layers": 2, "bidirectional": True},
+                                    {"proj_size": 2, "bidirectional": True}])
+def test_empty_batch_as_nn_lstm(batch_first, kwargs):
+    ours, ref = _pair(batch_first=batch_first, **kwargs)
+    x = torch.randn(0, 5, I) if batch_first else torch.randn(5, 0, I)
+    got, want = _run_with_grads(ours, x), _run_with_grads(ref, x)
+    for g, w in zip(got[:4], want[:4]):
+        assert g.shape == w.shape and g.dtype == w.dtype
+    for g, w in zip(got[4], want[4]):  # the weights' gradients: sums over no sequence
+        assert g.shape == w.shape and not g.any() and not w.any()
+
+
+def test_empty_batch_with_state_and_lengths():
+    ours, _ = _pair(num_layers=2)
+    h0 = torch.zeros(2, 0, H)
+    out, (h, c) = ours(torch.randn(4, 0, I), (h0, h0), lengths=torch.zeros(0, dtype=torch.int64))
+    assert out.shape == (4, 0, H) and h.shape == c.shape == (2, 0, H)
+
+
+@pytest.mark.parametrize("cls", [nn.LSTM, detlstm.LSTM])
+@pytest.mark.parametrize("shape", [(0, 2, I), (2, 0, I)])
+def test_zero_length_sequence_error(cls, shape):
+    batch_first = shape[1] == 0  # (B, T=0, I) with batch_first
+    with pytest.raises(RuntimeError, match="^Expected sequence length to be larger than 0 in RNN$"):
+        cls(I, H, batch_first=batch_first)(torch.randn(*shape))
+
+
+# -- malformed PackedSequence --------------------------------------------------------------------
+
+def _packed():
+    return pack_padded_sequence(torch.randn(4, 3, I), torch.tensor([4, 2, 3]), enforce_sorted=False)
+
+
+def _malformed():
+    p = _packed()
+    data, sizes, s, u = p
+    return [
+        (PackedSequence(data[:-1], sizes, s, u), "sums to 9 rows but its data has 8"),
+        (PackedSequence(torch.cat([data, data[:1]]), sizes, s, u), "sums to 9 rows but its data has 10"),
+        (PackedSequence(data, torch.tensor([3, 2, 2, 1]), s, u), "sums to 8 rows but its data has 9"),
+        (PackedSequence(data, torch.tensor([2, 3, 2, 2]), s, u), "non-increasing"),
+        (PackedSequence(data, torch.tensor([3, 3, 3, 0]), s, u), "positive"),
+        (PackedSequence(data, sizes.int(), s, u), "1-D int64 CPU"),
+        (PackedSequence(data, sizes, torch.tensor([0, 0, 1]), u), "permutation of range\\(3\\)"),
+        (PackedSequence(data, sizes, torch.tensor([0, 1, 3]), u), "permutation of range\\(3\\)"),
+        (PackedSequence(data, sizes, torch.tensor([0, -1, 2]), u), "permutation of range\\(3\\)"),
+        (PackedSequence(data, sizes, s[:2], u), "sorted_indices must be a 1-D int64 tensor of 3"),
+        (PackedSequence(data, sizes, s, torch.tensor([2, 2, 0])), "unsorted_indices must be a permutation"),
+        (PackedSequence(data, sizes, s, torch.roll(u, 1)), "inverse permutation"),
+        (PackedSequence(data, sizes, None, u), "unsorted_indices is given without sorted_indices"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(13))
+def test_malformed_packed_sequence_is_refused(index):
+    packed, match = _malformed()[index]
+    with pytest.raises(ValueError, match=match):
+        detlstm.LSTM(I, H)(packed)
+
+
+def test_wellformed_packed_sequence_still_matches_nn_lstm():
+    ours, ref = _pair(bidirectional=True)
+    p = _packed()
+    torch.testing.assert_close(ours(p)[0].data, ref(p)[0].data, rtol=2e-5, atol=2e-6)
+
+
+# -- flush-to-zero -------------------------------------------------------------------------------
+
+def _subnormal_case(dtype):
+    torch.manual_seed(3)
+    model = detlstm.LSTM(I, H, num_layers=2, bidirectional=True, dropout=0.3).to(dtype)
+    tiny = torch.finfo(dtype).tiny
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.mul_(tiny * 4) if name.startswith("bias") else p.mul_(0.5)
+    x = torch.randn(5, 3, I, dtype=dtype) * tiny * 8  # subnormal products and sums
+    return model, x
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_flush_denormal_changes_no_bit(dtype):
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU has no flush-to-zero mode")
+    torch.set_flush_denormal(False)
+    model, x = _subnormal_case(dtype)
+
+    def run():
+        out, (h, c) = model(x.clone().requires_grad_(), lengths=[5, 2, 4], dropout_seed=5)
+        grads = torch.autograd.grad(out.square().sum() + h.sum(), list(model.parameters()))
+        return [out, h, c, *grads]
+    plain = run()
+    torch.set_flush_denormal(True)
+    try:
+        flushed = run()
+    finally:
+        torch.set_flush_denormal(False)
+    assert any((t.abs() < torch.finfo(dtype).tiny).logical_and(t != 0).any() for t in plain[3:]), \
+        "the case must produce subnormal results, or it tests nothing"
+    for k, (a, b) in enumerate(zip(plain, flushed)):
+        assert_bitwise_equal(a, b, f"result {k} under flush-to-zero")
+
+
+# -- TorchScript -----------------------------------------------------------------------------------
+
+class _PackingModel(nn.Module):
+    def __init__(self, cls):
+        super().__init__()
+        self.lstm = cls(I, H, num_layers=2, bidirectional=True)
+
+    def forward(self, x, lengths):
+        packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+        out, (h, c) = self.lstm(packed)
+        return pad_packed_sequence(out, total_length=x.size(0))[0], h, c
+
+
+class _LengthsModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = detlstm.LSTM(I, H, bidirectional=True, batch_first=True)
+
+    def forward(self, x, lengths):
+        out, (h, c) = self.lstm(x, lengths=lengths)
+        return out, h, c
+
+
+def _trace(model, example):
+    """torch.jit.trace, checking that none of detlstm's code froze a value into the trace (torch's
+    own pack_padded_sequence warns, for nn.LSTM as for us)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        traced = torch.jit.trace(model, example)
+    ours = [str(w.message) for w in caught if issubclass(w.category, torch.jit.TracerWarning)
+            and "detlstm" in w.filename.replace("\\", "/").split("/")]
+    assert not ours, f"detlstm's code warns while traced: {ours}"
+    return traced
+
+
+@pytest.mark.parametrize("cls", [nn.LSTM, detlstm.LSTM])
+def test_trace_of_a_packing_model_runs_at_other_sizes(cls):
+    torch.manual_seed(0)
+    model = _PackingModel(cls).eval()
+    traced = _trace(model, (torch.randn(5, 3, I), torch.tensor([5, 2, 4])))
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer)
+    buffer.seek(0)
+    loaded = torch.jit.load(buffer)
+    for steps, lengths in ((6, [6, 1, 3, 6, 2]), (2, [1, 2]), (4, [4])):
+        x = torch.randn(steps, len(lengths), I)
+        want = model(x, torch.tensor(lengths))
+        for run in (traced, loaded):
+            for got, w in zip(run(x, torch.tensor(lengths)), want):
+                assert_bitwise_equal(got, w, f"traced {cls.__module__} at {steps}x{len(lengths)}")
+
+
+def test_trace_with_lengths_runs_at_other_sizes():
+    torch.manual_seed(0)
+    model = _LengthsModel().eval()
+    traced = _trace(model, (torch.randn(3, 5, I), torch.tensor([5, 2, 4])))
+    x, lengths = torch.randn(4, 7, I), torch.tensor([7, 1, 3, 5])
+    for got, want in zip(traced(x, lengths), model(x, lengths)):
+        assert_bitwise_equal(got, want, "traced lengths= model")
+
+
+def test_script_gives_a_clear_error():
+    for target in (detlstm.LSTM(I, H), nn.Sequential(detlstm.LSTM(I, H))):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with pytest.raises(RuntimeError, match="torch.jit.script cannot compile detlstm.LSTM.*"
+                                                   "torch.jit.trace"):
+                torch.jit.script(target)
+
+
+# -- messages and types -----------------------------------------------------------------------------
+
+def test_dtype_mismatch_message_is_nn_lstm_s():
+    messages = []
+    for model in _pair():
+        with pytest.raises(ValueError) as info:
+            model(torch.randn(2, 1, I, dtype=torch.float64))
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]
+
+
+def test_deleted_weight_is_named():
+    model = detlstm.LSTM(I, H, num_layers=2)
+    weight = model.weight_hh_l1
+    del model.weight_hh_l1
+    assert not hasattr(model, "weight_hh_l1")
+    with pytest.raises(AttributeError, match="missing its parameter\\(s\\) weight_hh_l1"):
+        model(torch.randn(2, 1, I))
+    model.weight_hh_l1 = weight
+    assert model(torch.randn(2, 1, I))[0].shape == (2, 1, H)
+
+
+def test_is_an_nn_lstm_and_convert_leaves_it_alone():
+    ours = detlstm.LSTM(I, H)
+    assert isinstance(ours, nn.LSTM) and isinstance(ours, nn.RNNBase)
+    assert detlstm.convert(ours) is ours
+    model = nn.Sequential(ours, nn.LSTM(I, H))
+    detlstm.convert(model)
+    assert model[0] is ours and type(model[1]) is detlstm.LSTM
+
+
+def test_nn_rnnbase_methods_keep_working():
+    """What nn.RNNBase gives every nn.LSTM (flatten_parameters, all_weights, moving, copying, the
+    weights seen by initialisation loops) works on detlstm.LSTM and reaches its forward."""
+    import copy
+    import pickle
+
+    ours, ref = _pair(num_layers=2, bidirectional=True)
+    ours.flatten_parameters()
+    for module in ours.modules():
+        if isinstance(module, nn.LSTM):
+            for weights in module.all_weights:
+                nn.init.constant_(weights[1], 0.01)  # weight_hh_l*: as an init loop would
+    assert all(torch.all(ws[1] == 0.01) for ws in ours.all_weights)
+    x = torch.randn(3, 2, I, dtype=torch.float64)
+    moved = ours.double()
+    assert moved is ours and ours.weight_hh_l1_reverse.dtype == torch.float64
+    for clone in (copy.deepcopy(ours), pickle.loads(pickle.dumps(ours))):
+        assert type(clone) is detlstm.LSTM
+        assert_bitwise_equal(clone(x)[0], ours(x)[0], "copied module")

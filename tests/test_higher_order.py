@@ -1,0 +1,215 @@
+"""Derivatives beyond loss.backward: double backward, torch.func (grad, vmap, jvp, jacfwd/jacrev),
+forward-mode AD and batched gradients, each against nn.LSTM (the control) or against our own first
+derivatives. First derivatives stay our kernels' bits whatever the transform; second derivatives and
+tangents come from a differentiable model of the same LSTM (detlstm/_reference.py)."""
+
+import pytest
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch import nn
+from torch.func import functional_call, grad, hessian, jacfwd, jacrev, jvp, vmap
+
+import detlstm
+from detlstm._ops import ops
+from helpers import assert_bitwise_equal
+
+# (num_layers, bidirectional, proj_size, lengths or None, dropout in training)
+CASES = [
+    (1, False, 0, None, 0.0),
+    (2, True, 0, [3, 1], 0.0),
+    (2, True, 2, [2, 3], 0.0),
+    (2, False, 0, [3, 2], 0.5),
+]
+IDS = ["1layer", "bi2-lengths", "bi2-proj-lengths", "2layer-dropout"]
+T, B, I, H = 3, 2, 2, 3
+
+
+def _pair(layers, bidirectional, proj):
+    torch.manual_seed(0)
+    ours = detlstm.LSTM(I, H, num_layers=layers, bidirectional=bidirectional, proj_size=proj).double()
+    ref = nn.LSTM(I, H, num_layers=layers, bidirectional=bidirectional, proj_size=proj).double()
+    ref.load_state_dict(ours.state_dict())
+    return ours, ref
+
+
+def _state(layers, bidirectional, proj, generator):
+    rows = layers * (2 if bidirectional else 1)
+    h0 = torch.randn(rows, B, proj or H, dtype=torch.float64, generator=generator)
+    c0 = torch.randn(rows, B, H, dtype=torch.float64, generator=generator)
+    return h0, c0
+
+
+def _module_fn(model, lengths, dropout):
+    """(x, h0, c0, *weights) -> (output, h_n, c_n) of detlstm.LSTM, training with a fixed seed when
+    there is dropout (same masks on every call), so gradcheck's repeated calls are consistent."""
+    names = [n for n, _ in model.named_parameters()]
+    model.dropout = dropout
+    model.train(dropout > 0)
+
+    def fn(x, h0, c0, *weights):
+        kwargs = {"dropout_seed": 11} if dropout > 0 else {}
+        if lengths is not None:
+            kwargs["lengths"] = lengths
+        out, (h, c) = functional_call(model, dict(zip(names, weights)), (x, (h0, c0)), kwargs)
+        return out, h, c
+    return fn
+
+
+def _inputs(model, layers, bidirectional, proj, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, B, I, dtype=torch.float64, generator=g)
+    h0, c0 = _state(layers, bidirectional, proj, g)
+    weights = [p.detach().clone() for p in model.parameters()]
+    return [t.requires_grad_() for t in (x, h0, c0, *weights)]
+
+
+def _function_and_inputs(case):
+    layers, bidirectional, proj, lengths, dropout = case
+    ours, _ = _pair(layers, bidirectional, proj)
+    return _module_fn(ours, lengths, dropout), _inputs(ours, layers, bidirectional, proj)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_gradgradcheck(case):
+    """Analytical second derivatives against numerical derivatives of our kernels' backward."""
+    fn, inputs = _function_and_inputs(case)
+    # fast mode: the same comparison along random directions (every analytical column of the
+    # double backward costs a run of the Python reference)
+    assert torch.autograd.gradgradcheck(fn, inputs, fast_mode=True)
+
+
+def _gradient_penalty(model, x):
+    """Gradient penalty (double backward): d/dparams of |d loss / dx|^2."""
+    out, (h, _) = model(x)
+    (gx,) = torch.autograd.grad(out.square().sum() + h.sum(), x, create_graph=True)
+    return torch.autograd.grad(gx.square().sum(), list(model.parameters()) + [x])
+
+
+@pytest.mark.parametrize("case", CASES[:3], ids=IDS[:3])
+def test_double_backward_matches_nn_lstm(case):
+    layers, bidirectional, proj, _, _ = case
+    ours, ref = _pair(layers, bidirectional, proj)
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    got, want = _gradient_penalty(ours, x), _gradient_penalty(ref, x)
+    for g, w in zip(got, want):
+        assert w.abs().max() > 0  # the control's second derivatives are real, not zero
+        torch.testing.assert_close(g, w, rtol=1e-7, atol=1e-10)
+
+
+def test_first_derivatives_keep_kernel_bits_under_create_graph():
+    ours, _ = _pair(2, True, 0)
+    x = torch.randn(T, B, I, requires_grad=True, dtype=torch.float64)
+    params = list(ours.parameters())
+    plain = torch.autograd.grad(ours(x)[0].square().sum(), [x] + params)
+    graphed = torch.autograd.grad(ours(x)[0].square().sum(), [x] + params, create_graph=True)
+    for a, b in zip(plain, graphed):
+        assert b.requires_grad
+        assert_bitwise_equal(a, b.detach(), "first derivative with create_graph")
+
+
+def test_operator_level_double_backward():
+    """torch.ops.detlstm.lstm_forward called directly: its registered backward is differentiable."""
+    ours, ref = _pair(1, True, 0)
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    weights = list(ours.parameters())
+    h0 = torch.zeros(2, B, H, dtype=torch.float64)
+    out = ops.lstm_forward(x, torch.full((B,), T), h0, h0, weights, True, 1, True, 0.0, False,
+                           torch.tensor(0), 0)[0]
+    (gx,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+    got = torch.autograd.grad(gx.square().sum(), weights)
+    (gx_ref,) = torch.autograd.grad(ref(x)[0].square().sum(), x, create_graph=True)
+    want = torch.autograd.grad(gx_ref.square().sum(), list(ref.parameters()))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-7, atol=1e-10)
+
+
+def test_func_grad_is_the_kernel_gradient():
+    ours, _ = _pair(2, True, 0)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    params = {k: v.detach() for k, v in ours.named_parameters()}
+
+    def loss(p):
+        return functional_call(ours, p, (x,))[0].square().sum()
+    got = grad(loss)(params)
+    ours(x)[0].square().sum().backward()
+    for name, p in ours.named_parameters():
+        assert_bitwise_equal(got[name], p.grad, f"torch.func.grad {name}")
+
+
+def test_vmap_gives_each_slice_its_own_bits():
+    ours, _ = _pair(2, True, 0)
+    xs = torch.randn(3, T, B, I)
+    ours.float()
+    batched = vmap(lambda x: ours(x)[0])(xs)
+    for k in range(3):
+        assert_bitwise_equal(batched[k], ours(xs[k])[0], f"vmap slice {k}")
+    grads = vmap(grad(lambda x: ours(x)[0].square().sum()))(xs)
+    for k in range(3):
+        x = xs[k].clone().requires_grad_()
+        ours(x)[0].square().sum().backward()
+        assert_bitwise_equal(grads[k], x.grad, f"vmap(grad) slice {k}")
+
+
+def test_vmap_over_the_weights_too():
+    ours, _ = _pair(1, False, 0)
+    params = {k: torch.stack([v.detach(), 2 * v.detach()]) for k, v in ours.named_parameters()}
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    out = vmap(lambda p: functional_call(ours, p, (x,))[0])(params)
+    for k in range(2):
+        single = {name: v[k] for name, v in params.items()}
+        assert_bitwise_equal(out[k], functional_call(ours, single, (x,))[0], f"weights slice {k}")
+
+
+@pytest.mark.parametrize("case", CASES[:3], ids=IDS[:3])
+def test_jvp_and_forward_ad_match_nn_lstm(case):
+    layers, bidirectional, proj, _, _ = case
+    ours, ref = _pair(layers, bidirectional, proj)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    tangent = torch.randn_like(x)
+    got = jvp(lambda v: ours(v)[0], (x,), (tangent,))[1]
+    want = jvp(lambda v: ref(v)[0], (x,), (tangent,))[1]
+    assert want.abs().max() > 0
+    torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-10)
+    with fwAD.dual_level():
+        out = ours(fwAD.make_dual(x, tangent))[0]
+        torch.testing.assert_close(fwAD.unpack_dual(out).tangent, want, rtol=1e-7, atol=1e-10)
+
+
+def test_hessian_matches_nn_lstm():
+    ours, ref = _pair(1, True, 0)
+    x = torch.randn(2, 1, I, dtype=torch.float64)
+    got = hessian(lambda v: ours(v)[0].square().sum())(x)
+    want = jacfwd(jacrev(lambda v: ref(v)[0].square().sum()))(x)
+    torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_gradcheck_batched_and_forward_ad(case):
+    fn, inputs = _function_and_inputs(case)
+    assert torch.autograd.gradcheck(fn, inputs, check_batched_grad=True, check_forward_ad=True,
+                                    fast_mode=True)
+
+
+def test_is_grads_batched_equals_one_call_per_row():
+    ours, _ = _pair(2, True, 0)
+    x = torch.randn(T, B, I, requires_grad=True)
+    ours.float()
+    out = ours(x)[0]
+    cotangents = torch.randn(4, *out.shape)
+    batched = torch.autograd.grad(out, [x] + list(ours.parameters()), cotangents,
+                                  retain_graph=True, is_grads_batched=True)
+    for k in range(4):
+        single = torch.autograd.grad(out, [x] + list(ours.parameters()), cotangents[k],
+                                     retain_graph=True)
+        for b, s in zip(batched, single):
+            assert_bitwise_equal(b[k], s, f"is_grads_batched row {k}")
+
+
+def test_vectorized_jacobian_equals_the_loop():
+    ours, _ = _pair(1, True, 0)
+    x = torch.randn(2, 1, I, dtype=torch.float64)
+    fn = lambda v: ours(v)[0]  # noqa: E731
+    assert_bitwise_equal(torch.autograd.functional.jacobian(fn, x, vectorize=True),
+                         torch.autograd.functional.jacobian(fn, x), "jacobian(vectorize=True)")
