@@ -1,6 +1,8 @@
 """The build compiled what this machine can compile: CI has nvcc and a CUDA build of torch but no GPU,
-and must still compile the CUDA kernels so a kernel that does not build never lands."""
+and must still compile the CUDA kernels so a kernel that does not build never lands. And it recorded
+the torch it compiled against (tests/test_install.py checks that a mismatch is refused)."""
 
+import json
 import os
 import shutil
 
@@ -8,6 +10,7 @@ import pytest
 import torch
 
 import detlstm
+from detlstm import _library
 
 
 def _cuda_toolchain_present():
@@ -20,7 +23,21 @@ def _cuda_toolchain_present():
 def test_cuda_extension_was_built():
     if os.environ.get("DETLSTM_CUDA") == "0":
         pytest.skip("DETLSTM_CUDA=0 turned the CUDA build off")
+    if _library.BUILT == "on first import" and not torch.cuda.is_available() and \
+            os.environ.get("DETLSTM_CUDA") != "1":
+        pytest.skip("compiled on first import, which builds the CUDA kernels only where a GPU is visible")
     assert detlstm.HAS_CUDA_KERNELS, "nvcc and a CUDA torch are present but detlstm._C_cuda is missing"
+
+
+def test_build_recorded_the_running_torch():
+    assert _library.TORCH_VERSION_AT_BUILD == torch.__version__
+    assert _library.BUILT in ("ahead of time", "on first import")
+    folder = os.path.dirname(_library.EXTENSION_FILES["cpu"])
+    with open(os.path.join(folder, "_build_record.json")) as f:
+        record = json.load(f)
+    assert record["torch"] == torch.__version__ and record["detlstm"] == detlstm.__version__
+    if _library.BUILT == "ahead of time":
+        assert record["cuda_extension"] == detlstm.HAS_CUDA_KERNELS
 
 
 def test_cpu_kernels_pick_a_variant():
