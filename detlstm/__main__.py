@@ -3,10 +3,14 @@
 Trains a small bidirectional 2-layer LSTM tagger with dropout for a few steps, twice, from the same
 seed, and prints for each run one hash over every loss, output and gradient (they match). Then it
 compares detlstm with torch.nn.LSTM on the same weights with dropout off.
+
+python -m detlstm info: versions, CPU kernel build, threads, CUDA kernels and GPUs, and a one-second
+self-check against a stored hash (PASS/FAIL): what to paste into a bug report.
 """
 
 import argparse
 import hashlib
+import sys
 
 import torch
 from torch import nn
@@ -76,6 +80,14 @@ def difference_from_nn_lstm(device):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["info"]:
+        from . import _info
+        return _info.main(argv[1:])
+    return demo(argv)
+
+
+def demo(argv):
     parser = argparse.ArgumentParser(prog="python -m detlstm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20, help="training steps per run")
