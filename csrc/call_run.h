@@ -12,6 +12,7 @@
 
 #include "call_checks.h"
 #include "common/lstm_args.h"
+#include "cpu/huge_pages.h"
 
 namespace detlstm {
 
@@ -63,6 +64,11 @@ LstmForwardArgs<T> lstm_forward_args(const LstmCall& call, const at::Tensor& inp
   return a;
 }
 
+// Fresh CPU outputs the kernels will write whole: see csrc/cpu/huge_pages.h.
+inline void advise_huge_pages(const at::Tensor& t) {
+  if (t.is_cpu() && t.numel() > 0) cpu::advise_huge_pages_for_block(t.data_ptr(), t.nbytes());
+}
+
 inline LstmOutputs allocate_lstm_outputs(const LstmCall& c, const at::Tensor& input) {
   const auto opts = input.options();
   const int64_t RH = c.proj_size > 0 ? c.proj_size : c.hidden_size;
@@ -74,6 +80,7 @@ inline LstmOutputs allocate_lstm_outputs(const LstmCall& c, const at::Tensor& in
   o.layer_out = at::empty({c.num_layers - 1, c.steps, c.batch, DH}, opts);
   o.gates = at::empty({c.num_layers, c.directions, c.steps, c.batch, 4 * c.hidden_size}, opts);
   o.cells = at::empty({c.num_layers, c.directions, c.steps, c.batch, c.hidden_size}, opts);
+  for (at::Tensor* t : {&o.output, &o.layer_out, &o.gates, &o.cells}) advise_huge_pages(*t);
   return o;
 }
 
@@ -111,6 +118,7 @@ inline LstmGrads allocate_lstm_grads(const at::Tensor& input, const at::Tensor& 
                                      const at::Tensor& c0, const std::vector<at::Tensor>& weights) {
   LstmGrads g;
   g.grad_input = at::empty_like(input, at::MemoryFormat::Contiguous);
+  advise_huge_pages(g.grad_input);
   g.grad_h0 = at::empty_like(h0, at::MemoryFormat::Contiguous);
   g.grad_c0 = at::empty_like(c0, at::MemoryFormat::Contiguous);
   for (const auto& w : weights) g.grad_weights.push_back(at::empty_like(w, at::MemoryFormat::Contiguous));

@@ -16,11 +16,20 @@ namespace {
 
 using cpu::KernelVariant;
 
-// The instruction-set variant the CPU kernels run: AVX2 + FMA where the processor has them, else the
-// portable build. Tests switch it to prove both give the same bits.
+#if defined(__x86_64__) || defined(_M_X64)
+bool cpu_has_avx2() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+bool cpu_has_avx512() {
+  return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
+}
+#endif
+
+// The instruction-set variant the CPU kernels run: the widest the processor has (AVX-512, AVX2 + FMA,
+// else the portable build). Tests switch it to prove all give the same bits.
 const KernelVariant* select_default_variant() {
 #if defined(__x86_64__) || defined(_M_X64)
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &cpu::avx2_variant();
+  if (cpu_has_avx512()) return &cpu::avx512_variant();
+  if (cpu_has_avx2()) return &cpu::avx2_variant();
 #endif
   return &cpu::generic_variant();
 }
@@ -36,15 +45,19 @@ std::string set_cpu_variant(const std::string& name) {
     current_variant() = &cpu::generic_variant();
 #if defined(__x86_64__) || defined(_M_X64)
   } else if (name == "avx2") {
-    TORCH_CHECK(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"),
+    TORCH_CHECK(cpu_has_avx2(),
                 "detlstm: this processor lacks AVX2/FMA, the 'avx2' CPU kernels cannot run");
     current_variant() = &cpu::avx2_variant();
+  } else if (name == "avx512") {
+    TORCH_CHECK(cpu_has_avx512(), "detlstm: this processor lacks AVX-512 (F, VL, DQ, BW), the "
+                "'avx512' CPU kernels cannot run");
+    current_variant() = &cpu::avx512_variant();
 #endif
   } else if (name == "default") {
     current_variant() = select_default_variant();
   } else {
     TORCH_CHECK(false, "detlstm: unknown CPU kernel variant '", name,
-                "' (expected 'generic', 'avx2' or 'default')");
+                "' (expected 'generic', 'avx2', 'avx512' or 'default')");
   }
   return previous;
 }
@@ -153,7 +166,20 @@ TORCH_LIBRARY_IMPL(detlstm, CPU, m) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_cpu_variant", &detlstm::set_cpu_variant,
-        "Select the CPU kernel build ('generic', 'avx2', 'default'); '' only queries. Returns the "
+        "Select the CPU kernel build ('generic', 'avx2', 'avx512', 'default'); '' only queries. Returns the "
         "previous name.",
         pybind11::arg("name") = "");
+  m.def("set_cpu_phase_timing", &detlstm::cpu::set_cpu_phase_timing,
+        "Turn the CPU driver's per-phase clock on or off (off by default; bench/phases.py).");
+  m.def(
+      "take_cpu_phase_times",
+      [] {
+        const auto sums = detlstm::cpu::take_cpu_phase_times();
+        pybind11::dict out;
+        for (size_t k = 0; k < sums.size(); ++k)
+          out[detlstm::cpu::cpu_phase_name(static_cast<detlstm::cpu::CpuPhase>(k))] =
+              pybind11::make_tuple(sums[k].first, sums[k].second);
+        return out;
+      },
+      "{phase: (seconds, multiply-adds)} summed since the last call, which resets them.");
 }

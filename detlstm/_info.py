@@ -85,10 +85,12 @@ def self_check_digest() -> str:
 
 def cpu_variants() -> tuple:
     """(the CPU kernel build in use, the one this processor would pick by default, every build it
-    can run). The default is 'avx2' where the processor has AVX2 and FMA, else 'generic'."""
+    can run). The default is the widest the processor has: 'avx512' (AVX-512 F, VL, DQ, BW), 'avx2'
+    (AVX2 and FMA), else 'generic'."""
     current = _ops.set_cpu_variant("default")
     best = _ops.set_cpu_variant(current)
-    return current, best, ("generic", "avx2") if best == "avx2" else ("generic",)
+    ladder = ("generic", "avx2", "avx512")
+    return current, best, ladder[:ladder.index(best) + 1]
 
 
 def self_check(expected: str = None) -> tuple:
@@ -258,7 +260,8 @@ def version_lines() -> list:
 
 def cpu_lines() -> list:
     current, best, _ = cpu_variants()
-    supports = "AVX2 and FMA" if best == "avx2" else "no AVX2+FMA, or not x86-64"
+    supports = {"avx512": "AVX-512 and AVX2+FMA", "avx2": "AVX2 and FMA, no AVX-512"}.get(
+        best, "no AVX2+FMA, or not x86-64")
     return [
         _field("CPU", _cpu_model()),
         _field("CPU kernels", f"'{current}' in use (this CPU: {supports}; default '{best}'); "

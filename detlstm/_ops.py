@@ -72,8 +72,19 @@ def cuda_launch_shapes() -> list:
 
 
 def set_cpu_variant(name: str = "") -> str:
-    """Select the CPU kernel build ('generic', 'avx2', 'default'); '' only asks. Returns the previous."""
+    """Select the CPU kernel build ('generic', 'avx2', 'avx512', 'default'); '' only asks. Returns the previous."""
     return _C.set_cpu_variant(name)
+
+
+def set_cpu_phase_timing(on: bool) -> None:
+    """Turn the CPU driver's per-phase clock on or off (off by default). bench/phases.py uses it."""
+    _C.set_cpu_phase_timing(bool(on))
+
+
+def take_cpu_phase_times() -> dict:
+    """{phase: (seconds, multiply-adds)} of the CPU driver summed since the last call (which resets
+    them); zeros unless set_cpu_phase_timing(True)."""
+    return dict(_C.take_cpu_phase_times())
 
 
 def philox4x32_10(counters: torch.Tensor, key0: int, key1: int) -> torch.Tensor:

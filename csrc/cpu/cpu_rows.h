@@ -1,11 +1,12 @@
-// Row-wise pieces of the CPU kernels: transposes, padding, dropout and the cell over a block of units
-// of one row. Included by lstm_cpu_impl.h inside one instruction-set variant's namespace.
+// Row-wise pieces of the CPU kernels: transposes, padding, dropout, prefetch hints and the cell over
+// a block of rows and units. Included by lstm_cpu_impl.h inside one instruction-set variant's
+// namespace.
 
 template <typename T>
-std::vector<T> transposed(const T* w, int64_t rows, int64_t cols) {
+Buffer<T> transposed(const T* w, int64_t rows, int64_t cols) {
   // by 32 x 32 blocks: both the reads and the writes stay within a few cache lines per block
   constexpr int64_t kBlock = 32;
-  std::vector<T> out(static_cast<size_t>(rows * cols));
+  Buffer<T> out(static_cast<size_t>(rows * cols));
   for (int64_t r0 = 0; r0 < rows; r0 += kBlock)
     for (int64_t c0 = 0; c0 < cols; c0 += kBlock)
       for (int64_t c = c0; c < std::min(c0 + kBlock, cols); ++c)
@@ -36,6 +37,18 @@ void apply_dropout(const DropoutParams& dp, int64_t layer, const T* y, T* out, i
   });
 }
 
+// Asks for the cache lines of n values from p before they are read (or, with kWrite, written). The
+// cell reads gate pre-activations the input projection wrote long before (a whole layer's worth:
+// far out of L2), a unit block's slice of each row sitting alone in its cache line, a pattern no
+// hardware prefetcher follows: issued before the step's product, the lines arrive while it runs.
+// Only a hint: no value changes.
+template <bool kWrite = false, typename T>
+inline void prefetch_span(const T* p, int64_t n) {
+  const char* end = reinterpret_cast<const char*>(p + n);
+  for (const char* q = reinterpret_cast<const char*>(p); q < end; q += 64)
+    __builtin_prefetch(q, kWrite ? 1 : 0, 3);
+}
+
 template <typename T>
 void zero_padding(T* base, int64_t width, const int64_t* lengths, int64_t steps, int64_t B) {
   for (int64_t t = 0; t < steps; ++t)
@@ -43,73 +56,155 @@ void zero_padding(T* base, int64_t width, const int64_t* lengths, int64_t steps,
       if (t >= lengths[b]) std::fill(base + (t * B + b) * width, base + (t * B + b + 1) * width, T(0));
 }
 
-// The cell of units j0 .. j1-1 of one row: g holds the four input parts of the pre-activations (i,
-// f, g, o blocks of H: (b_ih + b_hh) + X, or X without biases) and receives the activated gates; r
-// holds the recurrent parts R, so a = g + r (rule 4); c_out and h_out receive c and h = o * tanh(c).
+// Where the cell of one row reads and writes, each pointer advanced to the unit at hand (gate k of
+// that unit at + k * H).
 template <typename T>
-void cell_forward_row(T* g, const T* r, const T* c_prev, T* c_out, T* h_out, int64_t H, int64_t j0,
-                      int64_t j1) {
-  int64_t j = j0;
+struct CellForwardAt {
+  T* g;             // in: the input parts of the pre-activations ((b_ih + b_hh) + X, or X); out: gates
+  const T* r;       // the recurrent parts R: a = g + r (rule 4)
+  const T* c_prev;
+  T* c_out;
+  T* h_out;         // h = o * tanh(c) (m with projections)
+};
+template <typename T>
+struct CellBackwardAt {
+  const T* dh;      // the gradient reaching h (m with projections)
+  T* dc;            // in: the gradient reaching c from the step after; out: the one reaching c_prev
+  const T* g;       // the activated gates the forward saved
+  const T* c;
+  const T* c_prev;
+  T* da;            // out: the gate pre-activation gradients
+};
+
+// Runs a cell over rows i0 .. i1-1, units j0 .. j1-1; at(i, j) gives row i's pointers at unit j. In
+// the vector builds (float) whole vectors go two at a time through vectors(N, slots) (N = 2; a last
+// odd one alone, N = 1: see lanes_pair.h), and the units past a row's last whole vector, like every
+// unit elsewhere, through scalar(slot). Each unit's bits are the same on every path.
+template <typename T, class At, class Vectors, class Scalar>
+void for_cell_slots(int64_t i0, int64_t i1, int64_t j0, int64_t j1, At at, Vectors vectors,
+                    Scalar scalar) {
+  int64_t j_scalar = j0;
 #if DETLSTM_CPU_AVX2
-  if constexpr (std::is_same<T, float>::value) {  // eight units at a time, same bits
-    using V = math::V8;
-    const auto a = [&](int64_t k) { return V::load(g + k) + V::load(r + k); };
-    for (; j + 8 <= j1; j += 8) {
-      const math::CellState<V> st =
-          math::lstm_cell_forward(a(j), a(H + j), a(2 * H + j), a(3 * H + j), V::load(c_prev + j));
-      st.i.store(g + j);
-      st.f.store(g + H + j);
-      st.g.store(g + 2 * H + j);
-      st.o.store(g + 3 * H + j);
-      st.c.store(c_out + j);
-      st.h.store(h_out + j);
+  if constexpr (std::is_same<T, float>::value) {
+    constexpr int64_t W = math::kVecLanes;
+    const int64_t per_row = (j1 - j0) / W, n = (i1 - i0) * per_row;
+    j_scalar = j0 + per_row * W;
+    decltype(at(i0, j0)) slot[2];
+    const auto fill = [&](int q, int64_t k) { slot[q] = at(i0 + k / per_row, j0 + k % per_row * W); };
+    int64_t k = 0;
+    for (; k + 2 <= n; k += 2) {
+      fill(0, k);
+      fill(1, k + 1);
+      vectors(std::integral_constant<int, 2>(), slot);
+    }
+    if (k < n) {
+      fill(0, k);
+      vectors(std::integral_constant<int, 1>(), slot);
     }
   }
 #endif
-  for (; j < j1; ++j) {
-    const math::CellState<T> st = math::lstm_cell_forward(
-        g[j] + r[j], g[H + j] + r[H + j], g[2 * H + j] + r[2 * H + j], g[3 * H + j] + r[3 * H + j],
-        c_prev[j]);
-    g[j] = st.i;
-    g[H + j] = st.f;
-    g[2 * H + j] = st.g;
-    g[3 * H + j] = st.o;
-    c_out[j] = st.c;
-    h_out[j] = st.h;
+  for (int64_t i = i0; i < i1; ++i)
+    for (int64_t j = j_scalar; j < j1; ++j) scalar(at(i, j));
+}
+
+#if DETLSTM_CPU_AVX2
+// One vector (N = 1) or a pair (N = 2) of the cell's lanes, and their loads and stores: slot s's
+// vector at ptr(s).
+template <int N>
+using CellVec = std::conditional_t<N == 1, math::VecF, math::Two<math::VecF>>;
+
+template <int N, class Ptr>
+CellVec<N> load_slots(Ptr ptr) {
+  if constexpr (N == 1) return math::VecF::load(ptr(0));
+  else return CellVec<N>(math::VecF::load(ptr(0)), math::VecF::load(ptr(1)));
+}
+template <int N, class Ptr>
+void store_slots(const CellVec<N>& v, Ptr ptr) {
+  if constexpr (N == 1) {
+    v.store(ptr(0));
+  } else {
+    v.a.store(ptr(0));
+    v.b.store(ptr(1));
   }
 }
 
-// The cell's backward for units j0 .. j1-1 of one row: dh (the gradient reaching h, or m with
-// projections) and dc (the gradient reaching c from the step after, replaced by the one reaching
-// c_prev) in; the gate pre-activation gradients da (i, f, g, o blocks) out.
-template <typename T>
-void cell_backward_row(const T* dh, T* dc, const T* g, const T* c, const T* c_prev, T* da,
-                       int64_t H, int64_t j0, int64_t j1) {
-  int64_t j = j0;
-#if DETLSTM_CPU_AVX2
-  if constexpr (std::is_same<T, float>::value) {  // eight units at a time, same bits
-    using V = math::V8;
-    for (; j + 8 <= j1; j += 8) {
-      const math::CellGrad<V> cg = math::lstm_cell_backward(
-          V::load(dh + j), V::load(dc + j), V::load(g + j), V::load(g + H + j),
-          V::load(g + 2 * H + j), V::load(g + 3 * H + j), V::load(c + j), V::load(c_prev + j));
-      cg.da_i.store(da + j);
-      cg.da_f.store(da + H + j);
-      cg.da_g.store(da + 2 * H + j);
-      cg.da_o.store(da + 3 * H + j);
-      cg.dc_prev.store(dc + j);
-    }
-  }
+template <int N>
+void cell_forward_vectors(const CellForwardAt<float>* at, int64_t H) {
+  const auto in = [&](int64_t k) {
+    return load_slots<N>([&](int s) { return at[s].g + k; }) +
+           load_slots<N>([&](int s) { return at[s].r + k; });
+  };
+  const math::CellState<CellVec<N>> st = math::lstm_cell_forward(
+      in(0), in(H), in(2 * H), in(3 * H), load_slots<N>([&](int s) { return at[s].c_prev; }));
+  store_slots<N>(st.i, [&](int s) { return at[s].g; });
+  store_slots<N>(st.f, [&](int s) { return at[s].g + H; });
+  store_slots<N>(st.g, [&](int s) { return at[s].g + 2 * H; });
+  store_slots<N>(st.o, [&](int s) { return at[s].g + 3 * H; });
+  store_slots<N>(st.c, [&](int s) { return at[s].c_out; });
+  store_slots<N>(st.h, [&](int s) { return at[s].h_out; });
+}
+
+template <int N>
+void cell_backward_vectors(const CellBackwardAt<float>* at, int64_t H) {
+  const auto ld = [&](auto member, int64_t k) {
+    return load_slots<N>([&](int s) { return at[s].*member + k; });
+  };
+  using A = CellBackwardAt<float>;
+  const math::CellGrad<CellVec<N>> cg = math::lstm_cell_backward(
+      ld(&A::dh, 0), load_slots<N>([&](int s) { return at[s].dc; }), ld(&A::g, 0), ld(&A::g, H),
+      ld(&A::g, 2 * H), ld(&A::g, 3 * H), ld(&A::c, 0), ld(&A::c_prev, 0));
+  store_slots<N>(cg.da_i, [&](int s) { return at[s].da; });
+  store_slots<N>(cg.da_f, [&](int s) { return at[s].da + H; });
+  store_slots<N>(cg.da_g, [&](int s) { return at[s].da + 2 * H; });
+  store_slots<N>(cg.da_o, [&](int s) { return at[s].da + 3 * H; });
+  store_slots<N>(cg.dc_prev, [&](int s) { return at[s].dc; });
+}
 #endif
-  for (; j < j1; ++j) {
-    const math::CellGrad<T> cg = math::lstm_cell_backward(dh[j], dc[j], g[j], g[H + j], g[2 * H + j],
-                                                          g[3 * H + j], c[j], c_prev[j]);
-    da[j] = cg.da_i;
-    da[H + j] = cg.da_f;
-    da[2 * H + j] = cg.da_g;
-    da[3 * H + j] = cg.da_o;
-    dc[j] = cg.dc_prev;
-  }
+
+// The cell forward of rows i0 .. i1-1, units j0 .. j1-1 (at: see for_cell_slots).
+template <typename T, class At>
+void cell_forward_rows(int64_t H, int64_t i0, int64_t i1, int64_t j0, int64_t j1, At at) {
+  for_cell_slots<T>(
+      i0, i1, j0, j1, at,
+      [&](auto n, const CellForwardAt<T>* slots) {
+#if DETLSTM_CPU_AVX2
+        if constexpr (std::is_same<T, float>::value) cell_forward_vectors<decltype(n)::value>(slots, H);
+#endif
+        (void)n, (void)slots;
+      },
+      [&](const CellForwardAt<T>& p) {
+        const math::CellState<T> st = math::lstm_cell_forward(
+            p.g[0] + p.r[0], p.g[H] + p.r[H], p.g[2 * H] + p.r[2 * H], p.g[3 * H] + p.r[3 * H],
+            p.c_prev[0]);
+        p.g[0] = st.i;
+        p.g[H] = st.f;
+        p.g[2 * H] = st.g;
+        p.g[3 * H] = st.o;
+        p.c_out[0] = st.c;
+        p.h_out[0] = st.h;
+      });
+}
+
+// The cell backward of rows i0 .. i1-1, units j0 .. j1-1 (at: see for_cell_slots).
+template <typename T, class At>
+void cell_backward_rows(int64_t H, int64_t i0, int64_t i1, int64_t j0, int64_t j1, At at) {
+  for_cell_slots<T>(
+      i0, i1, j0, j1, at,
+      [&](auto n, const CellBackwardAt<T>* slots) {
+#if DETLSTM_CPU_AVX2
+        if constexpr (std::is_same<T, float>::value) cell_backward_vectors<decltype(n)::value>(slots, H);
+#endif
+        (void)n, (void)slots;
+      },
+      [&](const CellBackwardAt<T>& p) {
+        const math::CellGrad<T> cg = math::lstm_cell_backward(
+            p.dh[0], p.dc[0], p.g[0], p.g[H], p.g[2 * H], p.g[3 * H], p.c[0], p.c_prev[0]);
+        p.da[0] = cg.da_i;
+        p.da[H] = cg.da_f;
+        p.da[2 * H] = cg.da_g;
+        p.da[3 * H] = cg.da_o;
+        p.dc[0] = cg.dc_prev;
+      });
 }
 
 
@@ -117,7 +212,7 @@ void cell_backward_row(const T* dh, T* dc, const T* g, const T* c, const T* c_pr
 // dropout into `dropped` when dropout is on (ARITHMETIC.md rule 7).
 template <typename T>
 const T* dropped_layer_input(const LstmForwardArgs<T>& f, int64_t l, const StepSchedule& sched,
-                             std::vector<T>& dropped, const ParallelFor& parallel_for) {
+                             Buffer<T>& dropped, const ParallelFor& parallel_for) {
   const T* X = layer_input(f, l);
   if (l == 0 || !f.dropout.active) return X;
   const math::CallDims c(f.shape);

@@ -24,8 +24,10 @@ struct GemmGroup {
   const T* b_panels = nullptr;
 };
 
-constexpr int kMR = 6;     // rows of C per micro-tile
-constexpr int kNR = 16;    // columns of C per micro-tile (two AVX2 vectors)
+// Rows of C per micro-tile: 6 x 2 AVX2 accumulators fill 12 of 16 registers; the AVX-512 build keeps
+// 8 accumulators and 8 running folds in its 32.
+constexpr int kMR = DETLSTM_CPU_AVX512 ? 8 : 6;
+constexpr int kNR = 16;    // columns of C per micro-tile (two AVX2 vectors, one AVX-512 vector)
 constexpr int kNB = 64;    // columns of C per task
 constexpr int kKC = 256;   // reduction block: the slice of B a task streams stays in L2
 static_assert(kKC % math::kSumChunk == 0, "a reduction slice must start on a chunk boundary");
@@ -126,6 +128,77 @@ __attribute__((noinline)) void micro_avx2(const GemmGroup<float>& g, int64_t m0,
 }
 #undef DETLSTM_FOR_ROWS
 
+#if DETLSTM_CPU_AVX512
+// The AVX-512 tile: MR rows x 16 columns, one register each, over a whole reduction slice [p0, p1)
+// (chunk-aligned) in one call. Each chunk is chained from +0 in acc, then folded into the running
+// fold in fold (fold_chunk's order: the sum's first chunk starts it, every later one is added), all
+// in registers; C is read once (a slice after the first continues the fold stored there) and
+// written once. Same operations, so the same bits, as micro_avx2 and micro_scalar.
+#define DETLSTM_FOR_ROWS8(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+template <int MR, bool kACols, bool kPanels>
+__attribute__((noinline)) void micro_avx512(const GemmGroup<float>& g, int64_t m0, int64_t n0,
+                                            int64_t p0, int64_t p1, int64_t P, const float* panel,
+                                            const float* apack) {
+  static_assert(MR >= 1 && MR <= kMR, "rows per micro-tile");
+  const __m512 zero = _mm512_setzero_ps();
+#define DETLSTM_INIT(i)                                                                          \
+  __m512 acc##i = zero, fold##i = zero;                                                          \
+  const float* arow##i = nullptr;                                                                \
+  if constexpr (i < MR) {                                                                        \
+    if (!kACols) arow##i = g.a[m0 + i];                                                          \
+    if (p0 != 0) fold##i = _mm512_loadu_ps(g.c[m0 + i] + n0);                                    \
+  }
+  DETLSTM_FOR_ROWS8(DETLSTM_INIT)
+#undef DETLSTM_INIT
+  for (int64_t pc = p0; pc < p1; pc += math::kSumChunk) {
+    const int64_t pe = std::min(pc + math::kSumChunk, p1);
+    for (int64_t p = pc; p < pe; ++p) {
+      const __m512 b = _mm512_loadu_ps(kPanels ? panel + p * kNR : g.b[p] + n0);
+      const float* acol = kACols ? apack + (p - p0) * kMR : nullptr;
+#define DETLSTM_STEP(i)                                                                          \
+  if constexpr (i < MR) {                                                                        \
+    acc##i = _mm512_fmadd_ps(_mm512_set1_ps(kACols ? acol[i] : arow##i[p]), b, acc##i);          \
+  }
+      DETLSTM_FOR_ROWS8(DETLSTM_STEP)
+#undef DETLSTM_STEP
+    }
+#define DETLSTM_FOLD(i)                                                                          \
+  if constexpr (i < MR) {                                                                        \
+    fold##i = pc == 0 ? acc##i : _mm512_add_ps(fold##i, acc##i);                                 \
+    acc##i = zero;                                                                               \
+  }
+    DETLSTM_FOR_ROWS8(DETLSTM_FOLD)
+#undef DETLSTM_FOLD
+  }
+  const bool add_vec = p1 == P && g.epilogue == GemmEpilogue::kAddVector;
+  const __m512 v = add_vec ? _mm512_loadu_ps(g.vec + n0) : zero;
+#define DETLSTM_STORE(i)                                                                         \
+  if constexpr (i < MR) {                                                                        \
+    _mm512_storeu_ps(g.c[m0 + i] + n0, add_vec ? _mm512_add_ps(v, fold##i) : fold##i);           \
+  }
+  DETLSTM_FOR_ROWS8(DETLSTM_STORE)
+#undef DETLSTM_STORE
+  (void)arow0, (void)arow1, (void)arow2, (void)arow3, (void)arow4, (void)arow5, (void)arow6,
+      (void)arow7;
+}
+#undef DETLSTM_FOR_ROWS8
+
+template <bool kACols, bool kPanels>
+inline void micro_avx512_rows(const GemmGroup<float>& g, int mr, int64_t m0, int64_t n0, int64_t p0,
+                              int64_t p1, int64_t P, const float* panel, const float* apack) {
+  switch (mr) {
+    case 8: micro_avx512<8, kACols, kPanels>(g, m0, n0, p0, p1, P, panel, apack); break;
+    case 7: micro_avx512<7, kACols, kPanels>(g, m0, n0, p0, p1, P, panel, apack); break;
+    case 6: micro_avx512<6, kACols, kPanels>(g, m0, n0, p0, p1, P, panel, apack); break;
+    case 5: micro_avx512<5, kACols, kPanels>(g, m0, n0, p0, p1, P, panel, apack); break;
+    case 4: micro_avx512<4, kACols, kPanels>(g, m0, n0, p0, p1, P, panel, apack); break;
+    case 3: micro_avx512<3, kACols, kPanels>(g, m0, n0, p0, p1, P, panel, apack); break;
+    case 2: micro_avx512<2, kACols, kPanels>(g, m0, n0, p0, p1, P, panel, apack); break;
+    default: micro_avx512<1, kACols, kPanels>(g, m0, n0, p0, p1, P, panel, apack); break;
+  }
+}
+#endif
+
 template <bool kACols, bool kPanels>
 inline void micro_vector_rows(const GemmGroup<float>& g, int mr, int64_t m0, int64_t n0, int64_t pc,
                               int64_t pe, bool last, const float* panel, const float* apack) {
@@ -145,6 +218,13 @@ inline void micro_vector(const GemmGroup<float>& g, int mr, int64_t m0, int64_t 
                          int64_t kc, int64_t P, const float* apack) {
   const bool panels = g.b_panels && n0 % kNR == 0;  // a panel holds columns kNR q .. kNR q + kNR-1
   const float* panel = panels ? g.b_panels + (n0 / kNR) * P * kNR : nullptr;
+#if DETLSTM_CPU_AVX512
+  if (panels)
+    micro_avx512_rows<kACols, true>(g, mr, m0, n0, p0, p0 + kc, P, panel, apack);
+  else
+    micro_avx512_rows<kACols, false>(g, mr, m0, n0, p0, p0 + kc, P, nullptr, apack);
+  return;
+#endif
   for (int64_t pc = p0; pc < p0 + kc; pc += math::kSumChunk) {
     const int64_t pe = std::min(pc + math::kSumChunk, p0 + kc);
     const float* chunk_pack = kACols ? apack + (pc - p0) * kMR : nullptr;
@@ -159,9 +239,9 @@ inline void micro_vector(const GemmGroup<float>& g, int mr, int64_t m0, int64_t 
 // B (P rows given by pointers, N columns) as panels of kNR columns, panel q at q * P * kNR, row p of
 // it at + p * kNR. Only whole panels: the last N % kNR columns stay with the row pointers.
 template <typename T>
-std::vector<T> pack_b_panels(const T* const* b, int64_t P, int64_t N) {
+Buffer<T> pack_b_panels(const T* const* b, int64_t P, int64_t N) {
   const int64_t panels = N / kNR;
-  std::vector<T> out(static_cast<size_t>(panels * P * kNR));
+  Buffer<T> out(static_cast<size_t>(panels * P * kNR));
   for (int64_t q = 0; q < panels; ++q)
     for (int64_t p = 0; p < P; ++p)
       std::copy(b[p] + q * kNR, b[p] + (q + 1) * kNR, out.begin() + (q * P + p) * kNR);
@@ -170,7 +250,7 @@ std::vector<T> pack_b_panels(const T* const* b, int64_t P, int64_t N) {
 
 // Panels only where the vector kernel reads them (float in the AVX2 build); empty elsewhere.
 template <typename T>
-std::vector<T> panels_for_vector_kernel(const T* const* b, int64_t P, int64_t N) {
+Buffer<T> panels_for_vector_kernel(const T* const* b, int64_t P, int64_t N) {
 #if DETLSTM_CPU_AVX2
   if constexpr (std::is_same<T, float>::value) return pack_b_panels(b, P, N);
 #endif
@@ -179,7 +259,7 @@ std::vector<T> panels_for_vector_kernel(const T* const* b, int64_t P, int64_t N)
 }
 
 template <typename T>
-const T* panels_or_null(const std::vector<T>& panels) {
+const T* panels_or_null(const Buffer<T>& panels) {
   return panels.empty() ? nullptr : panels.data();
 }
 
@@ -212,8 +292,10 @@ void gemm_block(const GemmGroup<T>& g, int64_t P, int64_t m_begin, int64_t m_end
           const int64_t m0 = m_begin + tile * kMR;
           const int mr = static_cast<int>(std::min<int64_t>(kMR, m_end - m0));
           float* dst = apack + tile * kMR * kKC;
-          for (int64_t p = p0; p < p0 + kc; ++p)
-            for (int i = 0; i < kMR; ++i) dst[(p - p0) * kMR + i] = i < mr ? g.a[p][m0 + i] : 0.0f;
+          for (int64_t p = p0; p < p0 + kc; ++p) {
+            float* out = std::copy(g.a[p] + m0, g.a[p] + m0 + mr, dst + (p - p0) * kMR);
+            std::fill(out, dst + (p - p0 + 1) * kMR, 0.0f);
+          }
         }
       }
     }
@@ -256,11 +338,14 @@ void gemm_columns(const GemmGroup<T>& g, int64_t P, int64_t n0, int64_t n1) {
 // Rows per task of gemm_chain: kMB tiles of kMR rows share each strip of B from L1.
 constexpr int64_t kMB = 8 * kMR;
 
-// Runs every group's product (all with the same N and P) as one parallel region. P >= 1.
+// Runs every group's product (all with the same N and P) as one parallel region. P >= 1. In column
+// mode a task takes every column of its rows: it packs its rows of A (gemm_block) once per slice
+// instead of once per kNB columns.
 template <typename T, bool kACols>
 void gemm_chain(const std::vector<GemmGroup<T>>& groups, int64_t N, int64_t P,
                 const ParallelFor& parallel_for) {
-  const int64_t n_blocks = (N + kNB - 1) / kNB;
+  const int64_t cols_per_task = kACols ? std::max<int64_t>(N, 1) : kNB;
+  const int64_t n_blocks = (N + cols_per_task - 1) / cols_per_task;
   std::vector<int64_t> first_task(groups.size() + 1, 0);
   for (size_t k = 0; k < groups.size(); ++k) {
     const int64_t m_blocks = (groups[k].M + kMB - 1) / kMB;
@@ -268,7 +353,7 @@ void gemm_chain(const std::vector<GemmGroup<T>>& groups, int64_t N, int64_t P,
   }
   const int64_t tasks = first_task.back();
   if (tasks == 0) return;
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / (kMB * kNB * P));
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / (kMB * cols_per_task * P));
   parallel_for(tasks, grain, [&](int64_t begin, int64_t end) {
     DenormalGuard guard;
     size_t k = 0;
@@ -278,8 +363,8 @@ void gemm_chain(const std::vector<GemmGroup<T>>& groups, int64_t N, int64_t P,
       const int64_t m_blocks = (g.M + kMB - 1) / kMB;
       const int64_t local = task - first_task[k];
       // m fastest: consecutive tasks of a chunk reuse the same columns of B from cache
-      const int64_t m0 = (local % m_blocks) * kMB, n0 = (local / m_blocks) * kNB;
-      gemm_block<T, kACols>(g, P, m0, std::min(m0 + kMB, g.M), n0, std::min(n0 + kNB, N));
+      const int64_t m0 = (local % m_blocks) * kMB, n0 = (local / m_blocks) * cols_per_task;
+      gemm_block<T, kACols>(g, P, m0, std::min(m0 + kMB, g.M), n0, std::min(n0 + cols_per_task, N));
     }
   });
 }

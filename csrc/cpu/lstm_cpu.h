@@ -1,12 +1,15 @@
 // The CPU kernels' interface: plain pointers and sizes, no torch types, so the same kernel source can be
-// compiled once per instruction set (lstm_cpu_avx2.cpp, lstm_cpu_generic.cpp) and picked at run time.
+// compiled once per instruction set (lstm_cpu_avx512.cpp, lstm_cpu_avx2.cpp, lstm_cpu_generic.cpp) and picked at run time.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
+#include <utility>
 #include <vector>
 
 #include "../common/lstm_args.h"
+#include "huge_pages.h"
 
 
 namespace detlstm {
@@ -25,6 +28,46 @@ using ParallelFor =
 
 using ::detlstm::UnaryFn;
 
+// Wall time and multiply-adds of each phase of the CPU driver (csrc/common/phases.h), summed over
+// calls while timing is on: bench/phases.py reads them to report each phase's GFLOP/s against the
+// machine's FMA peak. Off by default; on, it reads the clock twice per phase and layer. It never
+// changes a value.
+enum class CpuPhase : int {
+  kInputProjection,
+  kRecurrence,
+  kRecurrenceBackward,
+  kInitialStateGradients,
+  kInputGradient,
+  kWeightGradients,
+  kBiasGradients,
+  kCount
+};
+const char* cpu_phase_name(CpuPhase phase);
+void set_cpu_phase_timing(bool on);
+bool cpu_phase_timing();
+void add_cpu_phase(CpuPhase phase, double seconds, double multiply_adds);
+// (seconds, multiply-adds) per phase, in CpuPhase order, since the last call; resets them.
+std::vector<std::pair<double, double>> take_cpu_phase_times();
+
+// Times one phase of one layer: multiply_adds is the work it does (valid rows only).
+class CpuPhaseTimer {
+ public:
+  CpuPhaseTimer(CpuPhase phase, double multiply_adds)
+      : phase_(phase), multiply_adds_(multiply_adds), on_(cpu_phase_timing()),
+        start_(on_ ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point()) {}
+  ~CpuPhaseTimer() {
+    if (!on_) return;
+    const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start_;
+    add_cpu_phase(phase_, took.count(), multiply_adds_);
+  }
+
+ private:
+  CpuPhase phase_;
+  double multiply_adds_;
+  bool on_;
+  std::chrono::steady_clock::time_point start_;
+};
+
 // One instruction-set variant of the kernels. All variants give identical bits (tests check it).
 struct KernelVariant {
   const char* name;
@@ -38,6 +81,7 @@ struct KernelVariant {
 const KernelVariant& generic_variant();
 #if defined(__x86_64__) || defined(_M_X64)
 const KernelVariant& avx2_variant();
+const KernelVariant& avx512_variant();
 #endif
 
 }  // namespace cpu

@@ -21,6 +21,7 @@
 #define DETLSTM_CPU_VARIANT_NAME "avx2"
 #define DETLSTM_MATH_NS detlstm_math_avx2
 #define DETLSTM_CPU_AVX2 1
+#define DETLSTM_CPU_AVX512 0
 #include "lstm_cpu_variant.h"
 
 #pragma GCC pop_options

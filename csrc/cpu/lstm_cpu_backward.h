@@ -6,25 +6,25 @@
 // Buffers the backward keeps across layers.
 template <typename T>
 struct BackwardBuffers {
-  std::vector<T> dropped;                 // a layer's input after dropout
-  std::vector<T> grad_buf[2];             // gradient w.r.t. a layer's output, built by the layer above
-  std::vector<std::vector<T>> da;         // per direction: gate pre-activation gradients (T, B, 4H)
-  std::vector<std::vector<T>> dh;         // per direction: dh of every (t, b) (T, B, RH), for dW_hr
-  std::vector<T> dc;                      // (D, B, H): the gradient reaching c, carried between steps
-  std::vector<T> dm;                      // with projections: dm = W_hr^T dh of a step's rows
-  std::vector<std::vector<T>> m_all;      // with projections: the cell outputs m of every (t, b)
-  std::vector<T> dx_reverse;              // bidirectional: the reverse direction's part of dX
+  Buffer<T> dropped;                 // a layer's input after dropout
+  Buffer<T> grad_buf[2];             // gradient w.r.t. a layer's output, built by the layer above
+  std::vector<Buffer<T>> da;         // per direction: gate pre-activation gradients (T, B, 4H)
+  std::vector<Buffer<T>> dh;         // per direction: dh of every (t, b) (T, B, RH), for dW_hr
+  Buffer<T> dc;                      // (D, B, H): the gradient reaching c, carried between steps
+  Buffer<T> dm;                      // with projections: dm = W_hr^T dh of a step's rows
+  std::vector<Buffer<T>> m_all;      // with projections: the cell outputs m of every (t, b)
+  Buffer<T> dx_reverse;              // bidirectional: the reverse direction's part of dX
 
   explicit BackwardBuffers(const math::CallDims& c) {
     const size_t rows = static_cast<size_t>(c.T * c.B);
     if (c.L > 1)
       for (auto& buf : grad_buf) buf.assign(rows * c.DH, T(0));
-    da.assign(c.D, std::vector<T>(rows * c.G, T(0)));
-    dh.assign(c.D, std::vector<T>(rows * c.RH, T(0)));
+    da.assign(c.D, Buffer<T>(rows * c.G, T(0)));
+    dh.assign(c.D, Buffer<T>(rows * c.RH, T(0)));
     dc.resize(static_cast<size_t>(c.D * c.B * c.H));
     if (c.proj) {
       dm.resize(static_cast<size_t>(c.D * c.B * c.H));
-      m_all.assign(c.D, std::vector<T>(rows * c.H, T(0)));
+      m_all.assign(c.D, Buffer<T>(rows * c.H, T(0)));
     }
     if (c.D == 2) dx_reverse.resize(rows * static_cast<size_t>(std::max(c.I, c.DH)));
   }
@@ -55,7 +55,7 @@ BackwardLayer<T> backward_layer(const LstmForwardArgs<T>& f, const math::CallDim
 template <typename T>
 struct BackwardOperands {
   std::vector<const T*> hh_rows, hr_rows;
-  std::vector<std::vector<T>> hh_panels;
+  std::vector<Buffer<T>> hh_panels;
 };
 
 template <typename T>
@@ -119,6 +119,7 @@ class BackwardStep {
       for (int64_t task = begin; task < end; ++task) {
         const int64_t d = task / unit_blocks, u0 = (task % unit_blocks) * kUnitBlock;
         const int64_t u1 = std::min(u0 + kUnitBlock, c_.RH);
+        if (!c_.proj) prefetch_cells(d, u0, u1);
         if (n_next_ > 0) gemm_columns<T, false>(groups[d], c_.G, u0, u1);
         finish_dh(d, u0, u1);
         if (!c_.proj) cells_backward(d, 0, n_, u0, u1);
@@ -166,21 +167,34 @@ class BackwardStep {
     }
   }
 
+  // The lines finish_dh and cells_backward of units j0 .. j1-1 will touch (see prefetch_span): the
+  // forward's saved gates and cells and dy are far out of cache by now.
+  void prefetch_cells(int64_t d, int64_t j0, int64_t j1) const {
+    for (int64_t i = 0; i < n_; ++i) {
+      const int64_t b = row_of(i), t = time_of(d, i), r = c_.row(t, b);
+      for (int64_t gate = 0; gate < 4; ++gate) {
+        prefetch_span(L_.gates[d] + r * c_.G + gate * c_.H + j0, j1 - j0);
+        prefetch_span<true>(buf_.da[d].data() + r * c_.G + gate * c_.H + j0, j1 - j0);
+      }
+      prefetch_span(L_.cells[d] + r * c_.H + j0, j1 - j0);
+      prefetch_span(L_.dY + c_.out_offset(t, b, d) + j0, j1 - j0);
+    }
+  }
+
   // The cell backward of rows i0 .. i1-1, units j0 .. j1-1 (dc_n enters at a row's last step).
   void cells_backward(int64_t d, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t b = row_of(i), t = time_of(d, i), len = a_.fwd.lengths[b];
-      T* dc_row = buf_.dc.data() + (d * c_.B + b) * c_.H;
-      if (i >= n_next_) {
-        const T* dc_n = a_.dc_n + c_.state_row(L_.l, d, b) * c_.H;
-        std::copy(dc_n + j0, dc_n + j1, dc_row + j0);
-      }
-      const T* c_prev = math::c_prev_of(c_, a_.fwd.c0, L_.cells[d], L_.l, d, t, b, len);
-      const T* dh = c_.proj ? rows_.dm[d * c_.B + i] : rows_.dh[d * c_.B + i];
-      cell_backward_row<T>(dh, dc_row, L_.gates[d] + c_.row(t, b) * c_.G,
-                           L_.cells[d] + c_.row(t, b) * c_.H, c_prev,
-                           buf_.da[d].data() + c_.row(t, b) * c_.G, c_.H, j0, j1);
+    for (int64_t i = std::max(i0, n_next_); i < i1; ++i) {
+      const T* dc_n = a_.dc_n + c_.state_row(L_.l, d, row_of(i)) * c_.H;
+      std::copy(dc_n + j0, dc_n + j1, buf_.dc.data() + (d * c_.B + row_of(i)) * c_.H + j0);
     }
+    cell_backward_rows<T>(c_.H, i0, i1, j0, j1, [&](int64_t i, int64_t j) {
+      const int64_t b = row_of(i), t = time_of(d, i), r = c_.row(t, b);
+      const T* c_prev = math::c_prev_of(c_, a_.fwd.c0, L_.cells[d], L_.l, d, t, b, a_.fwd.lengths[b]);
+      const T* dh = c_.proj ? rows_.dm[d * c_.B + i] : rows_.dh[d * c_.B + i];
+      return CellBackwardAt<T>{dh + j, buf_.dc.data() + (d * c_.B + b) * c_.H + j,
+                               L_.gates[d] + r * c_.G + j, L_.cells[d] + r * c_.H + j, c_prev + j,
+                               buf_.da[d].data() + r * c_.G + j};
+    });
   }
 
   const LstmBackwardArgs<T>& a_;
@@ -244,7 +258,7 @@ T* input_gradient(const LstmBackwardArgs<T>& a, const math::CallDims& c, const S
     for (int64_t v = 0; v < R; ++v) c_rows[v] = out + sched.valid[v] * K;
     for (int64_t v = 0; v < R; ++v) a_rows[v] = buf.da[d].data() + sched.valid[v] * c.G;
     for (int64_t p = 0; p < c.G; ++p) b_rows[p] = a.fwd.weights.w_ih[L.l * c.D + d] + p * K;
-    const std::vector<T> panels = panels_for_vector_kernel(b_rows.data(), c.G, K);
+    const Buffer<T> panels = panels_for_vector_kernel(b_rows.data(), c.G, K);
     const std::vector<GemmGroup<T>> groups{{R, a_rows.data(), b_rows.data(), c_rows.data(),
                                             GemmEpilogue::kStore, nullptr, panels_or_null(panels)}};
     gemm_chain<T, false>(groups, K, c.G, parallel_for);
@@ -287,7 +301,7 @@ void weight_gradient(const math::CallDims& c, int64_t R, const std::vector<const
                      const std::vector<const T*>& b_rows, int64_t b_step, int64_t M, int64_t N,
                      const std::vector<T*>& out, const ParallelFor& parallel_for) {
   std::vector<std::vector<T*>> c_rows(c.D, std::vector<T*>(M));
-  std::vector<std::vector<T>> panels(c.D);
+  std::vector<Buffer<T>> panels(c.D);
   std::vector<GemmGroup<T>> groups;
   for (int64_t d = 0; d < c.D; ++d) {
     for (int64_t m = 0; m < M; ++m) c_rows[d][m] = out[d] + m * N;
@@ -376,11 +390,19 @@ void lstm_backward(const LstmBackwardArgs<T>& a, const ParallelFor& parallel_for
     const BackwardLayer<T> L =
         backward_layer(f, c, l, dropped_layer_input(f, l, sched, buf.dropped, parallel_for), dY);
     const BackwardOperands<T> ops = backward_operands(f, c, l);
-    recurrence_backward(a, c, sched, L, buf, ops, parallel_for);
-    initial_state_gradients(a, c, L, buf, ops, parallel_for);
-    T* dX = input_gradient(a, c, sched, L, buf, parallel_for);
-    weight_gradients(a, c, sched, L, buf, parallel_for);
-    bias_gradients(a, c, sched, L, buf, parallel_for);
+    // multiply-adds per phase, for the phase clock (lstm_cpu.h)
+    const double R = static_cast<double>(sched.valid.size()), D = static_cast<double>(c.D);
+    const double proj = c.proj ? R * D * c.H * c.RH : 0.0;
+    timed(CpuPhase::kRecurrenceBackward, (R - c.B) * D * c.G * c.RH + proj,
+          [&] { recurrence_backward(a, c, sched, L, buf, ops, parallel_for); });
+    timed(CpuPhase::kInitialStateGradients, D * c.B * c.G * c.RH,
+          [&] { initial_state_gradients(a, c, L, buf, ops, parallel_for); });
+    T* dX = nullptr;
+    timed(CpuPhase::kInputGradient, R * D * c.G * L.K,
+          [&] { dX = input_gradient(a, c, sched, L, buf, parallel_for); });
+    timed(CpuPhase::kWeightGradients, R * D * c.G * (L.K + c.RH) + proj,
+          [&] { weight_gradients(a, c, sched, L, buf, parallel_for); });
+    timed(CpuPhase::kBiasGradients, 0.0, [&] { bias_gradients(a, c, sched, L, buf, parallel_for); });
     // Through the dropout between layer l-1 and l: the forward's mask, regenerated.
     if (l > 0 && f.dropout.active) apply_dropout(f.dropout, l - 1, dX, dX, c.DH, sched, c.B, parallel_for);
     dY = dX;

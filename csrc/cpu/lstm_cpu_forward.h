@@ -6,7 +6,7 @@
 // of B runs over gate rows; W_hr^T (H, RH); and b_ih + b_hh (rule 4).
 template <typename T>
 struct DirectionWeights {
-  std::vector<T> wt_ih, wt_hh, wt_hr, bias;
+  Buffer<T> wt_ih, wt_hh, wt_hr, bias;
 };
 
 // What the phases of one layer share.
@@ -61,7 +61,7 @@ void input_projection(const math::CallDims& c, const StepSchedule& sched, const 
   const int64_t R = static_cast<int64_t>(sched.valid.size()), K = L.K;
   std::vector<const T*> a_rows(R), b_rows(c.D * K);
   std::vector<T*> c_rows(c.D * R);
-  std::vector<std::vector<T>> panels(c.D);
+  std::vector<Buffer<T>> panels(c.D);
   std::vector<GemmGroup<T>> groups;
   for (int64_t v = 0; v < R; ++v) a_rows[v] = L.X + sched.valid[v] * K;
   for (int64_t d = 0; d < c.D; ++d) {
@@ -88,9 +88,9 @@ struct StepRowsCpu {
 template <typename T>
 struct RecurrenceOperands {
   std::vector<const T*> hh_rows, hr_rows;
-  std::vector<std::vector<T>> hh_panels;
-  std::vector<T> r_buf;  // a step's recurrent parts R = h_prev . W_hh^T, (D * B, 4H)
-  std::vector<T> m_buf;  // with projections the cell's output m = o * tanh(c), before h = W_hr m
+  std::vector<Buffer<T>> hh_panels;
+  Buffer<T> r_buf;  // a step's recurrent parts R = h_prev . W_hh^T, (D * B, 4H)
+  Buffer<T> m_buf;  // with projections the cell's output m = o * tanh(c), before h = W_hr m
 };
 
 template <typename T>
@@ -131,6 +131,18 @@ void fill_step_rows(const LstmForwardArgs<T>& a, const math::CallDims& c, const 
   }
 }
 
+// The lines the cell of units u0 .. u1-1 of rows i0 .. i1-1 will touch (see prefetch_span).
+template <typename T>
+void prefetch_cell_rows(const StepRowsCpu<T>& rows, int64_t H, int64_t i0, int64_t i1, int64_t u0,
+                        int64_t u1) {
+  for (int64_t i = i0; i < i1; ++i) {
+    for (int64_t gate = 0; gate < 4; ++gate) prefetch_span(rows.gates[i] + gate * H + u0, u1 - u0);
+    prefetch_span(rows.c_prev[i] + u0, u1 - u0);
+    prefetch_span<true>(rows.cell[i] + u0, u1 - u0);
+    prefetch_span<true>(rows.out[i] + u0, u1 - u0);
+  }
+}
+
 // One step of the recurrence (phases.h): R = the chunked sum of h_prev . W_hh^T for every gate row,
 // then the cell on a = pre + R (rule 4). A hidden unit's four gates, its cell and its h depend on no other unit of the step, so
 // one task per (direction, block of kUnitBlock units) runs the recurrent product for the block's gate
@@ -154,11 +166,13 @@ void recurrence_step(const math::CallDims& c, int64_t n, const RecurrenceOperand
     for (int64_t task = begin; task < end; ++task) {
       const int64_t d = task / unit_blocks, u0 = (task % unit_blocks) * kUnitBlock;
       const int64_t u1 = std::min(u0 + kUnitBlock, c.H);
+      prefetch_cell_rows(rows, c.H, d * c.B, d * c.B + n, u0, u1);
       for (int64_t gate = 0; gate < 4; ++gate)
         gemm_columns<T, false>(groups[d], c.RH, gate * c.H + u0, gate * c.H + u1);
-      for (int64_t i = d * c.B; i < d * c.B + n; ++i)
-        cell_forward_row<T>(rows.gates[i], rows.r[i], rows.c_prev[i], rows.cell[i], rows.out[i], c.H,
-                            u0, u1);
+      cell_forward_rows<T>(c.H, d * c.B, d * c.B + n, u0, u1, [&](int64_t i, int64_t j) {
+        return CellForwardAt<T>{rows.gates[i] + j, rows.r[i] + j, rows.c_prev[i] + j,
+                                rows.cell[i] + j, rows.out[i] + j};
+      });
     }
   });
   if (!c.proj) return;
@@ -200,12 +214,15 @@ void lstm_forward(const LstmForwardArgs<T>& a, const ParallelFor& parallel_for) 
   const math::CallDims c(a.shape);
   const StepSchedule sched(a.lengths, c.T, c.B);
   zero_forward_padding(a, c);
-  std::vector<T> dropped;
+  Buffer<T> dropped;
   for (int64_t l = 0; l < c.L; ++l) {
     const ForwardLayer<T> L =
         forward_layer(a, c, l, dropped_layer_input(a, l, sched, dropped, parallel_for));
-    input_projection(c, sched, L, parallel_for);
-    recurrence(a, c, sched, L, parallel_for);
+    const double R = static_cast<double>(sched.valid.size()), D = static_cast<double>(c.D);
+    timed(CpuPhase::kInputProjection, R * D * L.K * c.G,
+          [&] { input_projection(c, sched, L, parallel_for); });
+    timed(CpuPhase::kRecurrence, R * D * (c.RH * c.G + (c.proj ? c.H * c.RH : 0)),
+          [&] { recurrence(a, c, sched, L, parallel_for); });
     final_states(a, c, L);
   }
 }

@@ -19,4 +19,5 @@
 #define DETLSTM_CPU_VARIANT_NAME "generic"
 #define DETLSTM_MATH_NS detlstm_math_generic
 #define DETLSTM_CPU_AVX2 0
+#define DETLSTM_CPU_AVX512 0
 #include "lstm_cpu_variant.h"

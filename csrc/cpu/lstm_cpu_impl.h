@@ -23,6 +23,13 @@ using ::detlstm::StepSchedule;
 // block's gate columns start on a panel boundary whenever H is a multiple of kNR too.
 constexpr int64_t kUnitBlock = 16;
 
+// Runs fn as one phase of the driver on the phase clock (lstm_cpu.h).
+template <class Fn>
+void timed(CpuPhase phase, double multiply_adds, Fn fn) {
+  const CpuPhaseTimer timer(phase, multiply_adds);
+  fn();
+}
+
 #include "cpu_rows.h"
 #include "lstm_cpu_forward.h"
 #include "lstm_cpu_backward.h"
@@ -34,8 +41,8 @@ void lstm_unary(UnaryFn fn, const T* x, T* y, int64_t n, const ParallelFor& para
     int64_t k = begin;
 #if DETLSTM_CPU_AVX2
     if constexpr (std::is_same<T, float>::value) {
-      using V = math::V8;
-      for (; k + 8 <= end; k += 8) {
+      using V = math::VecF;
+      for (; k + math::kVecLanes <= end; k += math::kVecLanes) {
         const V v = V::load(x + k);
         (fn == UnaryFn::kExp ? math::canonical_exp(v)
                              : (fn == UnaryFn::kSigmoid ? math::canonical_sigmoid(v)

@@ -1,9 +1,19 @@
 // Instantiates the CPU kernels for one instruction-set variant. The including .cpp defines
-// DETLSTM_CPU_VARIANT, DETLSTM_MATH_NS and DETLSTM_CPU_AVX2 first (and, for AVX2, the target pragma).
+// DETLSTM_CPU_VARIANT, DETLSTM_MATH_NS, DETLSTM_CPU_AVX2 and DETLSTM_CPU_AVX512 first (and, for the
+// vector builds, the target pragma). The vector builds name their widest float vector VecF
+// (kVecLanes lanes): the cell and the elementwise functions run on it, in pairs (lanes_pair.h).
 #include "../common/lstm_cell.h"
 #if DETLSTM_CPU_AVX2
 namespace DETLSTM_MATH_NS {
 #include "lanes_avx2.h"
+#if DETLSTM_CPU_AVX512
+#include "lanes_avx512.h"
+using VecF = V16;
+#else
+using VecF = V8;
+#endif
+constexpr int64_t kVecLanes = sizeof(VecF) / sizeof(float);
+#include "lanes_pair.h"
 }  // namespace DETLSTM_MATH_NS
 #endif
 #include "lstm_cpu_impl.h"
