@@ -95,8 +95,12 @@ def test_philox_known_answers(counter, key, expected):
 
 
 def test_cpu_builds_agree_bitwise():
-    """The AVX2 build and the portable build produce the same bits (math and whole LSTM)."""
-    if detlstm.set_cpu_variant() != "avx2":
+    """Every vector build this processor runs (AVX-512, AVX2) produces the portable build's bits
+    (math and whole LSTM)."""
+    from detlstm._info import cpu_variants
+
+    variants = cpu_variants()[2]
+    if len(variants) == 1:
         pytest.skip("this processor runs only the portable build")
     from helpers import assert_results_equal, forward_backward, make_pair
 
@@ -115,7 +119,7 @@ def test_cpu_builds_agree_bitwise():
     wide_lengths = [24] * 12 + [20, 9, 4, 1]
     results = {}
     try:
-        for variant in ("avx2", "generic"):
+        for variant in variants:
             detlstm.set_cpu_variant(variant)
             math = [detlstm.canonical_unary(x, fn) for fn in ("exp", "sigmoid", "tanh")]
             results[variant] = math
@@ -126,4 +130,20 @@ def test_cpu_builds_agree_bitwise():
                                                  loss_seed=5)
     finally:
         detlstm.set_cpu_variant("default")
-    assert_results_equal(results["avx2"], results["generic"], "avx2 vs generic")
+    for variant in variants[1:]:
+        assert_results_equal(results[variant], results["generic"], f"{variant} vs generic")
+
+
+def test_cpu_variant_names_and_errors():
+    """'avx512' is offered where the processor has it, refused with a clear error where not; an
+    unknown name lists the valid ones."""
+    from detlstm._info import cpu_variants
+
+    current, best, variants = cpu_variants()
+    assert best == variants[-1] and current in variants
+    with pytest.raises(RuntimeError, match="expected 'generic', 'avx2', 'avx512' or 'default'"):
+        detlstm.set_cpu_variant("sse9")
+    if "avx512" not in variants:
+        with pytest.raises(RuntimeError, match="lacks AVX-512"):
+            detlstm.set_cpu_variant("avx512")
+    assert detlstm.set_cpu_variant(current) == current

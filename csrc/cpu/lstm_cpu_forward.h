@@ -131,13 +131,14 @@ void fill_step_rows(const LstmForwardArgs<T>& a, const math::CallDims& c, const 
   }
 }
 
-// The lines the cell of units u0 .. u1-1 of rows i0 .. i1-1 will touch (see prefetch_span).
+// The lines the cell of units u0 .. u1-1 of rows i0 .. i1-1 will touch (see prefetch_span): the
+// input parts of the pre-activations, and the cell and h rows it writes. c_prev is left out: from
+// the second step on it is the step before's output, already in cache.
 template <typename T>
 void prefetch_cell_rows(const StepRowsCpu<T>& rows, int64_t H, int64_t i0, int64_t i1, int64_t u0,
                         int64_t u1) {
   for (int64_t i = i0; i < i1; ++i) {
     for (int64_t gate = 0; gate < 4; ++gate) prefetch_span(rows.gates[i] + gate * H + u0, u1 - u0);
-    prefetch_span(rows.c_prev[i] + u0, u1 - u0);
     prefetch_span<true>(rows.cell[i] + u0, u1 - u0);
     prefetch_span<true>(rows.out[i] + u0, u1 - u0);
   }
@@ -148,9 +149,12 @@ void prefetch_cell_rows(const StepRowsCpu<T>& rows, int64_t H, int64_t i0, int64
 // one task per (direction, block of kUnitBlock units) runs the recurrent product for the block's gate
 // columns over all rows, then their cells, reading its slice of W_hh^T once per step. With
 // projections h = W_hr m needs every unit of a row: a second region, by row tiles.
+// The cell's inputs of this step were asked for a step ahead (next, with its n_next rows): memory
+// latency measured longer than one step's product at hidden 128.
 template <typename T>
 void recurrence_step(const math::CallDims& c, int64_t n, const RecurrenceOperands<T>& ops,
-                     StepRowsCpu<T>& rows, const ParallelFor& parallel_for) {
+                     StepRowsCpu<T>& rows, const StepRowsCpu<T>& next, int64_t n_next,
+                     const ParallelFor& parallel_for) {
   std::vector<GemmGroup<T>> groups, projections;
   for (int64_t d = 0; d < c.D; ++d) {
     const int64_t k = d * c.B;
@@ -166,7 +170,7 @@ void recurrence_step(const math::CallDims& c, int64_t n, const RecurrenceOperand
     for (int64_t task = begin; task < end; ++task) {
       const int64_t d = task / unit_blocks, u0 = (task % unit_blocks) * kUnitBlock;
       const int64_t u1 = std::min(u0 + kUnitBlock, c.H);
-      prefetch_cell_rows(rows, c.H, d * c.B, d * c.B + n, u0, u1);
+      prefetch_cell_rows(next, c.H, d * c.B, d * c.B + n_next, u0, u1);
       for (int64_t gate = 0; gate < 4; ++gate)
         gemm_columns<T, false>(groups[d], c.RH, gate * c.H + u0, gate * c.H + u1);
       cell_forward_rows<T>(c.H, d * c.B, d * c.B + n, u0, u1, [&](int64_t i, int64_t j) {
@@ -189,10 +193,17 @@ template <typename T>
 void recurrence(const LstmForwardArgs<T>& a, const math::CallDims& c, const StepSchedule& sched,
                 const ForwardLayer<T>& L, const ParallelFor& parallel_for) {
   RecurrenceOperands<T> ops = recurrence_operands(c, L);
-  StepRowsCpu<T> rows(c.D * c.B);
-  for (int64_t s = 0; s < c.T && sched.active[s] > 0; ++s) {
-    for (int64_t d = 0; d < c.D; ++d) fill_step_rows(a, c, sched, L, ops, s, d, rows);
-    recurrence_step(c, sched.active[s], ops, rows, parallel_for);
+  StepRowsCpu<T> rows[2] = {StepRowsCpu<T>(c.D * c.B), StepRowsCpu<T>(c.D * c.B)};
+  const auto active = [&](int64_t s) { return s < c.T ? sched.active[s] : 0; };
+  for (int64_t d = 0; d < c.D; ++d) fill_step_rows(a, c, sched, L, ops, 0, d, rows[0]);
+  for (int64_t d = 0; d < c.D; ++d)  // the first step's inputs: no step before asked for them
+    prefetch_cell_rows(rows[0], c.H, d * c.B, d * c.B + active(0), 0, c.H);
+  for (int64_t s = 0; active(s) > 0; ++s) {
+    StepRowsCpu<T>& now = rows[s % 2];
+    StepRowsCpu<T>& next = rows[(s + 1) % 2];
+    if (active(s + 1) > 0)
+      for (int64_t d = 0; d < c.D; ++d) fill_step_rows(a, c, sched, L, ops, s + 1, d, next);
+    recurrence_step(c, active(s), ops, now, next, active(s + 1), parallel_for);
   }
 }
 
