@@ -2,24 +2,32 @@
 two-one-way-LSTMs workaround, on the same work, in one run.
 
 Reports valid tokens per second (sum of lengths / time), ms per call, peak memory and each
-competitor's throughput relative to detlstm, as a Markdown table (stdout), a JSON file with every
-number and the environment, and PNG plots. See bench/RESULTS.md for measured numbers.
+competitor's throughput relative to detlstm (per shape, mode, dtype and thread count), as a Markdown
+table (stdout), a JSON file with every number and the environment, and PNG plots. See
+bench/RESULTS.md for measured numbers.
+
+Every competitor gets the input a user would pass: the dense padded tensor when every sequence is
+full length, else a PackedSequence (nn.LSTM, cuDNN, two-one-way) or lengths= (detlstm); each row
+names its form (input) and the path nn.LSTM took (path: oneDNN or ATen on the CPU, cuDNN on the
+GPU, seen by torch.profiler in one untimed call). On the CPU the reference shapes run at each
+--threads count; the sweeps and studies run at the process's thread count.
 """
 
 import argparse
 import dataclasses
 import json
 import os
-import re
 import sys
 
 import torch
 
-from bench.competitors import all_competitors
-from bench.core import (SHAPES, cpu_peak_mib, cuda_peak_mib, environment, make_inputs,
-                        median_ms, parse_custom, step_fn)
+from bench.competitors import all_competitors, path_taken
+from bench.core import (SHAPES, cpu_peak_mib, cuda_peak_mib, environment, make_inputs, median_ms,
+                        parse_custom, replace_md_section, step_fn, unique_specs, user_form)
 
 MODES = ("forward", "forward+backward")
+DEFAULT_SHAPES = {"cpu": "cpu,dense,fastrnns,tagger", "cpu-quick": "cpu,dense",
+                  "cuda": "tagger,large,stream", "cuda-quick": "tagger,large,stream"}
 
 
 def parse_args(argv):
@@ -28,17 +36,23 @@ def parse_args(argv):
     p.add_argument("--device", choices=["cpu", "cuda"],
                    default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--shapes", default=None,
-                   help=f"comma-separated reference shapes ({', '.join(SHAPES)}); "
-                        "default: cpu on the CPU, tagger,large,stream on the GPU")
+                   help=f"comma-separated reference shapes ({', '.join(SHAPES)}); default: "
+                        f"{DEFAULT_SHAPES['cpu']} on the CPU ({DEFAULT_SHAPES['cpu-quick']} with "
+                        f"--quick), {DEFAULT_SHAPES['cuda']} on the GPU")
     p.add_argument("--custom", action="append", default=[],
                    help="extra shape T,B,I,H,layers,bidir(0/1),dropout,lengths(all|uniform:LO)")
     p.add_argument("--modes", default=",".join(MODES), help="forward, forward+backward")
     p.add_argument("--dtypes", default="float32", help="float32, float64")
+    p.add_argument("--threads", default=None,
+                   help="CPU only: comma-separated intra-op thread counts to run the shapes at "
+                        "(default 1,2); on CUDA ignored (one run at the current count)")
     p.add_argument("--competitors", default=None, help="comma-separated names (default: all)")
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--out", default=os.path.join("bench", "out"), help="folder for JSON and plots")
-    p.add_argument("--quick", action="store_true", help="small repeats and sweeps (<2 min on 2 CPUs)")
+    p.add_argument("--quick", action="store_true",
+                   help="small repeats and sweeps, and on the CPU the shapes "
+                        f"{DEFAULT_SHAPES['cpu-quick']} unless --shapes says otherwise (make bench)")
     p.add_argument("--no-studies", action="store_true", help="skip the sweeps and studies")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--results-md", default=None,
@@ -47,22 +61,29 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def measure(competitor, spec, device, dtype, mode, warmup, repeats, memory=False):
+def measure(competitor, spec, device, dtype, mode, warmup, repeats, memory=False, threads=None):
+    """One row: the median time of `repeats` calls on the shape's inputs in the user's form, the form
+    and the path taken (one more call under the profiler, after the timed ones) and, with `memory`,
+    the peak memory of one forward+backward call."""
     torch.manual_seed(0)
     with competitor.context():
         model = competitor.build(spec, device, dtype)
         model.train()
         inputs = make_inputs(spec, device, dtype, 3)
         tokens = sum(int(lengths.sum()) for _, lengths in inputs) / len(inputs)
+        inputs = user_form(inputs)
+        form = competitor.input_form(inputs[0][1])
         step = step_fn(competitor, model, mode)
         try:
             ms, samples = median_ms(step, inputs, device, warmup, repeats)
+            taken = path_taken(competitor, step, *inputs[0], device)
         except RuntimeError as err:  # e.g. a setting the library refuses
-            return {"error": str(err).splitlines()[0]}
-        row = {"ms": ms, "tokens_per_s": tokens / (ms / 1e3), "samples_ms": samples}
+            return {"error": str(err).splitlines()[0], "input": form}
+        row = {"ms": ms, "tokens_per_s": tokens / (ms / 1e3), "samples_ms": samples, "input": form,
+               "path": taken}
         if memory and mode == "forward+backward":
             row["peak_mib"] = cuda_peak_mib(step, inputs) if device == "cuda" else \
-                cpu_peak_mib(competitor.name, spec, str(dtype).split(".")[1])
+                cpu_peak_mib(competitor.name, spec, str(dtype).split(".")[1], threads)
         return row
 
 
@@ -72,24 +93,29 @@ def fmt(v, digits=1):
 
 def table(rows, title):
     lines = [f"**{title}**", "",
-             "| shape | mode | dtype | competitor | ms/call | tokens/s | vs detlstm | peak MiB |",
-             "|---|---|---|---|---:|---:|---:|---:|"]
+             "| shape | mode | dtype | threads | competitor | input | path | ms/call | tokens/s | "
+             "vs detlstm | peak MiB |",
+             "|---|---|---|---:|---|---|---|---:|---:|---:|---:|"]
     for r in rows:
+        head = (f"| {r['shape']} | {r['mode']} | {r['dtype']} | {r.get('threads', '-')} | "
+                f"{r['competitor']} | {r.get('input', '-')} |")
         if "error" in r:
-            lines.append(f"| {r['shape']} | {r['mode']} | {r['dtype']} | {r['competitor']} | "
-                         f"error: {r['error'][:60]} | | | |")
+            lines.append(f"{head} | error: {r['error'][:60]} | | | |")
             continue
-        lines.append(f"| {r['shape']} | {r['mode']} | {r['dtype']} | {r['competitor']} | "
-                     f"{fmt(r['ms'], 2)} | {fmt(r['tokens_per_s'], 0)} | {fmt(r.get('vs_detlstm'), 2)}x | "
-                     f"{fmt(r.get('peak_mib'))} |")
+        lines.append(f"{head} {r.get('path', '-')} | {fmt(r['ms'], 2)} | {fmt(r['tokens_per_s'], 0)} | "
+                     f"{fmt(r.get('vs_detlstm'), 2)}x | {fmt(r.get('peak_mib'))} |")
     return "\n".join(lines)
 
 
+def ratio_key(r):
+    """Rows compared with each other: the same shape, mode, dtype and thread count."""
+    return r["shape"], r["mode"], r["dtype"], r.get("threads")
+
+
 def add_ratios(rows):
-    base = {(r["shape"], r["mode"], r["dtype"]): r for r in rows
-            if r["competitor"] == "detlstm" and "ms" in r}
+    base = {ratio_key(r): r for r in rows if r["competitor"] == "detlstm" and "ms" in r}
     for r in rows:
-        ref = base.get((r["shape"], r["mode"], r["dtype"]))
+        ref = base.get(ratio_key(r))
         if ref and "ms" in r:
             r["vs_detlstm"] = r["tokens_per_s"] / ref["tokens_per_s"]
 
@@ -119,6 +145,8 @@ def variable_length_study(competitors, base, device, dtype, warmup, repeats):
         b = measure(c, spread, device, dtype, "forward+backward", warmup, repeats)
         if "ms" in a and "ms" in b:
             out.append({"competitor": c.name, "equal_ms": a["ms"], "spread_ms": b["ms"],
+                        "equal_input": a["input"], "spread_input": b["input"],
+                        "equal_path": a["path"], "spread_path": b["path"],
                         "equal_tokens_per_s": a["tokens_per_s"], "spread_tokens_per_s": b["tokens_per_s"],
                         "time_ratio": b["ms"] / a["ms"],
                         "throughput_ratio": b["tokens_per_s"] / a["tokens_per_s"]})
@@ -158,7 +186,7 @@ def plots(result, out_dir):
         if not rows:
             continue
         fig, ax = plt.subplots(figsize=(7, 4))
-        labels = [f"{r['competitor']}\n{r['mode']}" for r in rows]
+        labels = [f"{r['competitor']}\n{r['mode']}\n{r.get('threads', '')} thr" for r in rows]
         ax.bar(range(len(rows)), [r["tokens_per_s"] for r in rows],
                color=["C0" if r["competitor"] == "detlstm" else "C7" for r in rows])
         ax.set_xticks(range(len(rows)), labels, rotation=45, ha="right", fontsize=7)
@@ -176,12 +204,18 @@ def report(result):
     env = result["env"]
     head = (f"Measured {env['date']} on {env.get('gpu', env['cpu'])} ({env['device']}), "
             f"torch {env['torch']}" + (f", CUDA {env['cuda']}, cuDNN {env['cudnn']}" if 'cuda' in env else "")
-            + f", {env['threads']} threads, git {env['git']}, `python -m bench {' '.join(result['argv'])}`.")
+            + f", detlstm CPU variant {env.get('detlstm_cpu_variant', '?')}, thread counts "
+            f"{', '.join(str(t) for t in result.get('threads', [env['threads']]))} (sweeps and studies at "
+            f"{result.get('study_threads', env['threads'])}), git {env['git']}, "
+            f"`python -m bench {' '.join(result['argv'])}`.")
     parts = [head, "", table(result["rows"], "Reference shapes (median of repeats; vs detlstm = "
-                             "competitor tokens/s / detlstm tokens/s)")]
+                             "competitor tokens/s / detlstm tokens/s at the same shape, mode, dtype "
+                             "and threads; input: dense, packed (PackedSequence) or lengths (detlstm's "
+                             "lengths=); path: what the call ran)")]
     if result.get("variable_length"):
         parts += ["", "**Variable lengths, same total tokens** (forward+backward): time with lengths "
-                  "uniform in [T/4, T] over time with all lengths T, at 1.6x the rows", "",
+                  "uniform in [T/4, T] over time with all lengths T, at 1.6x the rows (all T runs in "
+                  "the dense form, the spread in the packed/lengths form)", "",
                   "| competitor | all T: ms | spread: ms | time ratio | tokens/s ratio |", "|---|---:|---:|---:|---:|"]
         for r in result["variable_length"]:
             parts.append(f"| {r['competitor']} | {fmt(r['equal_ms'], 2)} | {fmt(r['spread_ms'], 2)} | "
@@ -199,15 +233,18 @@ def report(result):
 
 
 def write_results_md(path, device, text):
-    start, end = f"<!-- bench:{device}:start -->", f"<!-- bench:{device}:end -->"
-    body = open(path).read() if os.path.exists(path) else "# Bench results\n"
-    block = f"{start}\n{text}\n{end}"
-    if start in body:
-        body = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, body, flags=re.S)
-    else:
-        body = body.rstrip() + "\n\n" + block + "\n"
-    with open(path, "w") as f:
-        f.write(body)
+    replace_md_section(path, f"<!-- bench:{device}:start -->", f"<!-- bench:{device}:end -->", text)
+
+
+def parse_threads(text, device):
+    """The thread counts to run the shapes at: the list on the CPU (default 1,2), the current count
+    alone on CUDA."""
+    if device == "cuda":
+        return [torch.get_num_threads()]
+    counts = [int(t) for t in (text or "1,2").split(",") if t]
+    if not counts or min(counts) < 1:
+        raise SystemExit(f"--threads wants positive counts; got {text!r}")
+    return list(dict.fromkeys(counts))
 
 
 def main(argv=None):
@@ -219,27 +256,46 @@ def main(argv=None):
     quick = args.quick
     warmup = args.warmup if args.warmup is not None else (1 if quick else 3)
     repeats = args.repeats if args.repeats is not None else (3 if quick else 15)
-    names = args.shapes or ("cpu" if device == "cpu" else "tagger,large,stream")
-    specs = [SHAPES[n] for n in names.split(",") if n] + [parse_custom(c) for c in args.custom]
+    names = args.shapes if args.shapes is not None else \
+        DEFAULT_SHAPES[device + ("-quick" if quick else "")]
+    unknown = [n for n in names.split(",") if n and n not in SHAPES]
+    if unknown:
+        raise SystemExit(f"--shapes: unknown {', '.join(unknown)} (known: {', '.join(SHAPES)})")
+    specs = unique_specs([SHAPES[n] for n in names.split(",") if n] +
+                         [parse_custom(c) for c in args.custom])
+    if not specs:
+        raise SystemExit("no shapes: give --shapes or --custom")
     modes = [m for m in args.modes.split(",") if m]
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",") if d]
+    thread_counts = parse_threads(args.threads, device)
     competitors = all_competitors(device)
     if args.competitors:
         wanted = args.competitors.split(",")
         competitors = [c for c in competitors if c.name in wanted]
     os.makedirs(args.out, exist_ok=True)
 
-    result = {"env": environment(device), "argv": argv, "rows": [],
+    start_threads = torch.get_num_threads()
+    result = {"env": environment(device), "argv": argv, "rows": [], "threads": thread_counts,
+              "study_threads": start_threads,
               "competitors": {c.name: c.note for c in competitors}}
-    for spec in specs:
-        for dtype in dtypes:
-            for mode in modes:
-                for c in competitors:
-                    row = measure(c, spec, device, dtype, mode, warmup, repeats, memory=True)
-                    row.update(shape=spec.name, mode=mode, dtype=str(dtype).split(".")[1], competitor=c.name)
-                    result["rows"].append(row)
-                    print(f"  {spec.name:10s} {mode:17s} {c.name:12s} "
-                          f"{fmt(row.get('ms'), 2):>10s} ms {row.get('error', '')}", file=sys.stderr)
+    try:
+        for spec in specs:
+            for dtype in dtypes:
+                for mode in modes:
+                    for threads in thread_counts:
+                        if device == "cpu":
+                            torch.set_num_threads(threads)
+                        for c in competitors:
+                            row = measure(c, spec, device, dtype, mode, warmup, repeats, memory=True,
+                                          threads=threads if device == "cpu" else None)
+                            row.update(shape=spec.name, mode=mode, dtype=str(dtype).split(".")[1],
+                                       threads=threads, competitor=c.name)
+                            result["rows"].append(row)
+                            print(f"  {spec.name:10s} {mode:17s} {threads}t {c.name:12s} "
+                                  f"{fmt(row.get('ms'), 2):>10s} ms {row.get('input', '')} "
+                                  f"{row.get('path', '')} {row.get('error', '')}", file=sys.stderr)
+    finally:
+        torch.set_num_threads(start_threads)
     add_ratios(result["rows"])
 
     if not args.no_studies:

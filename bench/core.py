@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -36,7 +37,16 @@ SHAPES = {
     "large": Spec("large", 100, 64, 1024, 1024, 2, True, 0.3, "all"),
     "stream": Spec("stream", 500, 8, 512, 512, 1, True, 0.0, "all"),
     "cpu": Spec("cpu", 50, 16, 128, 128, 2, True, 0.3, "uniform:10"),
+    "dense": Spec("dense", 50, 16, 128, 128, 2, True, 0.3, "all"),
+    "fastrnns": Spec("fastrnns", 100, 64, 512, 512, 1, False, 0.0, "all"),
 }
+
+
+def custom_name(T, B, input, hidden, layers, bidirectional, dropout, lengths):
+    """A readable name that encodes all eight fields, e.g. custom-50x16x128x128x2-bi-p0.3-uniform10:
+    two custom shapes get the same name only when they are the same shape."""
+    return (f"custom-{T}x{B}x{input}x{hidden}x{layers}-{'bi' if bidirectional else 'uni'}"
+            f"-p{dropout:g}-{lengths.replace(':', '')}")
 
 
 def parse_custom(text):
@@ -45,8 +55,25 @@ def parse_custom(text):
     if len(parts) != 8:
         raise ValueError(f"--custom wants T,B,I,H,layers,bidir,dropout,lengths; got {text!r}")
     t, b, i, h, layers = (int(p) for p in parts[:5])
-    return Spec(f"custom-{t}x{b}x{i}x{h}x{layers}", t, b, i, h, layers, parts[5] == "1",
-                float(parts[6]), parts[7])
+    if parts[5] not in ("0", "1"):
+        raise ValueError(f"--custom: bidirectional is 0 or 1; got {parts[5]!r} in {text!r}")
+    lengths = parts[7]
+    if lengths != "all" and not re.fullmatch(r"uniform:\d+", lengths):
+        raise ValueError(f"--custom: lengths is all or uniform:LO; got {lengths!r} in {text!r}")
+    bidir, dropout = parts[5] == "1", float(parts[6])
+    return Spec(custom_name(t, b, i, h, layers, bidir, dropout, lengths), t, b, i, h, layers, bidir,
+                dropout, lengths)
+
+
+def unique_specs(specs):
+    """Drop repeats of the same shape (same name), keeping the first: every name then stands for one
+    shape and rows of different shapes never share a key."""
+    seen = {}
+    for s in specs:
+        if s.name in seen and seen[s.name] != s:
+            raise ValueError(f"two different shapes are both named {s.name!r}")
+        seen.setdefault(s.name, s)
+    return list(seen.values())
 
 
 def make_inputs(spec, device, dtype, count, seed=0):
@@ -59,6 +86,18 @@ def make_inputs(spec, device, dtype, count, seed=0):
         mask = (torch.arange(spec.T).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(-1)
         sets.append(((x * mask).to(device), lengths))
     return sets
+
+
+def full_length(inputs):
+    """True when every sequence of every input set is T long: the competitors then get the dense
+    padded tensor, as a user would pass it (no lengths, no PackedSequence)."""
+    return all(bool((lengths == x.shape[0]).all()) for x, lengths in inputs)
+
+
+def user_form(inputs):
+    """The input sets as the bench passes them: lengths None (the dense form) when all are full
+    length, else as they are (PackedSequence for nn.LSTM, lengths= for detlstm)."""
+    return [(x, None) for x, _ in inputs] if full_length(inputs) else list(inputs)
 
 
 def _sync(device):
@@ -121,12 +160,13 @@ def _status_kib(field):
     return 0
 
 
-def cpu_peak_mib(competitor_name, spec, dtype_name):
+def cpu_peak_mib(competitor_name, spec, dtype_name, threads=None):
     """Peak RSS increase of one forward+backward call, measured in a fresh process (a process's own
-    peak never goes down, so each measurement needs its own)."""
+    peak never goes down, so each measurement needs its own), at `threads` intra-op threads (default:
+    the process's default)."""
     code = ("import json,sys; from bench.core import _memory_probe; "
             "print(json.dumps(_memory_probe(*json.loads(sys.argv[1]))))")
-    arg = json.dumps([competitor_name, dataclasses.asdict(spec), dtype_name])
+    arg = json.dumps([competitor_name, dataclasses.asdict(spec), dtype_name, threads])
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     run = subprocess.run([sys.executable, "-c", code, arg], capture_output=True, text=True, cwd=root,
                          timeout=600)
@@ -135,20 +175,36 @@ def cpu_peak_mib(competitor_name, spec, dtype_name):
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def _memory_probe(competitor_name, spec_dict, dtype_name):
+def _memory_probe(competitor_name, spec_dict, dtype_name, threads=None):
     from bench.competitors import all_competitors
 
+    if threads:
+        torch.set_num_threads(threads)
     spec = Spec(**spec_dict)
     dtype = getattr(torch, dtype_name)
     competitor = next(c for c in all_competitors("cpu") if c.name == competitor_name)
     with competitor.context():
         model = competitor.build(spec, "cpu", dtype)
         model.train()
-        inputs = make_inputs(spec, "cpu", dtype, 1)
+        # the form the bench's own rows use (decided on their 3 input sets), on the first set
+        inputs = user_form(make_inputs(spec, "cpu", dtype, 3))[:1]
         step = step_fn(competitor, model, "forward+backward")
         base = _status_kib("VmRSS")
         step(*inputs[0])
         return (_status_kib("VmHWM") - base) / 1024
+
+
+def replace_md_section(path, start, end, text):
+    """Write `text` into the Markdown file between the markers `start` and `end`, replacing that
+    section where the file has it, else appending it (the file is created if missing)."""
+    body = open(path).read() if os.path.exists(path) else "# Bench results\n"
+    block = f"{start}\n{text}\n{end}"
+    if start in body:
+        body = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, body, flags=re.S)
+    else:
+        body = body.rstrip() + "\n\n" + block + "\n"
+    with open(path, "w") as f:
+        f.write(body)
 
 
 def environment(device):
@@ -177,6 +233,12 @@ def environment(device):
             names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
         if names:
             env["cpu"] = f"{names[0]} x{len(names)}"
+    try:
+        import detlstm
+
+        env["detlstm_cpu_variant"] = detlstm.set_cpu_variant("")
+    except (ImportError, AttributeError, RuntimeError):
+        env["detlstm_cpu_variant"] = "unknown"
     if device == "cuda":
         env["gpu"] = torch.cuda.get_device_name()
         env["cuda"] = torch.version.cuda
