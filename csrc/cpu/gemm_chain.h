@@ -183,56 +183,44 @@ __attribute__((noinline)) void micro_avx512(const GemmGroup<float>& g, int64_t m
 }
 #undef DETLSTM_FOR_ROWS8
 
-template <bool kACols, bool kPanels>
-inline void micro_avx512_rows(const GemmGroup<float>& g, int mr, int64_t m0, int64_t n0, int64_t p0,
-                              int64_t p1, int64_t P, const float* panel, const float* apack) {
-  switch (mr) {
-    case 8: micro_avx512<8, kACols, kPanels>(g, m0, n0, p0, p1, P, panel, apack); break;
-    case 7: micro_avx512<7, kACols, kPanels>(g, m0, n0, p0, p1, P, panel, apack); break;
-    case 6: micro_avx512<6, kACols, kPanels>(g, m0, n0, p0, p1, P, panel, apack); break;
-    case 5: micro_avx512<5, kACols, kPanels>(g, m0, n0, p0, p1, P, panel, apack); break;
-    case 4: micro_avx512<4, kACols, kPanels>(g, m0, n0, p0, p1, P, panel, apack); break;
-    case 3: micro_avx512<3, kACols, kPanels>(g, m0, n0, p0, p1, P, panel, apack); break;
-    case 2: micro_avx512<2, kACols, kPanels>(g, m0, n0, p0, p1, P, panel, apack); break;
-    default: micro_avx512<1, kACols, kPanels>(g, m0, n0, p0, p1, P, panel, apack); break;
-  }
-}
 #endif
 
-template <bool kACols, bool kPanels>
-inline void micro_vector_rows(const GemmGroup<float>& g, int mr, int64_t m0, int64_t n0, int64_t pc,
-                              int64_t pe, bool last, const float* panel, const float* apack) {
-  switch (mr) {
-    case 6: micro_avx2<6, kACols, kPanels>(g, m0, n0, pc, pe, last, panel, apack); break;
-    case 5: micro_avx2<5, kACols, kPanels>(g, m0, n0, pc, pe, last, panel, apack); break;
-    case 4: micro_avx2<4, kACols, kPanels>(g, m0, n0, pc, pe, last, panel, apack); break;
-    case 3: micro_avx2<3, kACols, kPanels>(g, m0, n0, pc, pe, last, panel, apack); break;
-    case 2: micro_avx2<2, kACols, kPanels>(g, m0, n0, pc, pe, last, panel, apack); break;
-    default: micro_avx2<1, kACols, kPanels>(g, m0, n0, pc, pe, last, panel, apack); break;
+// Calls fn(std::integral_constant<int, MR>()) with MR = mr, 1 <= mr <= kMax: the micro-kernels take
+// their row count as a template argument, so their accumulators are named registers.
+template <int kMax, class Fn>
+inline void with_tile_rows(int mr, Fn fn) {
+  if constexpr (kMax > 1) {
+    if (mr < kMax) return with_tile_rows<kMax - 1>(mr, fn);
   }
+  fn(std::integral_constant<int, kMax>());
 }
 
-// Chunks [p0, p0 + kc) of a tile's sums, one micro_avx2 call per chunk.
+// Chunks [p0, p0 + kc) of a tile's sums: one micro_avx512 call for the whole slice, or one
+// micro_avx2 call per chunk.
 template <bool kACols>
 inline void micro_vector(const GemmGroup<float>& g, int mr, int64_t m0, int64_t n0, int64_t p0,
                          int64_t kc, int64_t P, const float* apack) {
   const bool panels = g.b_panels && n0 % kNR == 0;  // a panel holds columns kNR q .. kNR q + kNR-1
   const float* panel = panels ? g.b_panels + (n0 / kNR) * P * kNR : nullptr;
+  const auto tile = [&](auto rows, auto with_panels) {
+    constexpr int MR = decltype(rows)::value;
+    constexpr bool kPanels = decltype(with_panels)::value;
 #if DETLSTM_CPU_AVX512
-  if (panels)
-    micro_avx512_rows<kACols, true>(g, mr, m0, n0, p0, p0 + kc, P, panel, apack);
-  else
-    micro_avx512_rows<kACols, false>(g, mr, m0, n0, p0, p0 + kc, P, nullptr, apack);
-  return;
+    micro_avx512<MR, kACols, kPanels>(g, m0, n0, p0, p0 + kc, P, panel, apack);
+#else
+    for (int64_t pc = p0; pc < p0 + kc; pc += math::kSumChunk) {
+      const int64_t pe = std::min(pc + math::kSumChunk, p0 + kc);
+      const float* chunk_pack = kACols ? apack + (pc - p0) * kMR : nullptr;
+      micro_avx2<MR, kACols, kPanels>(g, m0, n0, pc, pe, pe == P, panel, chunk_pack);
+    }
 #endif
-  for (int64_t pc = p0; pc < p0 + kc; pc += math::kSumChunk) {
-    const int64_t pe = std::min(pc + math::kSumChunk, p0 + kc);
-    const float* chunk_pack = kACols ? apack + (pc - p0) * kMR : nullptr;
+  };
+  with_tile_rows<kMR>(mr, [&](auto rows) {
     if (panels)
-      micro_vector_rows<kACols, true>(g, mr, m0, n0, pc, pe, pe == P, panel, chunk_pack);
+      tile(rows, std::true_type());
     else
-      micro_vector_rows<kACols, false>(g, mr, m0, n0, pc, pe, pe == P, nullptr, chunk_pack);
-  }
+      tile(rows, std::false_type());
+  });
 }
 #endif
 

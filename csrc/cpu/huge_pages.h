@@ -22,7 +22,7 @@ constexpr size_t kHugePageBytes = size_t(2) << 20;
 
 // Asks for huge pages under the whole 2 MiB pages inside [p, p + bytes): a hint, its failure is
 // harmless. Callers pass memory that is its own mapping (see HugePageAllocator and
-// advise_huge_pages_for_tensor), so no other allocation's pages are touched.
+// advise_huge_pages_for_block), so no other allocation's pages are touched.
 inline void advise_huge_pages(void* p, size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + kHugePageBytes - 1) & ~(kHugePageBytes - 1);
