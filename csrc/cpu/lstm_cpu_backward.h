@@ -19,12 +19,16 @@ struct BackwardBuffers {
     const size_t rows = static_cast<size_t>(c.T * c.B);
     if (c.L > 1)
       for (auto& buf : grad_buf) buf.assign(rows * c.DH, T(0));
-    da.assign(c.D, Buffer<T>(rows * c.G, T(0)));
-    dh.assign(c.D, Buffer<T>(rows * c.RH, T(0)));
+    // One zeroed buffer per direction, built in place: assign(D, prototype) would zero a prototype
+    // and then copy it (tens of MiB written twice and twice the page faults).
+    for (int64_t d = 0; d < c.D; ++d) {
+      da.emplace_back(rows * c.G, T(0));
+      dh.emplace_back(rows * c.RH, T(0));
+    }
     dc.resize(static_cast<size_t>(c.D * c.B * c.H));
     if (c.proj) {
       dm.resize(static_cast<size_t>(c.D * c.B * c.H));
-      m_all.assign(c.D, Buffer<T>(rows * c.H, T(0)));
+      for (int64_t d = 0; d < c.D; ++d) m_all.emplace_back(rows * c.H, T(0));
     }
     if (c.D == 2) dx_reverse.resize(rows * static_cast<size_t>(std::max(c.I, c.DH)));
   }
