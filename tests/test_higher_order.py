@@ -108,6 +108,35 @@ def test_first_derivatives_keep_kernel_bits_under_create_graph():
         assert_bitwise_equal(a, b.detach(), "first derivative with create_graph")
 
 
+@pytest.mark.parametrize("used", ["output", "h_n", "c_n"])
+@pytest.mark.parametrize("operator_level", [False, True])
+def test_unused_outputs_get_zero_gradients(used, operator_level):
+    """A loss of one output: the others' gradients reach the backward as None (grads are not
+    materialized), and must count as zeros: the same bits as passing zeros for them explicitly."""
+    ours, _ = _pair(2, True, 0)
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    weights = list(ours.parameters())
+    h0 = torch.zeros(4, B, H, dtype=torch.float64)
+
+    def run():
+        if operator_level:
+            return ops.lstm_forward(x, torch.full((B,), T), h0, h0, weights, True, 2, True, 0.0,
+                                    False, torch.tensor(0), 0)[:3]
+        out, (h_n, c_n) = ours(x)
+        return out, h_n, c_n
+
+    outs = run()
+    k = ["output", "h_n", "c_n"].index(used)
+    weight = torch.randn_like(outs[k])
+    alone = torch.autograd.grad((outs[k] * weight).sum(), [x] + weights)
+    outs = run()
+    cotangents = [weight if j == k else torch.zeros_like(o) for j, o in enumerate(outs)]
+    explicit = torch.autograd.grad(outs, [x] + weights, grad_outputs=cotangents)
+    assert any(bool(g.abs().sum() > 0) for g in alone)
+    for a, b in zip(alone, explicit):
+        assert_bitwise_equal(a, b, f"gradient with only {used} used")
+
+
 def test_operator_level_double_backward():
     """torch.ops.detlstm.lstm_forward called directly: its registered backward is differentiable."""
     ours, ref = _pair(1, True, 0)
