@@ -17,6 +17,12 @@ SPECIALS = np.array(
     dtype=np.float32)
 
 
+def _ulp_run(center, n):
+    """The n float32 values around `center`, consecutive bit patterns (one sign)."""
+    c = int(np.float32(center).view(np.uint32))
+    return np.arange(c - n // 2, c + n // 2, dtype=np.uint32).view(np.float32)
+
+
 def _inputs(n_random=10_000_000):
     g = np.random.default_rng(20261122)
     # uniform over bit patterns = spread over every binade of the whole range, both signs
@@ -24,7 +30,12 @@ def _inputs(n_random=10_000_000):
     spread = bits.view(np.float32)
     dense = g.uniform(-30.0, 30.0, 2_000_000).astype(np.float32)  # where the functions bend
     around_zero = g.uniform(-1.0, 1.0, 1_000_000).astype(np.float32)
-    return np.concatenate([SPECIALS, spread, dense, around_zero])
+    # The vector builds' shorter exp road runs where all of a vector's lanes have |x| <= 86
+    # (canonical_math.h): whole vectors of |x| up to 90, and runs of consecutive values across the
+    # edge for exp and sigmoid (86) and for tanh (2|x| <= 86)
+    wide = g.uniform(-90.0, 90.0, 1_000_000).astype(np.float32)
+    edges = [_ulp_run(v, 4096) for v in (86.0, -86.0, 43.0, -43.0)]
+    return np.concatenate([SPECIALS, spread, dense, around_zero, wide] + edges)
 
 
 def _ordered(a):

@@ -59,6 +59,7 @@ template <>
 struct Lanes<float> {
   using I = int32_t;  // integer lanes
   using M = bool;     // comparison results
+  static constexpr bool kAllLanesTest = false;  // see canonical_exp_lanes
   static DETLSTM_HD float f(float c) { return c; }
   static DETLSTM_HD I i(int32_t c) { return c; }
   static DETLSTM_HD I as_int(float x) { return static_cast<int32_t>(float_bits(x)); }
@@ -90,13 +91,18 @@ constexpr int32_t kCanonicalNanBits = 0x7fc00000;
 // as two exact-or-once-rounded multiplications so results in the subnormal range are rounded once.
 // No branches: the main path runs on x clamped to [-110, 100] (NaN to 0) and the special cases are
 // selected at the end, so the vector build runs it lane-parallel and a GPU warp never diverges.
+//
+// canonical_exp_parts is that main path up to the power of two: y = 2^(j/32) * exp(r), in
+// [0.98, 1.98], and m.
 template <class F, class L = Lanes<F>>
-DETLSTM_HD F canonical_exp_lanes(F x) {
+struct ExpParts {
+  F y;
+  typename L::I m;
+};
+
+template <class F, class L = Lanes<F>>
+DETLSTM_HD ExpParts<F, L> canonical_exp_parts(F xc) {
   using I = typename L::I;
-  const auto nan = x != x;
-  const auto over = x > L::f(100.0f);     // exp(x) > FLT_MAX: +inf, as the true function
-  const auto under = x < L::f(-110.0f);   // below half the smallest subnormal: +0
-  const F xc = L::select(nan, L::f(0.0f), L::select(over, L::f(100.0f), L::select(under, L::f(-110.0f), x)));
   const F shift = L::f(0x1.8p23f);  // adding it rounds to an integer, ties to even, below 2^22
   const F shifted = xc * L::f(0x1.715476p+5f) + shift;  // 32/ln2; two roundings, as written
   const F k = shifted - shift;                           // exact
@@ -104,17 +110,42 @@ DETLSTM_HD F canonical_exp_lanes(F x) {
   const F a = L::fma(-k, L::f(0x1.62e430p-6f), xc);      // ln2/32, high part
   const F r = L::fma(-k, L::f(-0x1.05c610p-34f), a);     // ln2/32, low part
   const I j = ki & L::i(31);
-  const I m = (ki - j) >> 5;                             // exact: floor(k / 32)
   // exp(r) - 1 = r + r^2 (1/2 + r (1/6 + r/24)); the dropped r^5/120 term is below 2^-40.
   F q = L::fma(r, L::f(0x1.555556p-5f), L::f(0x1.555556p-3f));
   q = L::fma(r, q, L::f(0.5f));
   const F p = L::fma(r * r, q, r);
   const F t_hi = L::table_hi(j);
   const F s = L::fma(t_hi, p, L::table_lo(j));
-  const F y = t_hi + s;
+  return {t_hi + s, (ki - j) >> 5};  // m exact: floor(k / 32)
+}
+
+// Where every lane has |x| <= kExpPlainRange (NaN fails the test), the vector builds take a shorter
+// road to the same bits: there |k| <= 3970, so -125 <= m <= 124 and y * 2^m lies in [2^-125.03,
+// 2^125), a normal number. The general path's two scalings are then both exact and give y * 2^m,
+// which adding m to y's exponent field gives exactly; the clamps and the special-case selects change
+// nothing. Lanes<> types that can test all their lanes at once say so with kAllLanesTest (the
+// portable build and the GPU keep the single branch-free path, and the tests compare the vector
+// builds' bits against the portable build's over the whole float32 range).
+constexpr float kExpPlainRange = 86.0f;
+
+template <class F, class L = Lanes<F>>
+DETLSTM_HD F canonical_exp_lanes(F x) {
+  using I = typename L::I;
+  if constexpr (L::kAllLanesTest) {
+    if (L::all_abs_at_most(x, kExpPlainRange)) {
+      const ExpParts<F, L> e = canonical_exp_parts<F, L>(x);
+      return L::as_float(L::as_int(e.y) + (e.m << 23));
+    }
+  }
+  const auto nan = x != x;
+  const auto over = x > L::f(100.0f);     // exp(x) > FLT_MAX: +inf, as the true function
+  const auto under = x < L::f(-110.0f);   // below half the smallest subnormal: +0
+  const F xc = L::select(nan, L::f(0.0f), L::select(over, L::f(100.0f), L::select(under, L::f(-110.0f), x)));
+  const ExpParts<F, L> e = canonical_exp_parts<F, L>(xc);
+  const I m = e.m;
   const I m1 = (m + ((m >> 31) & L::i(1))) >> 1;  // m / 2, rounded toward zero
   const I m2 = m - m1;
-  const F scaled = (y * L::as_float((m1 + L::i(127)) << 23)) * L::as_float((m2 + L::i(127)) << 23);
+  const F scaled = (e.y * L::as_float((m1 + L::i(127)) << 23)) * L::as_float((m2 + L::i(127)) << 23);
   const F special = L::select(over, L::as_float(L::i(0x7f800000)), L::f(0.0f));
   return L::select(nan, L::as_float(L::i(kCanonicalNanBits)), L::select(L::any_of(over, under), special, scaled));
 }

@@ -41,6 +41,12 @@ template <>
 struct Lanes<V8> {
   using I = I8;
   using M = M8;
+  static constexpr bool kAllLanesTest = true;
+  static bool all_abs_at_most(V8 x, float bound) {  // false where a lane is NaN
+    const __m256 ax = _mm256_castsi256_ps(
+        _mm256_and_si256(_mm256_castps_si256(x.v), _mm256_set1_epi32(0x7fffffff)));
+    return _mm256_movemask_ps(_mm256_cmp_ps(ax, _mm256_set1_ps(bound), _CMP_LE_OQ)) == 0xff;
+  }
   static V8 f(float c) { return V8(c); }
   static I8 i(int32_t c) { return {_mm256_set1_epi32(c)}; }
   static I8 as_int(V8 x) { return {_mm256_castps_si256(x.v)}; }

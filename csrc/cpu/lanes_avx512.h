@@ -46,6 +46,12 @@ template <>
 struct Lanes<V16> {
   using I = I16;
   using M = M16;
+  static constexpr bool kAllLanesTest = true;
+  static bool all_abs_at_most(V16 x, float bound) {  // false where a lane is NaN
+    const __m512 ax = _mm512_castsi512_ps(
+        _mm512_and_si512(_mm512_castps_si512(x.v), _mm512_set1_epi32(0x7fffffff)));
+    return _mm512_cmp_ps_mask(ax, _mm512_set1_ps(bound), _CMP_LE_OQ) == 0xffff;
+  }
   static V16 f(float c) { return V16(c); }
   static I16 i(int32_t c) { return {_mm512_set1_epi32(c)}; }
   static I16 as_int(V16 x) { return {_mm512_castps_si512(x.v)}; }

@@ -42,6 +42,10 @@ struct Lanes<Two<V>> {
   using L = Lanes<V>;
   using I = Two<typename L::I>;
   using M = Two<typename L::M>;
+  static constexpr bool kAllLanesTest = L::kAllLanesTest;
+  static bool all_abs_at_most(const Two<V>& x, float bound) {
+    return L::all_abs_at_most(x.a, bound) && L::all_abs_at_most(x.b, bound);
+  }
   static Two<V> f(float c) { return {L::f(c), L::f(c)}; }
   static I i(int32_t c) { return {L::i(c), L::i(c)}; }
   static I as_int(const Two<V>& x) { return {L::as_int(x.a), L::as_int(x.b)}; }
