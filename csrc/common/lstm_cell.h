@@ -13,16 +13,31 @@ struct CellState {
   T c, h;
 };
 
-// From the four gate pre-activations (PyTorch's order i, f, g, o) and the previous cell state.
+// The cell forward in its two halves: the gate activations from the four pre-activations
+// (PyTorch's order i, f, g, o), then the new cell state and h from the activated gates and the
+// previous cell state. lstm_cell_forward runs both; a caller may run the halves apart (the CPU runs
+// the first half over a block of units before the second: see cell_forward_rows).
 template <typename T>
-DETLSTM_HD CellState<T> lstm_cell_forward(T a_i, T a_f, T a_g, T a_o, T c_prev) {
+DETLSTM_HD CellState<T> lstm_cell_gates(T a_i, T a_f, T a_g, T a_o) {
   CellState<T> s;
   s.i = canonical_sigmoid(a_i);
   s.f = canonical_sigmoid(a_f);
   s.g = canonical_tanh(a_g);
   s.o = canonical_sigmoid(a_o);
+  return s;
+}
+
+// Fills s.c and s.h from s.i, s.f, s.g, s.o.
+template <typename T>
+DETLSTM_HD void lstm_cell_state(CellState<T>& s, T c_prev) {
   s.c = fma_rn(s.f, c_prev, s.i * s.g);
   s.h = s.o * canonical_tanh(s.c);
+}
+
+template <typename T>
+DETLSTM_HD CellState<T> lstm_cell_forward(T a_i, T a_f, T a_g, T a_o, T c_prev) {
+  CellState<T> s = lstm_cell_gates(a_i, a_f, a_g, a_o);
+  lstm_cell_state(s, c_prev);
   return s;
 }
 
