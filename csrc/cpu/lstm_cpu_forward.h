@@ -3,11 +3,39 @@
 // Included by lstm_cpu_impl.h inside one instruction-set variant's namespace.
 
 // One direction's weights as the products read them: W_ih^T (K, 4H) and W_hh^T (RH, 4H), so a row
-// of B runs over gate rows; W_hr^T (H, RH); and b_ih + b_hh (rule 4).
+// of B runs over gate rows, and their panels for the vector kernel; W_hr^T (H, RH); and b_ih + b_hh
+// (rule 4). Where the panels cover every column the products read (forward_panels_cover), they are
+// packed straight from W_ih and W_hh and wt_ih, wt_hh stay empty.
 template <typename T>
 struct DirectionWeights {
   Buffer<T> wt_ih, wt_hh, wt_hr, bias;
+  Buffer<T> ih_panels, hh_panels;
 };
+
+// Row p of a transposed weight wt (P rows of N), or nullptr where wt was not made (the panels are
+// read instead).
+template <typename T>
+std::vector<const T*> weight_rows(const Buffer<T>& wt, int64_t P, int64_t N) {
+  std::vector<const T*> rows(static_cast<size_t>(P), nullptr);
+  if (!wt.empty())
+    for (int64_t p = 0; p < P; ++p) rows[p] = wt.data() + p * N;
+  return rows;
+}
+
+// W_ih^T and W_hh^T of one direction, as panels and, where the panels do not cover, as rows too.
+template <typename T>
+void transposed_weights(const LstmForwardArgs<T>& a, const math::CallDims& c, int64_t K, int64_t w,
+                        DirectionWeights<T>& dw) {
+  if (forward_panels_cover<T>(c.H)) {
+    dw.ih_panels = pack_transposed_panels(a.weights.w_ih[w], c.G, K);
+    dw.hh_panels = pack_transposed_panels(a.weights.w_hh[w], c.G, c.RH);
+    return;
+  }
+  dw.wt_ih = transposed(a.weights.w_ih[w], c.G, K);
+  dw.wt_hh = transposed(a.weights.w_hh[w], c.G, c.RH);
+  dw.ih_panels = panels_for_vector_kernel(weight_rows(dw.wt_ih, K, c.G).data(), K, c.G);
+  dw.hh_panels = panels_for_vector_kernel(weight_rows(dw.wt_hh, c.RH, c.G).data(), c.RH, c.G);
+}
 
 // What the phases of one layer share.
 template <typename T>
@@ -26,8 +54,7 @@ ForwardLayer<T> forward_layer(const LstmForwardArgs<T>& a, const math::CallDims&
   for (int64_t d = 0; d < c.D; ++d) {
     const int64_t w = l * c.D + d;
     DirectionWeights<T> dw;
-    dw.wt_ih = transposed(a.weights.w_ih[w], c.G, L.K);
-    dw.wt_hh = transposed(a.weights.w_hh[w], c.G, c.RH);
+    transposed_weights(a, c, L.K, w, dw);
     if (c.proj) dw.wt_hr = transposed(a.weights.w_hr[w], c.RH, c.H);
     if (c.bias) {
       DenormalGuard guard;  // this add runs on the calling thread: keep its subnormals too
@@ -59,18 +86,17 @@ template <typename T>
 void input_projection(const math::CallDims& c, const StepSchedule& sched, const ForwardLayer<T>& L,
                       const ParallelFor& parallel_for) {
   const int64_t R = static_cast<int64_t>(sched.valid.size()), K = L.K;
-  std::vector<const T*> a_rows(R), b_rows(c.D * K);
+  std::vector<const T*> a_rows(R);
+  std::vector<std::vector<const T*>> b_rows(c.D);
   std::vector<T*> c_rows(c.D * R);
-  std::vector<Buffer<T>> panels(c.D);
   std::vector<GemmGroup<T>> groups;
   for (int64_t v = 0; v < R; ++v) a_rows[v] = L.X + sched.valid[v] * K;
   for (int64_t d = 0; d < c.D; ++d) {
     for (int64_t v = 0; v < R; ++v) c_rows[d * R + v] = L.gates[d] + sched.valid[v] * c.G;
-    for (int64_t p = 0; p < K; ++p) b_rows[d * K + p] = L.w[d].wt_ih.data() + p * c.G;
-    panels[d] = panels_for_vector_kernel(b_rows.data() + d * K, K, c.G);
-    groups.push_back({R, a_rows.data(), b_rows.data() + d * K, c_rows.data() + d * R,
+    b_rows[d] = weight_rows(L.w[d].wt_ih, K, c.G);
+    groups.push_back({R, a_rows.data(), b_rows[d].data(), c_rows.data() + d * R,
                       c.bias ? GemmEpilogue::kAddVector : GemmEpilogue::kStore, L.w[d].bias.data(),
-                      panels_or_null(panels[d])});
+                      panels_or_null(L.w[d].ih_panels)});
   }
   gemm_chain<T, false>(groups, c.G, K, parallel_for);
 }
@@ -84,11 +110,12 @@ struct StepRowsCpu {
       : h_prev(rows), c_prev(rows), m(rows), gates(rows), r(rows), h(rows), cell(rows), out(rows) {}
 };
 
-// The recurrence's fixed operands: W_hh^T and W_hr^T rows, panels, and the step buffers.
+// The recurrence's fixed operands: W_hh^T and W_hr^T rows, W_hh^T's panels (per direction, in
+// DirectionWeights), and the step buffers.
 template <typename T>
 struct RecurrenceOperands {
   std::vector<const T*> hh_rows, hr_rows;
-  std::vector<Buffer<T>> hh_panels;
+  std::vector<const T*> hh_panels;
   Buffer<T> r_buf;  // a step's recurrent parts R = h_prev . W_hh^T, (D * B, 4H)
   Buffer<T> m_buf;  // with projections the cell's output m = o * tanh(c), before h = W_hr m
 };
@@ -96,11 +123,10 @@ struct RecurrenceOperands {
 template <typename T>
 RecurrenceOperands<T> recurrence_operands(const math::CallDims& c, const ForwardLayer<T>& L) {
   RecurrenceOperands<T> ops;
-  ops.hh_rows.resize(c.D * c.RH);
-  ops.hh_panels.resize(c.D);
   for (int64_t d = 0; d < c.D; ++d) {
-    for (int64_t p = 0; p < c.RH; ++p) ops.hh_rows[d * c.RH + p] = L.w[d].wt_hh.data() + p * c.G;
-    ops.hh_panels[d] = panels_for_vector_kernel(ops.hh_rows.data() + d * c.RH, c.RH, c.G);
+    const std::vector<const T*> rows = weight_rows(L.w[d].wt_hh, c.RH, c.G);
+    ops.hh_rows.insert(ops.hh_rows.end(), rows.begin(), rows.end());
+    ops.hh_panels.push_back(panels_or_null(L.w[d].hh_panels));
   }
   ops.r_buf.resize(static_cast<size_t>(c.D * c.B * c.G));
   if (c.proj) {
@@ -162,7 +188,7 @@ void recurrence_step(const math::CallDims& c, int64_t n, const RecurrenceOperand
   for (int64_t d = 0; d < c.D; ++d) {
     const int64_t k = d * c.B;
     groups.push_back({n, rows.h_prev.data() + k, ops.hh_rows.data() + d * c.RH, rows.r.data() + k,
-                      GemmEpilogue::kStore, nullptr, panels_or_null(ops.hh_panels[d])});
+                      GemmEpilogue::kStore, nullptr, ops.hh_panels[d]});
     if (c.proj)  // h = W_hr m: the chunked sum over k = 0 .. H-1 (rule 4)
       projections.push_back({n, rows.m.data() + k, ops.hr_rows.data() + d * c.H,
                              rows.h.data() + k, GemmEpilogue::kStore, nullptr});

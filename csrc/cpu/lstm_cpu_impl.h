@@ -22,6 +22,7 @@ using ::detlstm::StepSchedule;
 // Hidden units per task in a step's parallel region: a multiple of the vector kernel's kNR so a
 // block's gate columns start on a panel boundary whenever H is a multiple of kNR too.
 constexpr int64_t kUnitBlock = 16;
+static_assert(kUnitBlock % kNR == 0, "forward_panels_cover: a unit block is whole panels");
 
 // Runs fn as one phase of the driver on the phase clock (lstm_cpu.h).
 template <class Fn>
