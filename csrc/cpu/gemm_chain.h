@@ -233,8 +233,8 @@ Buffer<T> pack_b_panels(const T* const* b, int64_t P, int64_t N) {
   for (int64_t q = 0; q < panels; ++q)
     for (int64_t p = 0; p < P; ++p) {
       // a copy of constant length, which the compiler makes a few vector moves: std::copy of a
-      // length known only at run time was a memmove call per 64 bytes (5% of a forward + backward
-      // at hidden 128)
+      // length known only at run time was a memmove call per 64 bytes (~2% of a forward + backward
+      // at hidden 128; memmove's share of that profile fell from 5.3% to 3.0%)
       std::memcpy(out.data() + (q * P + p) * kNR, b[p] + q * kNR, sizeof(T) * kNR);
     }
   return out;
@@ -247,15 +247,16 @@ template <typename T>
 Buffer<T> pack_transposed_panels(const T* w, int64_t N, int64_t P) {
   constexpr int64_t kBlock = 16;  // a block's kNR x kBlock reads and its writes stay in L1
   Buffer<T> out(static_cast<size_t>(N * P));
-  for (int64_t q = 0; q < N / kNR; ++q)
+  for (int64_t q = 0; q < N / kNR; ++q) {
+    T* panel = out.data() + q * P * kNR;
     for (int64_t p0 = 0; p0 < P; p0 += kBlock) {
       const int64_t p1 = std::min(p0 + kBlock, P);
-      T* panel = out.data() + q * P * kNR;
       for (int64_t j = 0; j < kNR; ++j) {
         const T* row = w + (q * kNR + j) * P;
         for (int64_t p = p0; p < p1; ++p) panel[p * kNR + j] = row[p];
       }
     }
+  }
   return out;
 }
 
