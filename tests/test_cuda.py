@@ -84,6 +84,27 @@ def test_launch_shapes_do_not_change_bits(variant):
         assert_bitwise_equal(a, b, f"launch variant {variant}, result {k}")
 
 
+def test_the_default_runs_the_recurrence_in_persistent_kernels():
+    """At hidden 512, bidirectional, both passes' recurrences fit on an A100/H100 at once: the
+    default launch shape runs each layer and pass as one persistent launch, no step kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _large_case("cuda")  # warm-up: the build of the kernels' plans is not what is counted
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        _large_case("cuda")
+        torch.cuda.synchronize()
+    counts = {}
+    for evt in prof.key_averages():
+        for kind in ("forward_persistent_kernel", "backward_persistent_kernel", "forward_step",
+                     "backward_step"):
+            if kind in evt.key:
+                counts[kind] = counts.get(kind, 0) + evt.count
+    # 2 layers; the backward's per-step kernel still computes dh0 once per layer (kFinal)
+    assert counts.get("forward_persistent_kernel") == 2, counts
+    assert counts.get("backward_persistent_kernel") == 2, counts
+    assert counts.get("forward_step", 0) == 0 and counts.get("backward_step", 0) == 2, counts
+
+
 def _agreement_results(model, x0, lengths, form, device):
     """Output, states and every gradient of one call of an nn.LSTM or detlstm.LSTM."""
     x = x0.clone().to(device).requires_grad_()

@@ -189,9 +189,9 @@ def test_sync_mode_synchronises_after_every_launch(emulated, monkeypatch):
     fwd_args, grads = _call(2, True, True, 3, 0.5, torch.float32)
     for setting, expect_syncs in (("1", True), ("0", False)):
         monkeypatch.setenv("DETLSTM_CUDA_SYNC", setting)
-        launches0, syncs0 = emulated.counts()
+        launches0, syncs0, _ = emulated.counts()
         _run(emulated.lstm_forward, emulated.lstm_backward, fwd_args, grads)
-        launches1, syncs1 = emulated.counts()
+        launches1, syncs1, _ = emulated.counts()
         assert launches1 - launches0 > 50
         assert syncs1 - syncs0 == (launches1 - launches0 if expect_syncs else 0), setting
 
@@ -234,6 +234,58 @@ def test_emulator_shows_a_missing_barrier_and_reports_a_divergent_one(emulated):
         emulated.neighbour_read_probe(3, True, True)
 
 
+def test_emulator_runs_cooperative_blocks_apart_and_reports_a_wait_that_never_ends(emulated):
+    """What lets the persistent kernels' tests fail: in a cooperative launch each block runs ahead
+    of the others as far as its own waits allow, so a read of another block's data that the step
+    barrier does not order sees it stale; with the barrier every order reads this launch's data; a
+    barrier that can never be met is an error, not a hang."""
+    slots = torch.zeros(5, dtype=torch.int32)
+    expected = torch.tensor([11, 12, 13, 14, 10], dtype=torch.int32)
+    for order in (0, 1, 2, 3):
+        emulated.set_order(order)
+        try:
+            assert torch.equal(emulated.neighbour_block_probe(slots, 10, True, 0), expected), order
+        finally:
+            emulated.set_order(0)
+    # each block runs to its end before the next starts: blocks 0-3 read the last launch's stamps
+    racy = emulated.neighbour_block_probe(slots, 20, False, 0)
+    assert racy.tolist() == [11, 12, 13, 14, 20]
+    with pytest.raises(RuntimeError, match="wait on each other forever"):
+        emulated.neighbour_block_probe(slots, 30, True, 1)
+    # the emulator is usable again after the abandoned launch
+    assert torch.equal(emulated.neighbour_block_probe(slots, 10, True, 0), expected)
+
+
+def _counted_run(emulated, shape, what, proj=0):
+    """_two_layer_bidir_against_cpu, returning the cooperative launches it made."""
+    before = emulated.counts()[2]
+    _two_layer_bidir_against_cpu(emulated, shape, what, proj, 6)
+    return emulated.counts()[2] - before
+
+
+def test_the_default_runs_each_layer_and_pass_as_one_persistent_launch(emulated):
+    # 2 layers x (forward, backward): 4 cooperative launches; with projections the per-step kernels
+    assert _counted_run(emulated, MEDIUM, "persistent") == 4
+    assert _counted_run(emulated, MEDIUM, "projections: per step", proj=5) == 0
+
+
+@pytest.mark.parametrize("device,shape,launches", [
+    # one SM holds 7 blocks (2048 threads): 4 units per block (10 blocks) do not fit, 8 (6 blocks) do
+    ((1, 228 * 1024, 227 * 1024), "MEDIUM", 4),
+    ((1, 16 * 1024, 16 * 1024), "MEDIUM", 0),  # one block per SM: the per-step kernels instead
+    # 14 KB per block: panels of one chunk, so the backward's sums span several panels
+    ((132, 228 * 1024, 14 * 1024), "MEDIUM", 4),
+    ((132, 228 * 1024, 14 * 1024), "WIDE", 4),
+])
+def test_the_persistent_plan_follows_the_device_with_the_same_bits(emulated, device, shape,
+                                                                     launches):
+    emulated.set_device(*device)
+    try:
+        assert _counted_run(emulated, globals()[shape], f"device {device}") == launches
+    finally:
+        emulated.set_device(132, 228 * 1024, 227 * 1024)
+
+
 def test_kernels_stay_inside_their_buffers_and_write_every_output():
     """sanitized_run.cpp: the kernels, no torch, under AddressSanitizer and UBSan, every buffer its
     own exact-size allocation and every output NaN before the call (see the file's head)."""
@@ -250,4 +302,5 @@ def test_kernels_stay_inside_their_buffers_and_write_every_output():
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0", UBSAN_OPTIONS="print_stacktrace=1")
     run = subprocess.run([exe], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert run.stdout.strip().splitlines()[-1] == "ok 128"
+    # 8 cases x every launch shape x dropout on and off x float32 and float64
+    assert run.stdout.strip().splitlines()[-1] == f"ok {8 * len(SHAPES) * 4}"

@@ -4,6 +4,7 @@
 // over the gate rows of da(next step) . W_hh for its unit's dh and running the cell's backward; then
 // the initial-state, input, weight and bias gradients.
 #include "gemm_chain.cuh"
+#include "persistent.cuh"
 
 namespace detlstm {
 namespace cuda {
@@ -245,6 +246,93 @@ void backward_step(const BackwardStepParams<T>& p, cudaStream_t stream) {
                                       stream, "backward_step_kernel");
 }
 
+// The persistent backward (persistent.cuh): block (direction d, units j0 .. j0 + U) keeps W_hh's
+// columns j0 .. j0 + U (all 4H gate rows) and runs every step of the layer in reverse processing
+// order, meeting the direction's other blocks between steps. Without projections only (kFused).
+template <typename T>
+struct PersistentBackwardParams {
+  BackwardStepParams<T> step;  // step and active are set inside, per step
+  SliceLayout<T> layout;
+  const int64_t* active;  // rows running at each processing step
+  int64_t steps;          // processing steps with rows
+  unsigned* arrivals;     // per direction: blocks x steps done
+  int64_t blocks_per_direction;
+};
+
+template <typename T, int U>
+__device__ void stage_backward_weights(const PersistentBackwardParams<T>& pp,
+                                       const SliceShared<T>& sm, int d, int64_t j0) {
+  const int64_t RH = pp.step.c.RH;
+  const T* w = pick(pp.step.w_hh, d);
+  for (int64_t e = threadIdx.x; e < pp.layout.K * U; e += kPersistentThreads) {
+    const int64_t n = e / U, j = j0 + e % U;
+    sm.w[e] = j < RH ? w[n * RH + j] : T(0);
+  }
+}
+
+// The row tile from row i0 of the step in p: the chunk partials of their U sums over da(next step), then
+// thread (row r, unit u) folds unit j0 + u's, forms dh and runs the cell's backward. A row without a
+// sum (its last step) takes dh from its head alone: its partials are never added.
+template <typename T, int U>
+__device__ void backward_persistent_rows(const PersistentBackwardParams<T>& pp,
+                                         const BackwardStepParams<T>& p, const SliceShared<T>& sm,
+                                         int d, int64_t j0, int64_t i0) {
+  const int tile = pp.layout.rows;
+  const int rows = static_cast<int>(p.active - i0 < tile ? p.active - i0 : tile);
+  for (int r = threadIdx.x; r < tile; r += kPersistentThreads)
+    sm.src[r] = r < rows ? backward_row(p, d, i0 + r, true, int64_t(0)).src : nullptr;
+  slice_partials<T, U>(pp.layout, sm, rows);
+  const int r = threadIdx.x / U, u = threadIdx.x % U;
+  const int64_t j = j0 + u;
+  if (r >= rows || j >= p.c.H) return;
+  BackwardRow<T> row = backward_row(p, d, i0 + r, true, j);
+  if (row.src) row.total = folded_sum<T, U>(pp.layout, sm, r, u);
+  backward_finish(p, d, row, j, backward_dh(p, row));
+}
+
+template <typename T, int U>
+__global__ void __launch_bounds__(kPersistentThreads)
+    backward_persistent_kernel(PersistentBackwardParams<T> pp) {
+  const int d = static_cast<int>(blockIdx.x / pp.blocks_per_direction);
+  const int64_t j0 = (blockIdx.x % pp.blocks_per_direction) * U;
+  const SliceShared<T> sm = slice_shared(pp.layout);
+  stage_backward_weights<T, U>(pp, sm, d, j0);  // slice_partials' first barrier publishes it
+  BackwardStepParams<T> p = pp.step;
+  for (int64_t done = 0; done < pp.steps; ++done) {
+    p.step = pp.steps - 1 - done;
+    p.active = pp.active[p.step];
+    for (int64_t i0 = 0; i0 < p.active; i0 += pp.layout.rows)
+      backward_persistent_rows<T, U>(pp, p, sm, d, j0, i0);
+    if (done + 1 < pp.steps)
+      arrive_and_wait(pp.arrivals + d, static_cast<unsigned>(pp.blocks_per_direction * (done + 1)));
+  }
+}
+
+template <typename T>
+auto backward_persistent_for(int units) {
+  return units == 4 ? backward_persistent_kernel<T, 4> : backward_persistent_kernel<T, 8>;
+}
+
+// The layer's recurrence backward as one persistent launch, where the plan allows it (no
+// projections). Returns whether it ran.
+template <typename T>
+bool recurrence_backward_persistent(const CallDims& c, const StepSchedule& sched,
+                                    const DeviceSchedule& ds, BackwardStepParams<T> p,
+                                    const ScratchAlloc& scratch, cudaStream_t stream) {
+  const int64_t steps = steps_with_rows(sched, c.T);
+  if (c.proj || steps == 0) return false;
+  const PersistentPlan<T> plan =
+      plan_persistent<T>(c.G, c.H, 1, c.D, c.B, backward_persistent_for<T>);
+  if (plan.units == 0) return false;
+  p.mode = BackwardMode::kFused;
+  const PersistentBackwardParams<T> pp{p, plan.layout, ds.active, steps,
+                                       arrival_counters(scratch, stream), plan.blocks_per_direction};
+  launch_cooperative("backward_persistent_kernel", backward_persistent_for<T>(plan.units),
+                     dim3(static_cast<unsigned>(c.D * plan.blocks_per_direction)),
+                     dim3(kPersistentThreads), plan.layout.bytes(), stream, pp);
+  return true;
+}
+
 // h_prev of the valid row v in direction d: what multiplied W_hh at that step.
 template <typename T>
 struct HPrevRows {
@@ -361,13 +449,16 @@ BackwardStepParams<T> step_params(const LstmBackwardArgs<T>& a, const CallDims& 
   return p;
 }
 
-// Recurrence backward (phases.h): one launch per step in reverse processing order (three with
+// Recurrence backward (phases.h): one persistent launch for the layer where it fits (see above),
+// else one launch per step in reverse processing order (three with
 // projections: dh, then dm = W_hr^T dh, the chunked sum over q = 0 .. P-1, then the
 // cell). Steps no row reaches are not launched.
 template <typename T>
 void recurrence_backward(const LstmBackwardArgs<T>& a, const CallDims& c, const StepSchedule& sched,
-                         const StepRows& step_rows, const BackwardScratch<T>& s,
-                         BackwardStepParams<T> p, cudaStream_t stream) {
+                         const DeviceSchedule& ds, const StepRows& step_rows,
+                         const BackwardScratch<T>& s, BackwardStepParams<T> p,
+                         const ScratchAlloc& scratch, cudaStream_t stream) {
+  if (recurrence_backward_persistent(c, sched, ds, p, scratch, stream)) return;
   for (int64_t step = c.T - 1; step >= 0; --step) {
     p.step = step;
     p.active = sched.active[step];
@@ -486,7 +577,7 @@ void backward_impl(const LstmBackwardArgs<T>& a, const ScratchAlloc& scratch, cu
     const BackwardLayer<T> L =
         backward_layer(f, c, l, dropped_layer_input(f, c, l, ds, s.dropped, stream), dY);
     const BackwardStepParams<T> p = step_params(a, c, ds, L, s);
-    recurrence_backward(a, c, sched, step_rows, s, p, stream);
+    recurrence_backward(a, c, sched, ds, step_rows, s, p, scratch, stream);
     initial_state_gradients(a, c, p, stream);
     T* dX = input_gradient(a, c, ds, L, s, stream);
     weight_gradients(a, c, ds, L, s, stream);

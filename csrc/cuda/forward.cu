@@ -5,6 +5,7 @@
 // as the CPU kernels, so the same bits. With projections the cell's
 // output m = o * tanh(c) goes to a buffer and h = W_hr m is one more fixed-order GEMM per step.
 #include "gemm_chain.cuh"
+#include "persistent.cuh"
 
 namespace detlstm {
 namespace cuda {
@@ -200,6 +201,94 @@ void forward_step(const ForwardStepParams<T>& p, cudaStream_t stream) {
                                      "forward_step_kernel");
 }
 
+// The persistent forward (persistent.cuh): block (direction d, units j0 .. j0 + U) keeps the
+// columns of W_hh^T for its units' four gates (column g * U + u is gate g of unit j0 + u) and runs
+// every step of the layer, meeting the direction's other blocks between steps.
+template <typename T>
+struct PersistentForwardParams {
+  ForwardStepParams<T> step;  // step and active are set inside, per step
+  SliceLayout<T> layout;
+  const int64_t* active;  // rows running at each processing step
+  int64_t steps;          // processing steps with rows
+  unsigned* arrivals;     // per direction: blocks x steps done
+  int64_t blocks_per_direction;
+};
+
+template <typename T, int U>
+__device__ void stage_forward_weights(const PersistentForwardParams<T>& pp, const SliceShared<T>& sm,
+                                      int d, int64_t j0) {
+  const int64_t H = pp.step.c.H, G = pp.step.c.G;
+  const T* wt = pick(pp.step.wt_hh, d);
+  for (int64_t e = threadIdx.x; e < pp.layout.K * 4 * U; e += kPersistentThreads) {
+    const int64_t k = e / (4 * U), g = (e / U) % 4, j = j0 + e % U;
+    sm.w[e] = j < H ? wt[k * G + g * H + j] : T(0);
+  }
+}
+
+// The row tile from row i0 of the step in p: the chunk partials of their 4U sums, then thread (row r, unit
+// u) folds unit j0 + u's four and runs its cell.
+template <typename T, int U>
+__device__ void forward_persistent_rows(const PersistentForwardParams<T>& pp,
+                                        const ForwardStepParams<T>& p, const SliceShared<T>& sm,
+                                        int d, int64_t j0, int64_t i0) {
+  const int tile = pp.layout.rows;
+  const int rows = static_cast<int>(p.active - i0 < tile ? p.active - i0 : tile);
+  for (int r = threadIdx.x; r < tile; r += kPersistentThreads)
+    sm.src[r] = r < rows ? forward_row(p, d, i0 + r).hprev : nullptr;
+  slice_partials<T, 4 * U>(pp.layout, sm, rows);
+  const int r = threadIdx.x / U;
+  const int64_t j = j0 + threadIdx.x % U;
+  if (r >= rows || j >= p.c.H) return;
+  T rsum[4];
+#pragma unroll
+  for (int g = 0; g < 4; ++g)
+    rsum[g] = folded_sum<T, 4 * U>(pp.layout, sm, r, g * U + static_cast<int>(threadIdx.x % U));
+  forward_finish(p, d, forward_row(p, d, i0 + r), j, rsum);
+}
+
+template <typename T, int U>
+__global__ void __launch_bounds__(kPersistentThreads)
+    forward_persistent_kernel(PersistentForwardParams<T> pp) {
+  const int d = static_cast<int>(blockIdx.x / pp.blocks_per_direction);
+  const int64_t j0 = (blockIdx.x % pp.blocks_per_direction) * U;
+  const SliceShared<T> sm = slice_shared(pp.layout);
+  stage_forward_weights<T, U>(pp, sm, d, j0);  // slice_partials' first barrier publishes it
+  ForwardStepParams<T> p = pp.step;
+  for (int64_t s = 0; s < pp.steps; ++s) {
+    p.step = s;
+    p.active = pp.active[s];
+    for (int64_t i0 = 0; i0 < p.active; i0 += pp.layout.rows)
+      forward_persistent_rows<T, U>(pp, p, sm, d, j0, i0);
+    if (s + 1 < pp.steps)
+      arrive_and_wait(pp.arrivals + d, static_cast<unsigned>(pp.blocks_per_direction * (s + 1)));
+  }
+}
+
+template <typename T>
+auto forward_persistent_for(int units) {
+  return units == 4 ? forward_persistent_kernel<T, 4> : forward_persistent_kernel<T, 8>;
+}
+
+// The layer's recurrence as one persistent launch, where the plan allows it (no projections: their
+// per-step GEMM is not part of it). Returns whether it ran.
+template <typename T>
+bool recurrence_persistent(const ForwardStepParams<T>& p, const StepSchedule& sched,
+                           const DeviceSchedule& ds, const ScratchAlloc& scratch,
+                           cudaStream_t stream) {
+  const CallDims& c = p.c;
+  const int64_t steps = steps_with_rows(sched, c.T);
+  if (c.proj || steps == 0) return false;
+  const PersistentPlan<T> plan =
+      plan_persistent<T>(c.RH, c.H, 4, c.D, c.B, forward_persistent_for<T>);
+  if (plan.units == 0) return false;
+  const PersistentForwardParams<T> pp{p, plan.layout, ds.active, steps,
+                                      arrival_counters(scratch, stream), plan.blocks_per_direction};
+  launch_cooperative("forward_persistent_kernel", forward_persistent_for<T>(plan.units),
+                     dim3(static_cast<unsigned>(c.D * plan.blocks_per_direction)),
+                     dim3(kPersistentThreads), plan.layout.bytes(), stream, pp);
+  return true;
+}
+
 template <typename T>
 __global__ void bias_sum_kernel(const T* b_ih, const T* b_hh, T* out, int64_t n) {
   for (int64_t e = stride_start(); e < n; e += stride_step())
@@ -325,14 +414,15 @@ void input_projection(const CallDims& c, const DeviceSchedule& ds, const Forward
                          static_cast<const T*>(s.w[d].bias), stream);
 }
 
-// The recurrence (phases.h): one launch per step in processing order: R, the chunked sum of
+// The recurrence (phases.h): one persistent launch for the layer where it fits (see above), else
+// one launch per step in processing order: R, the chunked sum of
 // h_prev . W_hh^T, for every gate, then the cell on pre + R; with projections h = W_hr m for the
 // step's rows, the chunked sum over k = 0 .. H-1. Steps no row reaches are not launched: they have
 // no work, and a launch with no rows would be an empty grid.
 template <typename T>
 void recurrence(const LstmForwardArgs<T>& a, const CallDims& c, const StepSchedule& sched,
                 const DeviceSchedule& ds, const StepRows& step_rows, const ForwardLayer<T>& L,
-                const ForwardScratch<T>& s, cudaStream_t stream) {
+                const ForwardScratch<T>& s, const ScratchAlloc& scratch, cudaStream_t stream) {
   ForwardStepParams<T> p{c};
   p.lengths = ds.lengths;
   p.order = ds.order;
@@ -346,6 +436,7 @@ void recurrence(const LstmForwardArgs<T>& a, const CallDims& c, const StepSchedu
     p.cells[d] = L.cells[d];
     p.wt_hh[d] = s.w[d].wt_hh;
   }
+  if (recurrence_persistent(p, sched, ds, scratch, stream)) return;
   for (int64_t step = 0; step < c.T && sched.active[step] > 0; ++step) {
     p.step = step;
     p.active = sched.active[step];
@@ -383,7 +474,7 @@ void forward_impl(const LstmForwardArgs<T>& a, const ScratchAlloc& scratch, cuda
         forward_layer(a, c, l, dropped_layer_input(a, c, l, ds, s.dropped, stream));
     layer_weights(a, c, L, s, stream);
     input_projection(c, ds, L, s, stream);
-    recurrence(a, c, sched, ds, step_rows, L, s, stream);
+    recurrence(a, c, sched, ds, step_rows, L, s, scratch, stream);
     final_states(a, c, ds, L, stream);
   }
 }

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "../common/chunked_sum.h"
@@ -71,7 +72,100 @@ void launch_kernel(const char* name, void (*kernel)(Params...), dim3 grid, dim3 
   check_launch(name, stream);
 }
 
+// A cooperative launch: every block of the grid resident at once (cudaLaunchCooperativeKernel
+// refuses a grid the device cannot hold instead of letting its blocks wait forever on blocks that
+// never start), with shared_bytes of dynamic shared memory per block. Callers check the fit first
+// (co_resident_blocks) and run another path where it fails.
+template <typename... Params, typename... Args>
+void launch_cooperative(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block,
+                        size_t shared_bytes, cudaStream_t stream, Args... args) {
+  const GridLimit limit = grid_limit();
+  if (grid.x > limit.x || grid.y > limit.y)
+    throw std::logic_error(std::string("detlstm CUDA: ") + name + ": grid over the limit");
+#if defined(__CUDACC__)
+  std::tuple<Params...> params(args...);
+  void* pointers[sizeof...(Params)];
+  std::apply([&](auto&... p) {
+    int k = 0;
+    ((pointers[k++] = static_cast<void*>(&p)), ...);
+  }, params);
+  check_cuda(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), grid, block,
+                                         pointers, shared_bytes, stream),
+             name);
+#elif defined(DETLSTM_CUDA_EMULATION)
+  emulated_cooperative_launch(kernel, grid, block, shared_bytes, args...);
+#endif
+  check_launch(name, stream);
+}
+
+// How many blocks of `kernel` (threads each, shared_bytes of dynamic shared memory) the device holds
+// at once; 0 where one block cannot run (more shared memory than a block may have, or no cooperative
+// launches). Raises the kernel's dynamic shared-memory limit to shared_bytes, which launches of more
+// than 48 KB need.
+template <typename... Params>
+int64_t co_resident_blocks(void (*kernel)(Params...), int threads, size_t shared_bytes) {
+  int device = 0, sms = 0, most_shared = 0, cooperative = 0, per_sm = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "SM count");
+  check_cuda(cudaDeviceGetAttribute(&most_shared, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+             "shared memory per block");
+  check_cuda(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device),
+             "cooperative launch support");
+  if (!cooperative || shared_bytes > static_cast<size_t>(most_shared)) return 0;
+  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(shared_bytes)),
+             "raise the dynamic shared-memory limit");
+  check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, shared_bytes),
+             "occupancy");
+  return int64_t(per_sm) * sms;
+}
+
 __host__ __device__ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The block's dynamic shared memory (the size its launch gave), 16-byte aligned.
+#if defined(DETLSTM_CUDA_EMULATION)
+inline unsigned char* dynamic_shared_bytes() { return emulated_dynamic_shared(); }
+#else
+__device__ __forceinline__ unsigned char* dynamic_shared_bytes() {
+  extern __shared__ __align__(16) unsigned char detlstm_dynamic_shared[];
+  return detlstm_dynamic_shared;
+}
+#endif
+
+// Flags between the blocks of a cooperative launch (integers only: a count of arrivals).
+// signal_release: everything this thread's block wrote before (a barrier first orders the block's
+// other threads) is visible to whoever sees the new count. load_acquire: what the counted blocks
+// wrote is visible after it. spin_pause: a short sleep in a wait loop (the emulator's turn switch).
+#if defined(DETLSTM_CUDA_EMULATION)
+inline void signal_release(unsigned* counter) { __atomic_fetch_add(counter, 1u, __ATOMIC_RELEASE); }
+inline unsigned load_acquire(const unsigned* counter) {
+  return __atomic_load_n(counter, __ATOMIC_ACQUIRE);
+}
+inline void spin_pause() { emulated_spin_pause(); }
+#else
+__device__ __forceinline__ void signal_release(unsigned* counter) {
+  __threadfence();
+  atomicAdd(counter, 1u);
+}
+__device__ __forceinline__ unsigned load_acquire(const unsigned* counter) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(counter) : "memory");
+  return v;
+}
+__device__ __forceinline__ void spin_pause() { __nanosleep(32); }
+#endif
+
+// The barrier between steps of one direction's blocks in a persistent kernel: the block arrives
+// (its writes of the step released), then waits until `target` arrivals are counted (the direction's
+// blocks times the steps done). Every thread of the block calls it.
+__device__ inline void arrive_and_wait(unsigned* counter, unsigned target) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    signal_release(counter);
+    while (load_acquire(counter) < target) spin_pause();
+  }
+  __syncthreads();
+}
 
 // Blocks of `threads` for a grid-stride loop over n elements, capped at the grid limit.
 inline dim3 stride_grid(int64_t n, int threads) { return capped_grid(ceil_div(n, threads)); }
@@ -125,7 +219,8 @@ struct DeviceSchedule {
   const int64_t* lengths;
   const int64_t* order;
   const int64_t* valid;
-  int64_t rows;  // number of valid (t, b)
+  const int64_t* active;  // rows running at each processing step (T + 1 values)
+  int64_t rows;           // number of valid (t, b)
 };
 
 template <typename T>
@@ -150,12 +245,12 @@ inline int64_t* upload_array(const std::vector<int64_t>& host, const ScratchAllo
 inline DeviceSchedule upload_schedule(const StepSchedule& sched, const int64_t* lengths, int64_t B,
                                       const ScratchAlloc& scratch, cudaStream_t stream) {
   const int64_t R = static_cast<int64_t>(sched.valid.size());
-  std::vector<int64_t> host(static_cast<size_t>(2 * B + R));
-  std::copy(lengths, lengths + B, host.begin());
-  std::copy(sched.order.begin(), sched.order.end(), host.begin() + B);
-  std::copy(sched.valid.begin(), sched.valid.end(), host.begin() + 2 * B);
+  std::vector<int64_t> host(lengths, lengths + B);
+  host.insert(host.end(), sched.order.begin(), sched.order.end());
+  host.insert(host.end(), sched.valid.begin(), sched.valid.end());
+  host.insert(host.end(), sched.active.begin(), sched.active.end());
   const int64_t* buf = upload_array(host, scratch, stream);
-  return {buf, buf + B, buf + 2 * B, R};
+  return {buf, buf + B, buf + 2 * B, buf + 2 * B + R, R};
 }
 
 // Per direction and processing step, the storage rows t * B + b of the rows running at that step

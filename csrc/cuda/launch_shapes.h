@@ -26,6 +26,14 @@ enum class StepKernel {
   kPerUnit,  // a thread per unit and rows_per_thread rows, W_hh and the rows read from L2
 };
 
+// How a layer's recurrence runs (persistent.cuh): one persistent kernel per layer and pass where its
+// blocks fit on the device at once, or one launch per step.
+enum class Recurrence {
+  kPersistent,      // persistent with 4 units per block where that grid fits, else 8, else per step
+  kPersistentWide,  // persistent with 8 units per block where that fits, else per step
+  kPerStep,         // the per-step kernels of `step`, always
+};
+
 enum class GemmTiles {
   kAuto,    // float products of at least 128 x 128: 128x128 tiles of 8x8; else 64x64 tiles of 4x4
   k32x32,   // 32x32 tiles of 4x4
@@ -38,16 +46,26 @@ struct LaunchShape {
   int threads;          // per block of the step kernels
   int rows_per_thread;  // kPerUnit: 1, 4 or 8 (the kernels are instantiated for these)
   GemmTiles gemm;
+  Recurrence recurrence;
 };
 
-// Measured on an H100 (bench/GPU_NOTES.md, 2026-11-23): the slice kernels are the fastest at the
-// large and stream shapes and, under the arithmetic v2, at tagger too (under v1 shape 1 was faster
-// there), so they are the default.
+// Measured on an H100 (bench/GPU_NOTES.md, 2026-11-23): of the per-step kernels the slice kernels
+// are the fastest at the large and stream shapes and, under the arithmetic v2, at tagger too (under
+// v1 shape 1 was faster there), so they are the fallback of the default. The persistent kernels
+// (shapes 0 and 5) are not measured yet; shape 4 is the previous default, kept to compare.
 constexpr LaunchShape kLaunchShapes[] = {
-    {"slice", StepKernel::kSlice, kSliceThreads, kSliceRowsPerThread, GemmTiles::kAuto},
-    {"unit x 1 row, 32 threads", StepKernel::kPerUnit, 32, 1, GemmTiles::k32x32},
-    {"unit x 8 rows, 256 threads", StepKernel::kPerUnit, 256, 8, GemmTiles::k64x32},
-    {"unit x 4 rows, 128 threads", StepKernel::kPerUnit, 128, 4, GemmTiles::kAuto},
+    {"persistent, else slice", StepKernel::kSlice, kSliceThreads, kSliceRowsPerThread,
+     GemmTiles::kAuto, Recurrence::kPersistent},
+    {"unit x 1 row, 32 threads", StepKernel::kPerUnit, 32, 1, GemmTiles::k32x32,
+     Recurrence::kPerStep},
+    {"unit x 8 rows, 256 threads", StepKernel::kPerUnit, 256, 8, GemmTiles::k64x32,
+     Recurrence::kPerStep},
+    {"unit x 4 rows, 128 threads", StepKernel::kPerUnit, 128, 4, GemmTiles::kAuto,
+     Recurrence::kPerStep},
+    {"slice", StepKernel::kSlice, kSliceThreads, kSliceRowsPerThread, GemmTiles::kAuto,
+     Recurrence::kPerStep},
+    {"persistent 8 units, else unit x 4 rows", StepKernel::kPerUnit, 128, 4, GemmTiles::k64x32,
+     Recurrence::kPersistentWide},
 };
 constexpr int kLaunchShapeCount = static_cast<int>(sizeof(kLaunchShapes) / sizeof(kLaunchShapes[0]));
 

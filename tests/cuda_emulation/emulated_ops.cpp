@@ -67,6 +67,30 @@ at::Tensor neighbour_read_probe(int64_t stamp, bool sync, bool diverge) {
   return out;
 }
 
+// The emulator's check of cooperative launches: block b writes its stamp, meets the other blocks at
+// the persistent kernels' step barrier (or skips it), then reads block b + 1's stamp. With the
+// barrier every block reads this launch's stamps in any order; without it, the block that runs ahead
+// reads a stale one. `extra` asks the barrier for more arrivals than there are blocks: a wait that
+// never ends, which the emulator must report rather than hang on.
+__global__ void neighbour_block_kernel(int* slots, int* out, unsigned* counter, int stamp, bool wait,
+                                       unsigned extra) {
+  if (threadIdx.x == 0) slots[blockIdx.x] = stamp + static_cast<int>(blockIdx.x);
+  if (wait) cuda::arrive_and_wait(counter, gridDim.x + extra);
+  if (threadIdx.x == 0) out[blockIdx.x] = slots[(blockIdx.x + 1) % gridDim.x];
+}
+
+at::Tensor neighbour_block_probe(const at::Tensor& slots, int64_t stamp, bool wait, int64_t extra) {
+  TORCH_CHECK(slots.dtype() == at::kInt && slots.dim() == 1 && slots.is_contiguous(), "slots: int32");
+  const int64_t blocks = slots.numel();
+  at::Tensor out = at::empty({blocks}, at::kInt);
+  unsigned counter = 0;
+  cuda::launch_cooperative("neighbour_block_kernel", neighbour_block_kernel,
+                           dim3(static_cast<unsigned>(blocks)), dim3(32), 0, nullptr,
+                           slots.data_ptr<int>(), out.data_ptr<int>(), &counter,
+                           static_cast<int>(stamp), wait, static_cast<unsigned>(extra));
+  return out;
+}
+
 }  // namespace
 }  // namespace detlstm
 
@@ -88,7 +112,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "lower the emulator's own grid limit only (the kernels do not know it)");
   m.def("counts", [] {
     const auto c = detlstm_emulation::counts();
-    return std::make_pair(c.launches, c.synchronizations);
-  }, "(kernel launches, stream synchronisations) so far");
+    return std::make_tuple(c.launches, c.synchronizations, c.cooperative_launches);
+  }, "(kernel launches, stream synchronisations, cooperative launches) so far");
+  m.def("set_device", &detlstm_emulation::set_device,
+        "the emulated GPU: multiprocessors, shared memory per multiprocessor and per block (bytes)");
   m.def("neighbour_read_probe", &detlstm::neighbour_read_probe);
+  m.def("neighbour_block_probe", &detlstm::neighbour_block_probe);
 }

@@ -1,11 +1,14 @@
-// The scheduler of the host emulation (include/cuda_runtime.h): every thread of a block is a fiber
-// (ucontext) with its own stack; __syncthreads() switches back to the scheduler, which resumes the
-// next thread. One pass over the block's threads runs each from one barrier to the next, so a pass
-// ends with all live threads at the same barrier, or all returned.
+// The scheduler of the host emulation (include/cuda_runtime.h): every thread of a resident block is a
+// fiber (ucontext) with its own stack. A fiber runs until it reaches a barrier, pauses in a spin wait
+// or returns, then switches back to the scheduler, which resumes the next fiber that can run. A
+// barrier releases its block's threads once every thread still running has reached it. An ordinary
+// launch makes one block resident at a time; a cooperative launch makes the whole grid resident and
+// lets each block in turn run as far as it can before the next.
 #include <ucontext.h>
 
 #include <cstdlib>
 #include <memory>
+#include <utility>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -21,22 +24,48 @@ namespace detlstm_emulation {
 namespace {
 
 constexpr size_t kStackBytes = 256 * 1024;
+// A run of passes in which no thread got past a barrier or returned: every thread left is waiting
+// on something no other thread will do, which on a GPU is a hang.
+constexpr int kStalledPasses = 3;
+
+enum class FiberState { kReady, kAtBarrier, kDone };
 
 struct Fiber {
   ucontext_t context;
   std::unique_ptr<char[]> stack;
-  bool done = false;
+  FiberState state = FiberState::kDone;
+  unsigned slot = 0;  // the resident block it belongs to
+  uint3 thread{0, 0, 0};
+};
+
+struct BlockSlot {
+  uint3 index{0, 0, 0};
+  unsigned live = 0;        // threads that have not returned
+  unsigned at_barrier = 0;  // of those, waiting at the barrier
+  unsigned returned = 0;
+  std::vector<unsigned char> shared;
+};
+
+struct Device {
+  int multiprocessors = 132;
+  int shared_per_multiprocessor = 228 * 1024;
+  int shared_per_block = 227 * 1024;
+  int shared_limit = 48 * 1024;  // raised by cudaFuncSetAttribute, as a kernel's limit is
 };
 
 struct Scheduler {
   ucontext_t home;
   std::vector<Fiber> fibers;
+  std::vector<BlockSlot> slots;
+  size_t threads_per_block = 0;  // slot b's fibers are [b, b + 1) * threads_per_block
   int current = -1;
   const std::function<void()>* body = nullptr;
   int order = 0;
+  bool progressed = false;
   cudaError_t error = cudaSuccess;
   unsigned max_grid_x = 2147483647u, max_grid_y = 65535u;
-  Counts counts{0, 0};
+  Counts counts{0, 0, 0};
+  Device device;
 };
 
 Scheduler& scheduler() {
@@ -44,47 +73,142 @@ Scheduler& scheduler() {
   return s;
 }
 
+void fail(cudaError_t e) {
+  Scheduler& s = scheduler();
+  if (s.error == cudaSuccess) s.error = e;
+}
+
+// Every thread of the block still running is at the barrier: release them. Threads that returned
+// first met a different barrier (or none), which is an error on a GPU.
+void release_if_complete(BlockSlot& slot, unsigned slot_index) {
+  Scheduler& s = scheduler();
+  if (slot.at_barrier == 0 || slot.at_barrier != slot.live) return;
+  if (slot.returned != 0) fail(cudaErrorLaunchFailure);
+  for (size_t i = 0; i < s.threads_per_block; ++i) {
+    Fiber& f = s.fibers[slot_index * s.threads_per_block + i];
+    if (f.state == FiberState::kAtBarrier) f.state = FiberState::kReady;
+  }
+  slot.at_barrier = 0;
+}
+
 void fiber_entry() {
   Scheduler& s = scheduler();
   (*s.body)();
-  s.fibers[s.current].done = true;
+  Fiber& f = s.fibers[s.current];
+  BlockSlot& slot = s.slots[f.slot];
+  f.state = FiberState::kDone;
+  slot.live -= 1;
+  slot.returned += 1;
+  if (slot.at_barrier != 0) fail(cudaErrorLaunchFailure);  // others wait at a barrier it skipped
+  release_if_complete(slot, f.slot);
+  s.progressed = true;
   // returning ends the context and resumes uc_link (home)
 }
 
-uint3 thread_coordinates(unsigned linear, const dim3& block) {
-  return {linear % block.x, (linear / block.x) % block.y, linear / (block.x * block.y)};
+uint3 linear_to_index(uint64_t linear, const dim3& shape) {
+  return {static_cast<unsigned>(linear % shape.x), static_cast<unsigned>((linear / shape.x) % shape.y),
+          static_cast<unsigned>(linear / (uint64_t(shape.x) * shape.y))};
 }
 
-void run_block(unsigned nthreads, const dim3& block) {
+// Makes the given blocks (linear indices into the grid) resident, one fiber per thread.
+void make_resident(const std::vector<uint64_t>& blocks, const dim3& grid, const dim3& block,
+                   size_t shared_bytes) {
   Scheduler& s = scheduler();
-  if (s.fibers.size() < nthreads) s.fibers.resize(nthreads);
-  for (unsigned i = 0; i < nthreads; ++i) {
-    Fiber& f = s.fibers[i];
-    if (!f.stack) f.stack.reset(new char[kStackBytes]);
-    f.done = false;
-    getcontext(&f.context);
-    f.context.uc_stack.ss_sp = f.stack.get();
-    f.context.uc_stack.ss_size = kStackBytes;
-    f.context.uc_link = &s.home;
-    makecontext(&f.context, fiber_entry, 0);
-  }
-  const bool reversed = (s.order & 2) != 0;
-  for (;;) {
-    unsigned live = 0, done = 0;
-    for (unsigned k = 0; k < nthreads; ++k) {
-      const unsigned i = reversed ? nthreads - 1 - k : k;
-      Fiber& f = s.fibers[i];
-      if (f.done) continue;
-      s.current = static_cast<int>(i);
-      threadIdx = thread_coordinates(i, block);
-      swapcontext(&s.home, &f.context);
-      if (f.done) ++done;
-      else ++live;
+  const unsigned nthreads = block.x * block.y * block.z;
+  const size_t total = blocks.size() * nthreads;
+  if (s.fibers.size() < total) s.fibers.resize(total);
+  s.slots.assign(blocks.size(), BlockSlot{});
+  s.threads_per_block = nthreads;
+  for (size_t b = 0; b < blocks.size(); ++b) {
+    BlockSlot& slot = s.slots[b];
+    slot.index = linear_to_index(blocks[b], grid);
+    slot.live = nthreads;
+    slot.shared.assign(shared_bytes, 0xFF);  // not zeroed on a GPU either: NaN if read unwritten
+    for (unsigned i = 0; i < nthreads; ++i) {
+      Fiber& f = s.fibers[b * nthreads + i];
+      if (!f.stack) f.stack.reset(new char[kStackBytes]);
+      f.state = FiberState::kReady;
+      f.slot = static_cast<unsigned>(b);
+      f.thread = linear_to_index(i, block);
+      getcontext(&f.context);
+      f.context.uc_stack.ss_sp = f.stack.get();
+      f.context.uc_stack.ss_size = kStackBytes;
+      f.context.uc_link = &s.home;
+      makecontext(&f.context, fiber_entry, 0);
     }
-    if (live == 0) break;
-    if (done != 0 && s.error == cudaSuccess) s.error = cudaErrorLaunchFailure;  // divergent barrier
+  }
+  for (size_t i = total; i < s.fibers.size(); ++i) s.fibers[i].state = FiberState::kDone;
+}
+
+// One pass over resident block b: resumes each of its threads that can run once, in the chosen
+// order. Returns whether any thread was resumed.
+bool run_block_pass(size_t b, unsigned nthreads) {
+  Scheduler& s = scheduler();
+  bool resumed = false;
+  for (unsigned kt = 0; kt < nthreads; ++kt) {
+    const size_t i = b * nthreads + ((s.order & 2) ? nthreads - 1 - kt : kt);
+    Fiber& f = s.fibers[i];
+    if (f.state != FiberState::kReady) continue;
+    s.current = static_cast<int>(i);
+    threadIdx = f.thread;
+    blockIdx = s.slots[b].index;
+    swapcontext(&s.home, &f.context);
+    resumed = true;
   }
   s.current = -1;
+  return resumed;
+}
+
+// Runs resident block b as far as it goes: until its threads have returned or it makes no progress
+// (its threads wait on other blocks). Returns {whether it had a thread to run, whether it progressed}.
+std::pair<bool, bool> run_block_ahead(size_t b, unsigned nthreads) {
+  Scheduler& s = scheduler();
+  bool live = false, progressed = false;
+  for (;;) {
+    s.progressed = false;
+    if (!run_block_pass(b, nthreads)) break;
+    live = true;
+    if (!s.progressed) break;
+    progressed = true;
+  }
+  return {live, progressed};
+}
+
+// Runs the resident blocks until every thread has returned, or until they stall. Each block in turn
+// runs as far ahead of the others as it can, so blocks drift apart by whole steps, as much as their
+// own waits allow: a read of another block's data that no flag orders sees it unwritten.
+void run_resident(unsigned nthreads) {
+  Scheduler& s = scheduler();
+  int stalled = 0;
+  for (;;) {
+    bool live = false, progressed = false;
+    for (size_t kb = 0; kb < s.slots.size(); ++kb) {
+      const auto [block_live, block_progressed] =
+          run_block_ahead((s.order & 1) ? s.slots.size() - 1 - kb : kb, nthreads);
+      live = live || block_live;
+      progressed = progressed || block_progressed;
+    }
+    if (!live) return;  // every thread returned
+    stalled = progressed ? 0 : stalled + 1;
+    if (stalled == kStalledPasses) {
+      fail(cudaErrorLaunchTimeout);  // the fibers are abandoned; the next launch remakes them
+      return;
+    }
+  }
+}
+
+bool shape_is_valid(const dim3& grid, const dim3& block) {
+  const Scheduler& s = scheduler();
+  const uint64_t threads = uint64_t(block.x) * block.y * block.z;
+  return threads != 0 && threads <= 1024 && uint64_t(grid.x) * grid.y * grid.z != 0 &&
+         grid.x <= s.max_grid_x && grid.y <= s.max_grid_y && grid.z <= 65535;
+}
+
+void begin_grid(const dim3& grid, const dim3& block, const std::function<void()>& thread_body) {
+  Scheduler& s = scheduler();
+  s.body = &thread_body;
+  gridDim = grid;
+  blockDim = block;
 }
 
 }  // namespace
@@ -93,24 +217,49 @@ void run_grid(dim3 grid, dim3 block, const std::function<void()>& thread_body) {
   Scheduler& s = scheduler();
   if (s.current >= 0) throw std::logic_error("emulated launch from inside a kernel");
   s.counts.launches += 1;
-  if (block.x * block.y * block.z == 0 || block.x * block.y * block.z > 1024 ||
-      uint64_t(grid.x) * grid.y * grid.z == 0 || grid.x > s.max_grid_x || grid.y > s.max_grid_y ||
-      grid.z > 65535) {
-    s.error = cudaErrorInvalidValue;  // what a real launch reports for such a shape
+  if (!shape_is_valid(grid, block)) {
+    fail(cudaErrorInvalidValue);  // what a real launch reports for such a shape
     return;
   }
-  s.body = &thread_body;
-  gridDim = grid;
-  blockDim = block;
-  const unsigned nthreads = block.x * block.y * block.z;
+  begin_grid(grid, block, thread_body);
   const uint64_t nblocks = uint64_t(grid.x) * grid.y * grid.z;
   for (uint64_t k = 0; k < nblocks; ++k) {
-    const uint64_t linear = (s.order & 1) ? nblocks - 1 - k : k;
-    blockIdx = {static_cast<unsigned>(linear % grid.x), static_cast<unsigned>((linear / grid.x) % grid.y),
-                static_cast<unsigned>(linear / (uint64_t(grid.x) * grid.y))};
-    run_block(nthreads, block);
+    make_resident({(s.order & 1) ? nblocks - 1 - k : k}, grid, block, 0);
+    run_resident(block.x * block.y * block.z);
   }
   s.body = nullptr;
+}
+
+void run_grid_cooperative(dim3 grid, dim3 block, size_t shared_bytes,
+                          const std::function<void()>& thread_body) {
+  Scheduler& s = scheduler();
+  if (s.current >= 0) throw std::logic_error("emulated launch from inside a kernel");
+  s.counts.launches += 1;
+  s.counts.cooperative_launches += 1;
+  const unsigned nthreads = block.x * block.y * block.z;
+  if (!shape_is_valid(grid, block) || shared_bytes > size_t(s.device.shared_limit)) {
+    fail(cudaErrorInvalidValue);
+    return;
+  }
+  const uint64_t nblocks = uint64_t(grid.x) * grid.y * grid.z;
+  if (nblocks > uint64_t(s.device.multiprocessors) *
+                    emulated_blocks_per_multiprocessor(static_cast<int>(nthreads), shared_bytes)) {
+    fail(cudaErrorCooperativeLaunchTooLarge);
+    return;
+  }
+  begin_grid(grid, block, thread_body);
+  std::vector<uint64_t> all(nblocks);
+  for (uint64_t k = 0; k < nblocks; ++k) all[k] = k;
+  make_resident(all, grid, block, shared_bytes);
+  run_resident(nthreads);
+  s.body = nullptr;
+}
+
+void set_device(int multiprocessors, int shared_per_multiprocessor, int shared_per_block) {
+  Device& d = scheduler().device;
+  d.multiprocessors = multiprocessors;
+  d.shared_per_multiprocessor = shared_per_multiprocessor;
+  d.shared_per_block = shared_per_block;
 }
 
 int set_order(int order) {
@@ -132,7 +281,59 @@ void __syncthreads() {
   auto& s = detlstm_emulation::scheduler();
   if (s.current < 0) throw std::logic_error("__syncthreads() outside an emulated kernel");
   auto& f = s.fibers[s.current];
+  auto& slot = s.slots[f.slot];
+  f.state = detlstm_emulation::FiberState::kAtBarrier;
+  slot.at_barrier += 1;
+  s.progressed = true;
+  detlstm_emulation::release_if_complete(slot, f.slot);
   swapcontext(&f.context, &s.home);
+}
+
+void emulated_spin_pause() {
+  auto& s = detlstm_emulation::scheduler();
+  if (s.current < 0) throw std::logic_error("a spin wait outside an emulated kernel");
+  swapcontext(&s.fibers[s.current].context, &s.home);  // stays ready: resumed in the next pass
+}
+
+unsigned char* emulated_dynamic_shared() {
+  auto& s = detlstm_emulation::scheduler();
+  if (s.current < 0) throw std::logic_error("shared memory outside an emulated kernel");
+  auto& shared = s.slots[s.fibers[s.current].slot].shared;
+  return shared.empty() ? nullptr : shared.data();
+}
+
+int emulated_blocks_per_multiprocessor(int threads, size_t shared_bytes) {
+  const auto& d = detlstm_emulation::scheduler().device;
+  if (threads <= 0 || threads > 1024 || shared_bytes > size_t(d.shared_per_block)) return 0;
+  const size_t reserved = 1024;  // per block, as CUDA reserves on sm_80 and later
+  const int by_shared = static_cast<int>(d.shared_per_multiprocessor / (shared_bytes + reserved));
+  const int by_threads = 2048 / threads;
+  return by_shared < by_threads ? by_shared : by_threads;
+}
+
+cudaError_t emulated_set_shared_limit(int bytes) {
+  auto& d = detlstm_emulation::scheduler().device;
+  if (bytes < 0 || bytes > d.shared_per_block) return cudaErrorInvalidValue;
+  d.shared_limit = bytes > 48 * 1024 ? bytes : 48 * 1024;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) {
+  const auto& d = detlstm_emulation::scheduler().device;
+  switch (attr) {
+    case cudaDevAttrMultiProcessorCount: *value = d.multiprocessors; return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = d.shared_per_block; return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerMultiprocessor:
+      *value = d.shared_per_multiprocessor;
+      return cudaSuccess;
+    case cudaDevAttrCooperativeLaunch: *value = 1; return cudaSuccess;
+  }
+  return cudaErrorInvalidValue;
 }
 
 cudaError_t cudaGetLastError() {
@@ -146,13 +347,21 @@ const char* cudaGetErrorString(cudaError_t err) {
   switch (err) {
     case cudaSuccess: return "no error";
     case cudaErrorInvalidValue: return "invalid launch shape (emulated)";
+    case cudaErrorLaunchTimeout: return "the grid's threads wait on each other forever (emulated)";
     case cudaErrorLaunchFailure: return "threads of one block met different barriers (emulated)";
+    case cudaErrorCooperativeLaunchTooLarge:
+      return "too many blocks in cooperative launch (emulated)";
   }
   return "unknown error (emulated)";
 }
 
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind, cudaStream_t) {
   std::memmove(dst, src, bytes);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t) {
+  std::memset(dst, value, bytes);
   return cudaSuccess;
 }
 

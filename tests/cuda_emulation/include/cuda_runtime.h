@@ -8,17 +8,31 @@
 // - threadIdx, blockIdx, blockDim, gridDim; dim3 and uint3; __syncthreads();
 // - launches through emulated_launch (grid and block shapes checked as a GPU checks them, with a
 //   settable grid limit), cudaGetLastError, cudaGetErrorString;
-// - cudaMemcpyAsync (a plain memmove: host and device memory are one), cudaStreamSynchronize (counts
-//   calls), cudaStreamIsCapturing (never capturing); streams are opaque pointers.
-// No atomics, warp intrinsics, dynamic shared memory, events, or device properties.
+// - cooperative launches through emulated_cooperative_launch: every block of the grid resident at
+//   once, with dynamic shared memory per block (emulated_dynamic_shared), refused like
+//   cudaLaunchCooperativeKernel when the grid cannot be co-resident on the emulated device;
+// - the device's size and occupancy: cudaGetDevice, cudaDeviceGetAttribute (multiprocessors, shared
+//   memory per block and per multiprocessor), cudaFuncSetAttribute (the dynamic shared-memory limit),
+//   cudaOccupancyMaxActiveBlocksPerMultiprocessor; the emulated device is set by set_device;
+// - integer atomics as the GCC builtins (one OS thread runs every fiber, so they are exact), and
+//   emulated_spin_pause() for a thread that waits on another block;
+// - cudaMemcpyAsync, cudaMemsetAsync (plain memmove / memset: host and device memory are one),
+//   cudaStreamSynchronize (counts calls), cudaStreamIsCapturing (never capturing); streams are opaque
+//   pointers.
+// No warp intrinsics, events, or float atomics.
 //
 // What it models: a grid of blocks, each a set of threads with threadIdx/blockIdx/blockDim/gridDim,
-// block-local __shared__ memory and __syncthreads() as a real barrier (every thread is a fiber of
-// its own; a barrier switches to the next). Blocks run one after another and the threads of a block
-// in turn between barriers, in an order the test chooses (forward or reversed), so a kernel whose
-// result depends on which thread or block runs first shows it as a change of bits. What it cannot
-// model: the device compiler, the memory model across concurrently running blocks, timing, and the
-// two address spaces (a host pointer handed to a kernel works here and faults on a GPU).
+// block-local shared memory and __syncthreads() as a real barrier (every thread is a fiber of its
+// own; a thread runs until it reaches a barrier, pauses in a spin wait, or returns). An ordinary
+// launch runs its blocks one after another; a cooperative launch runs all of them at once, a pass at
+// a time over every thread that can run, so blocks that wait on each other's flags interleave as on
+// a GPU, and a grid whose blocks wait forever is reported instead of hanging. Blocks and threads run
+// in an order the test chooses (forward or reversed), so a kernel whose result depends on which
+// thread or block runs first shows it as a change of bits. What it cannot model: the device
+// compiler, the hardware memory model (stores are visible at once here, so a missing fence shows
+// nothing), timing, and the two address spaces (a host pointer handed to a kernel works here and
+// faults on a GPU). Static __shared__ arrays are one copy per kernel: a cooperative kernel must keep
+// its shared arrays in dynamic shared memory.
 #pragma once
 
 #include <cstddef>
@@ -33,9 +47,13 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
-// Blocks never overlap in time here, so one static copy per kernel instantiation is block-local.
+// The blocks of an ordinary launch never overlap in time here, so one static copy per kernel
+// instantiation is block-local (cooperative kernels use dynamic shared memory instead).
 #define __shared__ static
 
+struct __attribute__((aligned(16))) float4 {
+  float x, y, z, w;
+};
 struct uint3 {
   unsigned x, y, z;
 };
@@ -52,7 +70,13 @@ extern dim3 gridDim;
 
 void __syncthreads();
 
-enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorLaunchFailure = 719 };
+enum cudaError_t {
+  cudaSuccess = 0,
+  cudaErrorInvalidValue = 1,
+  cudaErrorLaunchTimeout = 702,
+  cudaErrorLaunchFailure = 719,
+  cudaErrorCooperativeLaunchTooLarge = 720
+};
 enum cudaMemcpyKind {
   cudaMemcpyHostToHost = 0,
   cudaMemcpyHostToDevice = 1,
@@ -75,12 +99,58 @@ enum cudaStreamCaptureStatus {
   cudaStreamCaptureStatusInvalidated = 2
 };
 cudaError_t cudaStreamIsCapturing(cudaStream_t stream, cudaStreamCaptureStatus* status);
+cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t stream);
+
+// The emulated device's size (detlstm_emulation::set_device) and what a launch may use of it.
+enum cudaDeviceAttr {
+  cudaDevAttrMultiProcessorCount = 16,
+  cudaDevAttrMaxSharedMemoryPerBlockOptin = 97,
+  cudaDevAttrMaxSharedMemoryPerMultiprocessor = 81,
+  cudaDevAttrCooperativeLaunch = 95
+};
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+cudaError_t cudaGetDevice(int* device);
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device);
+// Blocks of `threads` threads and `shared_bytes` of dynamic shared memory one multiprocessor holds:
+// limited by shared memory and by 2048 threads, as on an H100 (registers are not modelled).
+int emulated_blocks_per_multiprocessor(int threads, size_t shared_bytes);
+template <typename Kernel>
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, Kernel, int threads,
+                                                          size_t shared_bytes) {
+  *blocks = emulated_blocks_per_multiprocessor(threads, shared_bytes);
+  return cudaSuccess;
+}
+cudaError_t emulated_set_shared_limit(int bytes);
+template <typename Kernel>
+cudaError_t cudaFuncSetAttribute(Kernel, cudaFuncAttribute, int bytes) {
+  return emulated_set_shared_limit(bytes);
+}
+
+// Device-side pieces: fences are no-ops (one OS thread runs every fiber; stores are seen at once),
+// __ldcg a plain load, and a spin wait's pause hands the turn to the other threads.
+inline void __threadfence() {}
+template <typename T>
+T __ldcg(const T* p) {
+  return *p;
+}
+void emulated_spin_pause();
+// The running block's dynamic shared memory (cooperative launches), null in an ordinary launch.
+unsigned char* emulated_dynamic_shared();
 
 namespace detlstm_emulation {
 
 // Runs thread_body once per thread of the grid (see the top of this file). A barrier reached by some
 // threads of a block while others have returned is reported by the next cudaGetLastError().
 void run_grid(dim3 grid, dim3 block, const std::function<void()>& thread_body);
+
+// Runs thread_body once per thread of the grid with every block resident at once, each with
+// shared_bytes of its own dynamic shared memory (see the top of this file).
+void run_grid_cooperative(dim3 grid, dim3 block, size_t shared_bytes,
+                          const std::function<void()>& thread_body);
+
+// The emulated device: multiprocessors, shared memory per multiprocessor and the most one block may
+// opt in to (defaults: an H100's 132, 228 KiB and 227 KiB).
+void set_device(int multiprocessors, int shared_per_multiprocessor, int shared_per_block);
 
 // Order of execution: bit 0 reverses the blocks, bit 1 reverses the threads within each block.
 int set_order(int order);  // returns the previous one
@@ -91,7 +161,7 @@ void set_max_grid(unsigned x, unsigned y);
 
 // Launches and stream synchronisations since the process started.
 struct Counts {
-  uint64_t launches, synchronizations;
+  uint64_t launches, synchronizations, cooperative_launches;
 };
 Counts counts();
 
@@ -103,4 +173,13 @@ template <typename... Params, typename... Args>
 void emulated_launch(void (*kernel)(Params...), dim3 grid, dim3 block, Args... args) {
   const std::tuple<Params...> params(args...);
   detlstm_emulation::run_grid(grid, block, [&] { std::apply(kernel, params); });
+}
+
+// What cudaLaunchCooperativeKernel(kernel, grid, block, args, shared_bytes, stream) becomes.
+template <typename... Params, typename... Args>
+void emulated_cooperative_launch(void (*kernel)(Params...), dim3 grid, dim3 block,
+                                 size_t shared_bytes, Args... args) {
+  const std::tuple<Params...> params(args...);
+  detlstm_emulation::run_grid_cooperative(grid, block, shared_bytes,
+                                          [&] { std::apply(kernel, params); });
 }

@@ -1,0 +1,212 @@
+// What the persistent recurrent kernels (forward.cu, backward.cu) share: one cooperative launch per
+// layer and pass whose blocks stay resident for every step. A block owns a slice of units of one
+// direction and keeps its slice of W_hh in shared memory for the whole launch; at each step it
+// stages the rows' left factors (h_prev forward, da of the next step backward) a panel of terms at a
+// time and computes every chunk of every recurrent sum as its own 64-term chain (ARITHMETIC.md v2,
+// chunked_sum.h): the chunks of a sum run in parallel on different threads, and the thread that
+// finishes a unit folds them in order, so the step's latency is one chunk's chain, not H terms.
+// A direction's blocks meet at an integer-flag barrier between steps (kernels_common.cuh:
+// arrive_and_wait); the two directions run at once on separate blocks and never wait on each other.
+//
+// Who computes what changes no bit: every partial is the chain of its chunk from +0 in ascending
+// order, and every fold is in chunk order, as in the per-step kernels and on the CPU.
+#pragma once
+
+#include "kernels_common.cuh"
+
+namespace detlstm {
+namespace cuda {
+
+constexpr int kPersistentThreads = 256;
+constexpr int kPersistentRows = 32;  // the most rows of a step a block computes together
+
+// The dynamic shared memory of a persistent block: its W slice (K terms x cols), the staged panel
+// of a row tile's left factors (rows x panel, rows padded by one value so that the row quads of a
+// warp fall in different banks), every chunk's partials (chunks x rows x cols) and the row tile's
+// left-factor row pointers. Every part but the last is a multiple of 16 bytes.
+template <typename T>
+struct SliceLayout {
+  int64_t K;      // terms of every recurrent sum
+  int cols;       // sums per row: 4 gates x units forward, units backward (a multiple of 4)
+  int rows;       // rows of a tile: a multiple of 4, at most kPersistentRows
+  int64_t panel;  // terms staged at once, a multiple of kSumChunk
+  __host__ __device__ int64_t chunks() const { return ceil_div(K, kSumChunk); }
+  __host__ __device__ int64_t x_stride() const { return panel + 1; }
+  __host__ __device__ size_t x_offset() const { return size_t(K) * cols * sizeof(T); }
+  __host__ __device__ size_t p_offset() const {
+    return x_offset() + ((size_t(rows) * x_stride() * sizeof(T) + 15) / 16) * 16;
+  }
+  __host__ __device__ size_t src_offset() const {
+    return p_offset() + size_t(chunks()) * rows * cols * sizeof(T);
+  }
+  __host__ __device__ size_t bytes() const { return src_offset() + rows * sizeof(T*); }
+};
+
+template <typename T>
+struct SliceShared {
+  T* w;           // w[k * cols + n]: term k of sum column n
+  T* x;           // x[r * x_stride + kk]: term k0 + kk of row r's left factor
+  T* p;           // p[(c * rows + r) * cols + n]: chunk c's partial of (r, n)
+  const T** src;  // row r's left factor (null: the row has no sum)
+};
+
+template <typename T>
+__device__ SliceShared<T> slice_shared(const SliceLayout<T>& L) {
+  unsigned char* base = dynamic_shared_bytes();
+  return {reinterpret_cast<T*>(base), reinterpret_cast<T*>(base + L.x_offset()),
+          reinterpret_cast<T*>(base + L.p_offset()),
+          reinterpret_cast<const T**>(base + L.src_offset())};
+}
+
+// Four consecutive values of shared memory (16-byte aligned for float: one vector load).
+__device__ __forceinline__ void load4(const float* p, float (&v)[4]) {
+  const float4 q = *reinterpret_cast<const float4*>(p);
+  v[0] = q.x;
+  v[1] = q.y;
+  v[2] = q.z;
+  v[3] = q.w;
+}
+__device__ __forceinline__ void load4(const double* p, double (&v)[4]) {
+#pragma unroll
+  for (int c = 0; c < 4; ++c) v[c] = p[c];
+}
+
+// Terms [k0, k0 + kc) of the left factors of the tile's first quads * 4 rows into x; rows without a
+// sum, and rows past the tile's, get zeros (computed over, never used). Each thread issues
+// kStageBatch loads before it stores any, so their L2 latencies overlap.
+constexpr int kStageBatch = 8;
+template <typename T>
+__device__ void stage_panel(const SliceLayout<T>& L, const SliceShared<T>& sm, int rows, int quads,
+                            int64_t k0, int kc) {
+  const int total = quads * 4 * kc;
+  for (int e0 = 0; e0 < total; e0 += kStageBatch * kPersistentThreads) {
+    T v[kStageBatch];
+#pragma unroll
+    for (int m = 0; m < kStageBatch; ++m) {
+      const int e = e0 + m * kPersistentThreads + static_cast<int>(threadIdx.x), r = e / kc;
+      const T* src = e < total && r < rows ? sm.src[r] : nullptr;
+      v[m] = src ? __ldcg(src + k0 + e % kc) : T(0);
+    }
+#pragma unroll
+    for (int m = 0; m < kStageBatch; ++m) {
+      const int e = e0 + m * kPersistentThreads + static_cast<int>(threadIdx.x);
+      if (e < total) sm.x[(e / kc) * L.x_stride() + e % kc] = v[m];
+    }
+  }
+}
+
+// Chunk pc of the staged panel for row quad rq and column quad cq: sixteen chains from +0 over the
+// chunk's terms in ascending order, stored as that chunk's partials.
+template <typename T, int COLS>
+__device__ void chunk_tile(const SliceLayout<T>& L, const SliceShared<T>& sm, int64_t k0, int kc,
+                           int pc, int rq, int cq) {
+  const int kb = pc * static_cast<int>(kSumChunk);
+  const int ke = kb + static_cast<int>(kSumChunk) < kc ? kb + static_cast<int>(kSumChunk) : kc;
+  const int64_t stride = L.x_stride();
+  const T* x = sm.x + rq * 4 * stride;
+  const T* w = sm.w + (k0 + kb) * COLS + cq * 4;
+  T acc[4][4];
+#pragma unroll
+  for (int r = 0; r < 4; ++r)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) acc[r][c] = T(0);
+#pragma unroll 4
+  for (int kk = kb; kk < ke; ++kk, w += COLS) {
+    T wv[4];
+    load4(w, wv);
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const T xv = x[r * stride + kk];
+#pragma unroll
+      for (int c = 0; c < 4; ++c) acc[r][c] = fma_rn(xv, wv[c], acc[r][c]);
+    }
+  }
+  T* p = sm.p + ((k0 / kSumChunk + pc) * L.rows + rq * 4) * COLS + cq * 4;
+#pragma unroll
+  for (int r = 0; r < 4; ++r)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) p[r * COLS + c] = acc[r][c];
+}
+
+// Every chunk partial of every (row, column) of a tile of `rows` rows whose left-factor pointers are
+// in sm.src: panel by panel, each panel's chunks x row quads x column quads spread over the threads.
+// Every thread of the block calls it (it holds barriers); it ends on a barrier, the partials complete.
+template <typename T, int COLS>
+__device__ void slice_partials(const SliceLayout<T>& L, const SliceShared<T>& sm, int rows) {
+  constexpr int kColQuads = COLS / 4;
+  const int quads = (rows + 3) / 4;
+  for (int64_t k0 = 0; k0 < L.K; k0 += L.panel) {
+    const int kc = static_cast<int>(L.K - k0 < L.panel ? L.K - k0 : L.panel);
+    __syncthreads();  // the previous panel (or row tile, or the weights' staging) is done with
+    stage_panel(L, sm, rows, quads, k0, kc);
+    __syncthreads();
+    const int tasks = static_cast<int>(ceil_div(kc, kSumChunk)) * quads * kColQuads;
+    for (int task = threadIdx.x; task < tasks; task += kPersistentThreads)
+      chunk_tile<T, COLS>(L, sm, k0, kc, task / (kColQuads * quads), (task / kColQuads) % quads,
+                          task % kColQuads);
+  }
+  __syncthreads();
+}
+
+// The recurrent sum of tile row r, column n: its chunk partials folded in order (rule 3).
+template <typename T, int COLS>
+__device__ T folded_sum(const SliceLayout<T>& L, const SliceShared<T>& sm, int r, int n) {
+  const T* p = sm.p + r * COLS + n;
+  T total = p[0];
+  for (int64_t c = 1; c < L.chunks(); ++c)
+    total = fold_chunk(total, p[c * L.rows * COLS], c * kSumChunk);
+  return total;
+}
+
+// How a layer's recurrence runs persistently: units per block (0: it does not, the per-step kernels
+// run), the shared-memory layout and the blocks per direction.
+template <typename T>
+struct PersistentPlan {
+  int units = 0;
+  SliceLayout<T> layout{};
+  int64_t blocks_per_direction = 0;
+};
+
+// The plan for sums of K terms over `units` units of D directions, a block's columns being
+// cols_per_unit x its units, `batch` rows at most per step, under the current launch shape: the
+// first of 4 or 8 units per block (kPersistentWide: 8 only), then the widest panel (all K terms,
+// then halving down to one chunk) with which the whole grid is co-resident. Row tiles are the batch
+// rounded up to 4 rows, at most kPersistentRows. kernel_for(u) is the kernel for u units per block.
+template <typename T, class KernelFor>
+PersistentPlan<T> plan_persistent(int64_t K, int64_t units, int cols_per_unit, int64_t D,
+                                  int64_t batch, KernelFor kernel_for) {
+  const Recurrence mode = launch_shape().recurrence;
+  if (mode == Recurrence::kPerStep) return {};
+  const int rows =
+      static_cast<int>(batch < kPersistentRows ? ceil_div(batch, 4) * 4 : kPersistentRows);
+  const int64_t widest = ceil_div(K, kSumChunk) * kSumChunk;
+  for (const int u : {4, 8}) {
+    if (mode == Recurrence::kPersistentWide && u != 8) continue;
+    const int64_t per_direction = ceil_div(units, u);
+    if (D * per_direction > grid_limit().x) continue;
+    for (int64_t panel = widest;; panel = ceil_div(panel / 2, kSumChunk) * kSumChunk) {
+      const SliceLayout<T> layout{K, u * cols_per_unit, rows, panel};
+      if (co_resident_blocks(kernel_for(u), kPersistentThreads, layout.bytes()) >= D * per_direction)
+        return {u, layout, per_direction};
+      if (panel == kSumChunk) break;
+    }
+  }
+  return {};
+}
+
+// The arrival counters of a persistent launch's two directions, zeroed in stream order.
+inline unsigned* arrival_counters(const ScratchAlloc& scratch, cudaStream_t stream) {
+  unsigned* counters = scratch_array<unsigned>(scratch, 2);
+  check_cuda(cudaMemsetAsync(counters, 0, 2 * sizeof(unsigned), stream), "zero the step flags");
+  return counters;
+}
+
+// Processing steps that have rows: the longest sequence's length.
+inline int64_t steps_with_rows(const StepSchedule& sched, int64_t T) {
+  int64_t steps = 0;
+  while (steps < T && sched.active[steps] > 0) ++steps;
+  return steps;
+}
+
+}  // namespace cuda
+}  // namespace detlstm
