@@ -143,6 +143,16 @@ def test_wide_gemm_tiles_give_the_cpu_bits(emulated, variant, proj):
     _two_layer_bidir_against_cpu(emulated, WIDE, "wide tiles", proj, 3, variant)
 
 
+# More than 8 chunks of 64 valid rows (about 740 rows): the bias gradient folds its chunk partials
+# over several rounds, and the persistent kernels take a row tile of 20 rows.
+LONG = dict(steps=40, batch=20, inputs=3, hidden=6, lengths=tuple(40 - (b % 7) for b in range(20)))
+
+
+@pytest.mark.parametrize("variant", [0, 4])
+def test_long_sums_over_rows_give_the_cpu_bits(emulated, variant):
+    _two_layer_bidir_against_cpu(emulated, LONG, "740 rows", 0, 8, variant)
+
+
 # No sequence reaches the last steps (max(lengths) = 5 of T = 8): those steps have no rows, and
 # launching them would be an empty grid, which a GPU rejects.
 SHORT = dict(steps=8, batch=5, inputs=6, hidden=11, lengths=(5, 2, 5, 3, 1))

@@ -348,14 +348,41 @@ struct HPrevRows {
   }
 };
 
-// db[n] = the chunked add-sum over the valid rows in storage order; b_ih and b_hh get the same.
+// db[n] = the chunked add-sum over the valid rows in storage order; b_ih and b_hh get the same. A
+// block takes kBiasCols gate rows with kBiasLanes threads each: round by round, lane l adds up chunk
+// (round * kBiasLanes + l) of its gate row (a chain from +0 over the chunk's rows in order), then
+// lane 0 folds the round's partials into the running total in chunk order. So the chunks' chains run
+// side by side instead of one chain over every row.
+constexpr int kBiasCols = 32;
+constexpr int kBiasLanes = 8;
 template <typename T>
-__global__ void bias_grad_kernel(const T* da, const int64_t* valid, int64_t rows, int64_t G,
-                                 T* db_ih, T* db_hh) {
-  for (int64_t n = stride_start(); n < G; n += stride_step()) {
-    const T sum = chunked_sum<T>(rows, [&](int64_t v, T acc) { return acc + da[valid[v] * G + n]; });
-    db_ih[n] = sum;
-    db_hh[n] = sum;
+__global__ void __launch_bounds__(kBiasCols * kBiasLanes)
+    bias_grad_kernel(const T* da, const int64_t* valid, int64_t rows, int64_t G, T* db_ih,
+                     T* db_hh) {
+  __shared__ T partial_s[kBiasLanes][kBiasCols];
+  const int col = threadIdx.x % kBiasCols, lane = threadIdx.x / kBiasCols;
+  const int64_t chunks = ceil_div(rows, kSumChunk);
+  for (int64_t n0 = blockIdx.x * int64_t(kBiasCols); n0 < G; n0 += gridDim.x * int64_t(kBiasCols)) {
+    const int64_t n = n0 + col;
+    T total = T(0);
+    for (int64_t c0 = 0; c0 < chunks; c0 += kBiasLanes) {
+      const int64_t c = c0 + lane, v0 = c * kSumChunk;
+      if (c < chunks && n < G) {
+        const int64_t v1 = v0 + kSumChunk < rows ? v0 + kSumChunk : rows;
+        T acc = T(0);
+#pragma unroll 8
+        for (int64_t v = v0; v < v1; ++v) acc = acc + da[valid[v] * G + n];
+        partial_s[lane][col] = acc;
+      }
+      __syncthreads();
+      for (int l = 0; lane == 0 && n < G && l < kBiasLanes && c0 + l < chunks; ++l)
+        total = fold_chunk(total, partial_s[l][col], (c0 + l) * kSumChunk);
+      __syncthreads();  // the partials are folded before the next round overwrites them
+    }
+    if (lane == 0 && n < G) {
+      db_ih[n] = total;
+      db_hh[n] = total;
+    }
   }
 }
 
@@ -550,15 +577,17 @@ void weight_gradients(const LstmBackwardArgs<T>& a, const CallDims& c, const Dev
   }
 }
 
-// Bias gradients (phases.h): one chunked add-sum per gate row over the valid rows, for b_ih, b_hh.
+// Bias gradients (phases.h): one chunked add-sum per gate row over the valid rows, for b_ih, b_hh,
+// its chunks computed side by side (bias_grad_kernel).
 template <typename T>
 void bias_gradients(const LstmBackwardArgs<T>& a, const CallDims& c, const DeviceSchedule& ds,
                     const BackwardLayer<T>& L, const BackwardScratch<T>& s, cudaStream_t stream) {
   if (!c.bias) return;
   for (int64_t d = 0; d < c.D; ++d) {
     const int64_t w = L.l * c.D + d;
-    launch_kernel("bias_grad_kernel", bias_grad_kernel<T>, stride_grid(c.G, 128), 128, stream,
-                  s.da[d], ds.valid, ds.rows, c.G, a.db_ih[w], a.db_hh[w]);
+    launch_kernel("bias_grad_kernel", bias_grad_kernel<T>, capped_grid(ceil_div(c.G, kBiasCols)),
+                  kBiasCols * kBiasLanes, stream, s.da[d], ds.valid, ds.rows, c.G, a.db_ih[w],
+                  a.db_hh[w]);
   }
 }
 
