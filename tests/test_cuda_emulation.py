@@ -153,6 +153,30 @@ def test_long_sums_over_rows_give_the_cpu_bits(emulated, variant):
     _two_layer_bidir_against_cpu(emulated, LONG, "740 rows", 0, 8, variant)
 
 
+def _launches_with_split_buffer(emulated, split_bytes):
+    """Kernel launches of a LONG call compared with the CPU under launch shape 0 with the given split
+    buffer (0: the default)."""
+    emulated.set_split_bytes(split_bytes)
+    try:
+        before = emulated.counts()[0]
+        _two_layer_bidir_against_cpu(emulated, LONG, f"split buffer {split_bytes}", 0, 9, 0)
+        return emulated.counts()[0] - before
+    finally:
+        emulated.set_split_bytes(0)
+
+
+@pytest.mark.parametrize("split_bytes,extra_launches", [(0, 8), (4096, 28)])
+def test_weight_gradients_split_over_chunks_give_the_cpu_bits(emulated, split_bytes,
+                                                               extra_launches):
+    """The weight gradients' few tiles and 12 chunks: split over chunks under launch shape 0, with
+    their partials folded in one pass (the default buffer: per direction and layer, dW_ih and dW_hh
+    each one partials and one fold launch instead of one GEMM: 8 more) or, with 4 KB, in passes of
+    14, 7 and 3 chunks (1 + 2 passes at layer 0, 4 + 2 at layer 1: 28 more). A 1-byte buffer holds
+    no chunk's partials: no product is split."""
+    unsplit = _launches_with_split_buffer(emulated, 1)
+    assert _launches_with_split_buffer(emulated, split_bytes) - unsplit == extra_launches
+
+
 # No sequence reaches the last steps (max(lengths) = 5 of T = 8): those steps have no rows, and
 # launching them would be an empty grid, which a GPU rejects.
 SHORT = dict(steps=8, batch=5, inputs=6, hidden=11, lengths=(5, 2, 5, 3, 1))

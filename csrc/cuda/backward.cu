@@ -551,29 +551,28 @@ T* input_gradient(const LstmBackwardArgs<T>& a, const CallDims& c, const DeviceS
   return dX;
 }
 
-// Weight gradients (phases.h): chunked sums over the valid (t, b) in storage order.
+// Weight gradients (phases.h): chunked sums over the valid (t, b) in storage order, split over
+// their chunks where their few output tiles would leave the GPU idle (gemm_chain_split).
 template <typename T>
 void weight_gradients(const LstmBackwardArgs<T>& a, const CallDims& c, const DeviceSchedule& ds,
                       const BackwardLayer<T>& L, const BackwardScratch<T>& s,
-                      cudaStream_t stream) {
+                      SplitBuffer<T>& split, cudaStream_t stream) {
   const int64_t R = ds.rows;
   for (int64_t d = 0; d < c.D; ++d) {
     const int64_t w = L.l * c.D + d;
-    gemm_chain<T, true>(c.G, L.K, R, Rows<const T>{s.da[d], ds.valid, c.G, 0},
-                        Rows<const T>{L.X, ds.valid, L.K, 0}, Rows<T>{a.dw_ih[w], nullptr, L.K, 0},
-                        GemmEpilogue::kStore, static_cast<const T*>(nullptr), stream);
-    gemm_chain<T, true>(c.G, c.RH, R, Rows<const T>{s.da[d], ds.valid, c.G, 0},
-                        HPrevRows<T>{c, a.fwd.h0, L.Y, ds.valid, ds.lengths, L.l, d},
-                        Rows<T>{a.dw_hh[w], nullptr, c.RH, 0}, GemmEpilogue::kStore,
-                        static_cast<const T*>(nullptr), stream);
+    gemm_chain_split<T, true>(c.G, L.K, R, Rows<const T>{s.da[d], ds.valid, c.G, 0},
+                              Rows<const T>{L.X, ds.valid, L.K, 0},
+                              Rows<T>{a.dw_ih[w], nullptr, L.K, 0}, split, stream);
+    gemm_chain_split<T, true>(c.G, c.RH, R, Rows<const T>{s.da[d], ds.valid, c.G, 0},
+                              HPrevRows<T>{c, a.fwd.h0, L.Y, ds.valid, ds.lengths, L.l, d},
+                              Rows<T>{a.dw_hh[w], nullptr, c.RH, 0}, split, stream);
     if (!c.proj) continue;
     // dW_hr[q][k] = the chunked sum over the valid (t, b) in storage order of dh[q] * m[k].
     launch_kernel("cell_output_kernel", cell_output_kernel<T>, stride_grid(R * c.H, 256), 256,
                   stream, L.gates[d], L.cells[d], ds.valid, R, c.H, s.m_all[d]);
-    gemm_chain<T, true>(c.RH, c.H, R, Rows<const T>{s.dh_all[d], ds.valid, c.RH, 0},
-                        Rows<const T>{s.m_all[d], ds.valid, c.H, 0},
-                        Rows<T>{a.dw_hr[w], nullptr, c.H, 0}, GemmEpilogue::kStore,
-                        static_cast<const T*>(nullptr), stream);
+    gemm_chain_split<T, true>(c.RH, c.H, R, Rows<const T>{s.dh_all[d], ds.valid, c.RH, 0},
+                              Rows<const T>{s.m_all[d], ds.valid, c.H, 0},
+                              Rows<T>{a.dw_hr[w], nullptr, c.H, 0}, split, stream);
   }
 }
 
@@ -591,6 +590,15 @@ void bias_gradients(const LstmBackwardArgs<T>& a, const CallDims& c, const Devic
   }
 }
 
+// The split products' buffer: what the largest weight gradient (4H x max(I, D*RH), every chunk of the
+// valid rows) needs, at most the launch settings' split_bytes.
+template <typename T>
+int64_t split_elements(const CallDims& c, int64_t rows) {
+  const int64_t most = launch_settings().split_bytes / int64_t(sizeof(T));
+  const int64_t need = c.G * (c.I > c.DH ? c.I : c.DH) * ceil_div(rows, kSumChunk);
+  return need < most ? need : most;
+}
+
 template <typename T>
 void backward_impl(const LstmBackwardArgs<T>& a, const ScratchAlloc& scratch, cudaStream_t stream) {
   const LstmForwardArgs<T>& f = a.fwd;
@@ -600,6 +608,7 @@ void backward_impl(const LstmBackwardArgs<T>& a, const ScratchAlloc& scratch, cu
   const StepRows step_rows =
       c.proj ? upload_step_rows(sched, f.lengths, c.B, c.D, scratch, stream) : StepRows{};
   const BackwardScratch<T> s = backward_scratch<T>(c, scratch, f.dropout.active);
+  SplitBuffer<T> split{&scratch, split_elements<T>(c, ds.rows)};
   launch_zero_padding(a.dx, c.I, ds.lengths, c.T, c.B, stream);
   const T* dY = a.dy;
   for (int64_t l = c.L - 1; l >= 0; --l) {
@@ -609,7 +618,7 @@ void backward_impl(const LstmBackwardArgs<T>& a, const ScratchAlloc& scratch, cu
     recurrence_backward(a, c, sched, ds, step_rows, s, p, scratch, stream);
     initial_state_gradients(a, c, p, stream);
     T* dX = input_gradient(a, c, ds, L, s, stream);
-    weight_gradients(a, c, ds, L, s, stream);
+    weight_gradients(a, c, ds, L, s, split, stream);
     bias_gradients(a, c, ds, L, s, stream);
     // Through the dropout between layer l-1 and l: the forward's mask, regenerated.
     if (l > 0 && f.dropout.active) launch_apply_dropout(f.dropout, l - 1, dX, dX, c.DH, ds, c.B, stream);

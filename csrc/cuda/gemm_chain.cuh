@@ -18,27 +18,36 @@ namespace cuda {
 constexpr int kGemmBK = 16;
 static_assert(kSumChunk % kGemmBK == 0, "a chunk must end on a P-tile boundary");
 
-// The BM x BN tile of C at (m0, n0). Every thread of the block calls this (it holds barriers); it
-// ends on a barrier, so the block can go on to another tile with the same shared arrays.
+// The thread's patch position in a BM x BN tile.
+template <int BN, int TN>
+__device__ __forceinline__ int patch_col() { return threadIdx.x % (BN / TN); }
+template <int BN, int TN>
+__device__ __forceinline__ int patch_row() { return threadIdx.x / (BN / TN); }
+
+// The chunks [chunk_begin, chunk_end) of the BM x BN tile at (m0, n0): each chunk's partial of the
+// thread's TM x TN patch (a chain from +0 over the chunk's P-tiles in order) goes to
+// on_chunk(chunk_start, acc), and acc restarts from +0. Every thread of the block calls this (it
+// holds barriers); it ends on a barrier, so the block can go on with the same shared arrays.
 template <typename T, bool kACols, int BM, int BN, int TM, int TN, class ARows, class BRows,
-          class CRows>
-__device__ void gemm_chain_tile(int64_t M, int64_t N, int64_t P, const ARows& a, const BRows& b,
-                                const CRows& c, GemmEpilogue epilogue, const T* vec, int64_t m0,
-                                int64_t n0) {
+          class OnChunk>
+__device__ void gemm_tile_chunks(int64_t M, int64_t N, int64_t P, const ARows& a, const BRows& b,
+                                 int64_t m0, int64_t n0, int64_t chunk_begin, int64_t chunk_end,
+                                 OnChunk&& on_chunk) {
   constexpr int kThreads = (BM / TM) * (BN / TN);
   // 16-byte aligned rows, so a patch's TM (TN) consecutive values load as vectors
   __shared__ __align__(16) T As[kGemmBK][BM];
   __shared__ __align__(16) T Bs[kGemmBK][BN];
   const int tid = threadIdx.x;
-  const int tx = tid % (BN / TN), ty = tid / (BN / TN);
+  const int tx = patch_col<BN, TN>(), ty = patch_row<BN, TN>();
 
-  T acc[TM][TN], total[TM][TN];
+  T acc[TM][TN];
 #pragma unroll
   for (int i = 0; i < TM; ++i)
 #pragma unroll
     for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
 
-  for (int64_t k0 = 0; k0 < P; k0 += kGemmBK) {
+  const int64_t p_end = chunk_end * kSumChunk < P ? chunk_end * kSumChunk : P;
+  for (int64_t k0 = chunk_begin * kSumChunk; k0 < p_end; k0 += kGemmBK) {
     for (int e = tid; e < BM * kGemmBK; e += kThreads) {
       int p, m;
       if (kACols) {
@@ -70,14 +79,32 @@ __device__ void gemm_chain_tile(int64_t M, int64_t N, int64_t P, const ARows& a,
         for (int j = 0; j < TN; ++j) acc[i][j] = fma_rn(av[i], bv[j], acc[i][j]);
     }
     __syncthreads();
-    if (chunk_ends_after(k0 + kmax - 1, P)) {  // fold the chunk's partial, start the next from +0
+    if (chunk_ends_after(k0 + kmax - 1, P)) {
+      on_chunk(chunk_start(k0 + kmax - 1), acc);
 #pragma unroll
       for (int i = 0; i < TM; ++i)
 #pragma unroll
-        for (int j = 0; j < TN; ++j) fold_and_restart(total[i][j], acc[i][j], k0 + kmax - 1);
+        for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
     }
   }
+}
 
+// The BM x BN tile of C at (m0, n0): every chunk, each chunk's partial folded in order (rule 3),
+// then the epilogue. Every thread of the block calls this (it holds barriers).
+template <typename T, bool kACols, int BM, int BN, int TM, int TN, class ARows, class BRows,
+          class CRows>
+__device__ void gemm_chain_tile(int64_t M, int64_t N, int64_t P, const ARows& a, const BRows& b,
+                                const CRows& c, GemmEpilogue epilogue, const T* vec, int64_t m0,
+                                int64_t n0) {
+  T total[TM][TN];
+  gemm_tile_chunks<T, kACols, BM, BN, TM, TN>(
+      M, N, P, a, b, m0, n0, 0, ceil_div(P, kSumChunk), [&](int64_t start, T (&acc)[TM][TN]) {
+#pragma unroll
+        for (int i = 0; i < TM; ++i)
+#pragma unroll
+          for (int j = 0; j < TN; ++j) total[i][j] = fold_chunk(total[i][j], acc[i][j], start);
+      });
+  const int tx = patch_col<BN, TN>(), ty = patch_row<BN, TN>();
 #pragma unroll
   for (int i = 0; i < TM; ++i) {
     const int64_t m = m0 + ty * TM + i;
@@ -112,6 +139,78 @@ void launch_gemm_tiles(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows 
                 (BM / TM) * (BN / TN), stream, M, N, P, a, b, c, epilogue, vec);
 }
 
+// Split over chunks, for products with few output tiles and long sums (the weight gradients): the
+// chunks of ARITHMETIC.md v2 are a fixed split-K. Block (x, y, z) computes only chunk first + z of
+// tile (x, y) and stores that partial (partials[z] is M x N); a second kernel folds the partials
+// into C in chunk order. Same values as gemm_chain_tile: the same chains, the same fold.
+template <typename T, bool kACols, int BM, int BN, int TM, int TN, class ARows, class BRows>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN))
+    gemm_chunk_partials_kernel(int64_t M, int64_t N, int64_t P, ARows a, BRows b, int64_t first,
+                               T* partials) {
+  T* out = partials + blockIdx.z * M * N;
+  for_each_work_block(ceil_div(N, BN), ceil_div(M, BM), [&](int64_t bx, int64_t by) {
+    const int64_t m0 = by * BM, n0 = bx * BN, chunk = first + blockIdx.z;
+    gemm_tile_chunks<T, kACols, BM, BN, TM, TN>(
+        M, N, P, a, b, m0, n0, chunk, chunk + 1, [&](int64_t, T (&acc)[TM][TN]) {
+          const int tx = patch_col<BN, TN>(), ty = patch_row<BN, TN>();
+#pragma unroll
+          for (int i = 0; i < TM; ++i)
+#pragma unroll
+            for (int j = 0; j < TN; ++j) {
+              const int64_t m = m0 + ty * TM + i, n = n0 + tx * TN + j;
+              if (m < M && n < N) out[m * N + n] = acc[i][j];
+            }
+        });
+  });
+}
+
+// C[m][n] = the fold of partials 0 .. count-1 (chunks first .. first + count - 1) onto what C holds
+// from the chunks before (nothing when first is 0).
+template <typename T, class CRows>
+__global__ void fold_chunk_partials_kernel(int64_t M, int64_t N, const T* partials, int64_t first,
+                                           int64_t count, CRows c) {
+  for (int64_t e = stride_start(); e < M * N; e += stride_step()) {
+    T* out = c(e / N) + e % N;
+    T total = first == 0 ? T(0) : *out;
+    for (int64_t k = 0; k < count; ++k)
+      total = fold_chunk(total, partials[k * M * N + e], (first + k) * kSumChunk);
+    *out = total;
+  }
+}
+
+// Device memory for the partials of split products, taken from the call's scratch on first use and
+// reused by every split product of the call (they run in stream order).
+template <typename T>
+struct SplitBuffer {
+  const ScratchAlloc* scratch;
+  int64_t elements;  // its size when taken: the most any split product of the call needs, capped
+  T* data = nullptr;
+  T* get() {
+    if (!data) data = scratch_array<T>(*scratch, elements);
+    return data;
+  }
+};
+
+// As many chunks per pass as the buffer holds (at least one, at most a grid's z).
+template <typename T, bool kACols, int BM, int BN, int TM, int TN, class ARows, class BRows,
+          class CRows>
+void launch_gemm_split(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows c,
+                       SplitBuffer<T>& split, cudaStream_t stream) {
+  const int64_t chunks = ceil_div(P, kSumChunk);
+  int64_t per_pass = split.elements / (M * N);
+  per_pass = per_pass < 1 ? 1 : (per_pass > 65535 ? 65535 : per_pass);
+  for (int64_t first = 0; first < chunks; first += per_pass) {
+    const int64_t count = chunks - first < per_pass ? chunks - first : per_pass;
+    launch_kernel("gemm_chunk_partials_kernel",
+                  gemm_chunk_partials_kernel<T, kACols, BM, BN, TM, TN, ARows, BRows>,
+                  capped_grid(ceil_div(N, BN), ceil_div(M, BM), count), (BM / TM) * (BN / TN),
+                  stream, M, N, P, a, b, first, split.get());
+    launch_kernel("fold_chunk_partials_kernel", fold_chunk_partials_kernel<T, CRows>,
+                  stride_grid(M * N, 256), 256, stream, M, N,
+                  static_cast<const T*>(split.get()), first, count, c);
+  }
+}
+
 // C = epilogue(A . B) over the rows the providers name. M, N, P >= 1.
 template <typename T, bool kACols, class ARows, class BRows, class CRows>
 void gemm_chain(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows c, GemmEpilogue epilogue,
@@ -137,6 +236,34 @@ void gemm_chain(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows c, Gemm
     }
   }
   launch_gemm_tiles<T, kACols, 64, 64, 4, 4>(M, N, P, a, b, c, epilogue, vec, stream);
+}
+
+}  // namespace cuda
+}  // namespace detlstm
+
+namespace detlstm {
+namespace cuda {
+
+// C = A . B (stored, no epilogue) split over chunks where the default tiles (GemmTiles::kAuto) would
+// leave most of the GPU idle: fewer output tiles than multiprocessors and more than one chunk (and
+// a buffer that holds one chunk's partials). Otherwise, and under the other launch shapes,
+// gemm_chain. Same bits either way.
+template <typename T, bool kACols, class ARows, class BRows, class CRows>
+void gemm_chain_split(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows c,
+                      SplitBuffer<T>& split, cudaStream_t stream) {
+  if (M <= 0 || N <= 0) return;
+  const bool wide = sizeof(T) == 4 && M >= 128 && N >= 128;
+  const int64_t tiles = wide ? ceil_div(M, 128) * ceil_div(N, 128) : ceil_div(M, 64) * ceil_div(N, 64);
+  if (launch_shape().gemm != GemmTiles::kAuto || P <= kSumChunk || split.elements < M * N ||
+      tiles >= multiprocessors()) {
+    gemm_chain<T, kACols>(M, N, P, a, b, c, GemmEpilogue::kStore, static_cast<const T*>(nullptr),
+                          stream);
+    return;
+  }
+  if (wide)
+    launch_gemm_split<T, kACols, 128, 128, 8, 8>(M, N, P, a, b, c, split, stream);
+  else
+    launch_gemm_split<T, kACols, 64, 64, 4, 4>(M, N, P, a, b, c, split, stream);
 }
 
 }  // namespace cuda

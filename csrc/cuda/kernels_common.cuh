@@ -98,15 +98,22 @@ void launch_cooperative(const char* name, void (*kernel)(Params...), dim3 grid, 
   check_launch(name, stream);
 }
 
+// The current device's multiprocessor count.
+inline int64_t multiprocessors() {
+  int device = 0, sms = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "SM count");
+  return sms;
+}
+
 // How many blocks of `kernel` (threads each, shared_bytes of dynamic shared memory) the device holds
 // at once; 0 where one block cannot run (more shared memory than a block may have, or no cooperative
 // launches). Raises the kernel's dynamic shared-memory limit to shared_bytes, which launches of more
 // than 48 KB need.
 template <typename... Params>
 int64_t co_resident_blocks(void (*kernel)(Params...), int threads, size_t shared_bytes) {
-  int device = 0, sms = 0, most_shared = 0, cooperative = 0, per_sm = 0;
+  int device = 0, most_shared = 0, cooperative = 0, per_sm = 0;
   check_cuda(cudaGetDevice(&device), "cudaGetDevice");
-  check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "SM count");
   check_cuda(cudaDeviceGetAttribute(&most_shared, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
              "shared memory per block");
   check_cuda(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device),
@@ -117,7 +124,7 @@ int64_t co_resident_blocks(void (*kernel)(Params...), int threads, size_t shared
              "raise the dynamic shared-memory limit");
   check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, shared_bytes),
              "occupancy");
-  return int64_t(per_sm) * sms;
+  return per_sm * multiprocessors();
 }
 
 __host__ __device__ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }

@@ -76,10 +76,16 @@ struct GridLimit {
 };
 constexpr GridLimit kCudaGridLimit{2147483647, 65535};
 
-// The process-wide launch settings: the shape in use (an index into kLaunchShapes) and the limit.
+// The most device memory a call holds for the partials of its split products (gemm_chain.cuh): a
+// product whose partials need more is split in several passes.
+constexpr int64_t kSplitBytes = int64_t(32) << 20;
+
+// The process-wide launch settings: the shape in use (an index into kLaunchShapes), the grid limit
+// and the split products' buffer (tests lower it to force several passes).
 struct LaunchSettings {
   int shape = 0;
   GridLimit grid = kCudaGridLimit;
+  int64_t split_bytes = kSplitBytes;
 };
 inline LaunchSettings& launch_settings() {
   static LaunchSettings settings;
@@ -103,6 +109,13 @@ inline GridLimit set_grid_limit(GridLimit limit) {
   const GridLimit previous = launch_settings().grid;
   const auto pick = [](int64_t v, int64_t most) { return v >= 1 && v <= most ? v : most; };
   launch_settings().grid = {pick(limit.x, kCudaGridLimit.x), pick(limit.y, kCudaGridLimit.y)};
+  return previous;
+}
+
+// Sets the split products' buffer limit (values below 1 restore kSplitBytes); returns the previous.
+inline int64_t set_split_bytes(int64_t bytes) {
+  const int64_t previous = launch_settings().split_bytes;
+  launch_settings().split_bytes = bytes >= 1 ? bytes : kSplitBytes;
   return previous;
 }
 

@@ -108,6 +108,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     const detlstm::cuda::GridLimit now = detlstm::cuda::grid_limit();
     detlstm_emulation::set_max_grid(static_cast<unsigned>(now.x), static_cast<unsigned>(now.y));
   }, "force the largest grid along x and y (values < 1: CUDA's own limits)");
+  m.def("set_split_bytes", &detlstm::cuda::set_split_bytes,
+        "the split products' buffer in bytes (values < 1: the default); returns the previous");
   m.def("set_emulator_max_grid", [](unsigned x, unsigned y) { detlstm_emulation::set_max_grid(x, y); },
         "lower the emulator's own grid limit only (the kernels do not know it)");
   m.def("counts", [] {
