@@ -307,6 +307,11 @@ def test_the_default_runs_each_layer_and_pass_as_one_persistent_launch(emulated)
     # one SM holds 7 blocks (2048 threads): 4 units per block (10 blocks) do not fit, 8 (6 blocks) do
     ((1, 228 * 1024, 227 * 1024), "MEDIUM", 4),
     ((1, 16 * 1024, 16 * 1024), "MEDIUM", 0),  # one block per SM: the per-step kernels instead
+    # 43 KB on one SM: both directions at once (10 blocks of 4 units, 6 of 8) fit in neither pass at
+    # any panel (the closest, the backward's 8 units with one-chunk panels, 6.3 KB + 1 KB reserved
+    # per block, holds 5); one direction does (7 forward blocks of 4 units; 7 backward ones with
+    # one-chunk panels), so every layer and pass is two launches, one per direction
+    ((1, 43 * 1024, 43 * 1024), "MEDIUM", 8),
     # 14 KB per block: panels of one chunk, so the backward's sums span several panels
     ((132, 228 * 1024, 14 * 1024), "MEDIUM", 4),
     ((132, 228 * 1024, 14 * 1024), "WIDE", 4),

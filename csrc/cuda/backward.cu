@@ -257,6 +257,7 @@ struct PersistentBackwardParams {
   int64_t steps;          // processing steps with rows
   unsigned* arrivals;     // per direction: blocks x steps done
   int64_t blocks_per_direction;
+  int first_direction;  // the launch's blocks run directions first_direction, first_direction + 1..
 };
 
 template <typename T, int U>
@@ -293,7 +294,7 @@ __device__ void backward_persistent_rows(const PersistentBackwardParams<T>& pp,
 template <typename T, int U>
 __global__ void __launch_bounds__(kPersistentThreads)
     backward_persistent_kernel(PersistentBackwardParams<T> pp) {
-  const int d = static_cast<int>(blockIdx.x / pp.blocks_per_direction);
+  const int d = pp.first_direction + static_cast<int>(blockIdx.x / pp.blocks_per_direction);
   const int64_t j0 = (blockIdx.x % pp.blocks_per_direction) * U;
   const SliceShared<T> sm = slice_shared(pp.layout);
   stage_backward_weights<T, U>(pp, sm, d, j0);  // slice_partials' first barrier publishes it
@@ -325,11 +326,12 @@ bool recurrence_backward_persistent(const CallDims& c, const StepSchedule& sched
       plan_persistent<T>(c.G, c.H, 1, c.D, c.B, backward_persistent_for<T>);
   if (plan.units == 0) return false;
   p.mode = BackwardMode::kFused;
-  const PersistentBackwardParams<T> pp{p, plan.layout, ds.active, steps,
-                                       arrival_counters(scratch, stream), plan.blocks_per_direction};
-  launch_cooperative("backward_persistent_kernel", backward_persistent_for<T>(plan.units),
-                     dim3(static_cast<unsigned>(c.D * plan.blocks_per_direction)),
-                     dim3(kPersistentThreads), plan.layout.bytes(), stream, pp);
+  PersistentBackwardParams<T> pp{p, plan.layout, ds.active, steps,
+                                 arrival_counters(scratch, stream), plan.blocks_per_direction, 0};
+  for (; pp.first_direction < c.D; pp.first_direction += static_cast<int>(plan.directions))
+    launch_cooperative("backward_persistent_kernel", backward_persistent_for<T>(plan.units),
+                       dim3(static_cast<unsigned>(plan.directions * plan.blocks_per_direction)),
+                       dim3(kPersistentThreads), plan.layout.bytes(), stream, pp);
   return true;
 }
 

@@ -212,6 +212,7 @@ struct PersistentForwardParams {
   int64_t steps;          // processing steps with rows
   unsigned* arrivals;     // per direction: blocks x steps done
   int64_t blocks_per_direction;
+  int first_direction;  // the launch's blocks run directions first_direction, first_direction + 1..
 };
 
 template <typename T, int U>
@@ -249,7 +250,7 @@ __device__ void forward_persistent_rows(const PersistentForwardParams<T>& pp,
 template <typename T, int U>
 __global__ void __launch_bounds__(kPersistentThreads)
     forward_persistent_kernel(PersistentForwardParams<T> pp) {
-  const int d = static_cast<int>(blockIdx.x / pp.blocks_per_direction);
+  const int d = pp.first_direction + static_cast<int>(blockIdx.x / pp.blocks_per_direction);
   const int64_t j0 = (blockIdx.x % pp.blocks_per_direction) * U;
   const SliceShared<T> sm = slice_shared(pp.layout);
   stage_forward_weights<T, U>(pp, sm, d, j0);  // slice_partials' first barrier publishes it
@@ -281,11 +282,12 @@ bool recurrence_persistent(const ForwardStepParams<T>& p, const StepSchedule& sc
   const PersistentPlan<T> plan =
       plan_persistent<T>(c.RH, c.H, 4, c.D, c.B, forward_persistent_for<T>);
   if (plan.units == 0) return false;
-  const PersistentForwardParams<T> pp{p, plan.layout, ds.active, steps,
-                                      arrival_counters(scratch, stream), plan.blocks_per_direction};
-  launch_cooperative("forward_persistent_kernel", forward_persistent_for<T>(plan.units),
-                     dim3(static_cast<unsigned>(c.D * plan.blocks_per_direction)),
-                     dim3(kPersistentThreads), plan.layout.bytes(), stream, pp);
+  PersistentForwardParams<T> pp{p, plan.layout, ds.active, steps,
+                                arrival_counters(scratch, stream), plan.blocks_per_direction, 0};
+  for (; pp.first_direction < c.D; pp.first_direction += static_cast<int>(plan.directions))
+    launch_cooperative("forward_persistent_kernel", forward_persistent_for<T>(plan.units),
+                       dim3(static_cast<unsigned>(plan.directions * plan.blocks_per_direction)),
+                       dim3(kPersistentThreads), plan.layout.bytes(), stream, pp);
   return true;
 }
 

@@ -6,7 +6,8 @@
 // chunked_sum.h): the chunks of a sum run in parallel on different threads, and the thread that
 // finishes a unit folds them in order, so the step's latency is one chunk's chain, not H terms.
 // A direction's blocks meet at an integer-flag barrier between steps (kernels_common.cuh:
-// arrive_and_wait); the two directions run at once on separate blocks and never wait on each other.
+// arrive_and_wait); the two directions run at once on separate blocks and never wait on each other
+// (or, where both do not fit on the GPU together, one launch after the other).
 //
 // Who computes what changes no bit: every partial is the chain of its chunk from +0 in ascending
 // order, and every fold is in chunk order, as in the per-step kernels and on the CPU.
@@ -159,19 +160,22 @@ __device__ T folded_sum(const SliceLayout<T>& L, const SliceShared<T>& sm, int r
 }
 
 // How a layer's recurrence runs persistently: units per block (0: it does not, the per-step kernels
-// run), the shared-memory layout and the blocks per direction.
+// run), the shared-memory layout, the blocks per direction, and the directions per launch (all of
+// them at once, or one launch per direction where both do not fit together).
 template <typename T>
 struct PersistentPlan {
   int units = 0;
   SliceLayout<T> layout{};
   int64_t blocks_per_direction = 0;
+  int64_t directions = 0;
 };
 
 // The plan for sums of K terms over `units` units of D directions, a block's columns being
-// cols_per_unit x its units, `batch` rows at most per step, under the current launch shape: the
-// first of 4 or 8 units per block (kPersistentWide: 8 only), then the widest panel (all K terms,
-// then halving down to one chunk) with which the whole grid is co-resident. Row tiles are the batch
-// rounded up to 4 rows, at most kPersistentRows. kernel_for(u) is the kernel for u units per block.
+// cols_per_unit x its units, `batch` rows at most per step, under the current launch shape: both
+// directions in one launch if any plan fits, else one direction per launch; the first of 4 or 8
+// units per block (kPersistentWide: 8 only); then the widest panel (all K terms, then halving down
+// to one chunk) with which the whole grid is co-resident. Row tiles are the batch rounded up to 4
+// rows, at most kPersistentRows. kernel_for(u) is the kernel for u units per block.
 template <typename T, class KernelFor>
 PersistentPlan<T> plan_persistent(int64_t K, int64_t units, int cols_per_unit, int64_t D,
                                   int64_t batch, KernelFor kernel_for) {
@@ -180,17 +184,19 @@ PersistentPlan<T> plan_persistent(int64_t K, int64_t units, int cols_per_unit, i
   const int rows =
       static_cast<int>(batch < kPersistentRows ? ceil_div(batch, 4) * 4 : kPersistentRows);
   const int64_t widest = ceil_div(K, kSumChunk) * kSumChunk;
-  for (const int u : {4, 8}) {
-    if (mode == Recurrence::kPersistentWide && u != 8) continue;
-    const int64_t per_direction = ceil_div(units, u);
-    if (D * per_direction > grid_limit().x) continue;
-    for (int64_t panel = widest;; panel = ceil_div(panel / 2, kSumChunk) * kSumChunk) {
-      const SliceLayout<T> layout{K, u * cols_per_unit, rows, panel};
-      if (co_resident_blocks(kernel_for(u), kPersistentThreads, layout.bytes()) >= D * per_direction)
-        return {u, layout, per_direction};
-      if (panel == kSumChunk) break;
+  for (int64_t dirs = D; dirs >= 1; --dirs)
+    for (const int u : {4, 8}) {
+      if (mode == Recurrence::kPersistentWide && u != 8) continue;
+      const int64_t per_direction = ceil_div(units, u);
+      if (dirs * per_direction > grid_limit().x) continue;
+      for (int64_t panel = widest;; panel = ceil_div(panel / 2, kSumChunk) * kSumChunk) {
+        const SliceLayout<T> layout{K, u * cols_per_unit, rows, panel};
+        if (co_resident_blocks(kernel_for(u), kPersistentThreads, layout.bytes()) >=
+            dirs * per_direction)
+          return {u, layout, per_direction, dirs};
+        if (panel == kSumChunk) break;
+      }
     }
-  }
   return {};
 }
 
