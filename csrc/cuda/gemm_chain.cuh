@@ -227,9 +227,14 @@ void gemm_chain(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows c, Gemm
       launch_gemm_tiles<T, kACols, 64, 32, 4, 4>(M, N, P, a, b, c, epilogue, vec, stream);
       return;
     case GemmTiles::kAuto:
+    case GemmTiles::k128x64:
       break;
   }
   if constexpr (sizeof(T) == 4) {
+    if (M >= 128 && N >= 128 && launch_shape().gemm == GemmTiles::k128x64) {
+      launch_gemm_tiles<T, kACols, 128, 64, 8, 4>(M, N, P, a, b, c, epilogue, vec, stream);
+      return;
+    }
     if (M >= 128 && N >= 128) {
       launch_gemm_tiles<T, kACols, 128, 128, 8, 8>(M, N, P, a, b, c, epilogue, vec, stream);
       return;
@@ -244,18 +249,20 @@ void gemm_chain(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows c, Gemm
 namespace detlstm {
 namespace cuda {
 
-// C = A . B (stored, no epilogue) split over chunks where the default tiles (GemmTiles::kAuto) would
-// leave most of the GPU idle: fewer output tiles than multiprocessors and more than one chunk (and
-// a buffer that holds one chunk's partials). Otherwise, and under the other launch shapes,
-// gemm_chain. Same bits either way.
+// C = A . B (stored, no epilogue) split over chunks where whole-sum tiles would leave most of the
+// GPU idle: fewer output tiles than multiprocessors, more than one chunk, and a buffer that holds
+// one chunk's partials. Under GemmTiles::kAuto and k128x64 only (both split into 128x128 tiles of
+// 8x8: without a running fold they need no more registers); otherwise, and under the other launch
+// shapes, gemm_chain. Same bits either way.
 template <typename T, bool kACols, class ARows, class BRows, class CRows>
 void gemm_chain_split(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows c,
                       SplitBuffer<T>& split, cudaStream_t stream) {
   if (M <= 0 || N <= 0) return;
   const bool wide = sizeof(T) == 4 && M >= 128 && N >= 128;
   const int64_t tiles = wide ? ceil_div(M, 128) * ceil_div(N, 128) : ceil_div(M, 64) * ceil_div(N, 64);
-  if (launch_shape().gemm != GemmTiles::kAuto || P <= kSumChunk || split.elements < M * N ||
-      tiles >= multiprocessors()) {
+  const GemmTiles shape = launch_shape().gemm;
+  if ((shape != GemmTiles::kAuto && shape != GemmTiles::k128x64) || P <= kSumChunk ||
+      split.elements < M * N || tiles >= multiprocessors()) {
     gemm_chain<T, kACols>(M, N, P, a, b, c, GemmEpilogue::kStore, static_cast<const T*>(nullptr),
                           stream);
     return;

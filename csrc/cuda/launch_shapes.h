@@ -36,6 +36,7 @@ enum class Recurrence {
 
 enum class GemmTiles {
   kAuto,    // float products of at least 128 x 128: 128x128 tiles of 8x8; else 64x64 tiles of 4x4
+  k128x64,  // as kAuto, but 128x64 tiles of 8x4 where kAuto takes 128x128 (half the accumulators)
   k32x32,   // 32x32 tiles of 4x4
   k64x32,   // 64 rows x 32 columns, tiles of 4x4
 };
@@ -52,7 +53,9 @@ struct LaunchShape {
 // Measured on an H100 (bench/GPU_NOTES.md, 2026-11-23): of the per-step kernels the slice kernels
 // are the fastest at the large and stream shapes and, under the arithmetic v2, at tagger too (under
 // v1 shape 1 was faster there), so they are the fallback of the default. The persistent kernels
-// (shapes 0 and 5) are not measured yet; shape 4 is the previous default, kept to compare.
+// (shapes 0 and 5) are not measured yet; shape 4 is the previous default, kept to compare. Shape 6
+// is shape 0 with 8x4 patches in the whole-sum GEMMs: under v2 the 8x8 patch keeps 128
+// accumulators (partial and running fold) and spills; 8x4 keeps 64.
 constexpr LaunchShape kLaunchShapes[] = {
     {"persistent, else slice", StepKernel::kSlice, kSliceThreads, kSliceRowsPerThread,
      GemmTiles::kAuto, Recurrence::kPersistent},
@@ -66,6 +69,8 @@ constexpr LaunchShape kLaunchShapes[] = {
      Recurrence::kPerStep},
     {"persistent 8 units, else unit x 4 rows", StepKernel::kPerUnit, 128, 4, GemmTiles::k64x32,
      Recurrence::kPersistentWide},
+    {"persistent, else slice; GEMM tiles 128x64", StepKernel::kSlice, kSliceThreads,
+     kSliceRowsPerThread, GemmTiles::k128x64, Recurrence::kPersistent},
 };
 constexpr int kLaunchShapeCount = static_cast<int>(sizeof(kLaunchShapes) / sizeof(kLaunchShapes[0]));
 
