@@ -132,12 +132,12 @@ def test_many_rows_give_the_cpu_bits(emulated, variant):
 
 
 # Big enough for the 128x128 GEMM tiles of the default launch (float32, at least 128 rows and 128
-# columns; launch shape 6: 128x64): the input projection (131 rows x 144 gate columns), the weight gradient of W_ih (144 x
+# columns; launch shapes 6 and 7: 128x64): the input projection (131 rows x 144 gate columns), the weight gradient of W_ih (144 x
 # 130) and the layer-0 input gradient (131 x 130), each with partial tiles at the edges.
 WIDE = dict(steps=23, batch=9, inputs=130, hidden=36, lengths=(23, 1, 20, 22, 5, 23, 12, 2, 23))
 
 
-@pytest.mark.parametrize("variant", [0, 1, 6])
+@pytest.mark.parametrize("variant", [0, 1, 6, 7])
 @pytest.mark.parametrize("proj", [0, 5])
 def test_wide_gemm_tiles_give_the_cpu_bits(emulated, variant, proj):
     _two_layer_bidir_against_cpu(emulated, WIDE, "wide tiles", proj, 3, variant)

@@ -24,13 +24,32 @@ __device__ __forceinline__ int patch_col() { return threadIdx.x % (BN / TN); }
 template <int BN, int TN>
 __device__ __forceinline__ int patch_row() { return threadIdx.x / (BN / TN); }
 
+// acc[i][j] continued over the first kmax terms of a staged P-tile: term kk's A values at
+// a_s[kk * LDA + ty * TM + i], its B values at b_s[kk * BN + tx * TN + j].
+template <typename T, int TM, int TN, int LDA, int BN>
+__device__ __forceinline__ void multiply_ptile(const T* a_s, const T* b_s, int kmax, int tx, int ty,
+                                               T (&acc)[TM][TN]) {
+  for (int kk = 0; kk < kmax; ++kk) {
+    T av[TM], bv[TN];
+#pragma unroll
+    for (int i = 0; i < TM; ++i) av[i] = a_s[kk * LDA + ty * TM + i];
+#pragma unroll
+    for (int j = 0; j < TN; ++j) bv[j] = b_s[kk * BN + tx * TN + j];
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+      for (int j = 0; j < TN; ++j) acc[i][j] = fma_rn(av[i], bv[j], acc[i][j]);
+  }
+}
+
 // The chunks [chunk_begin, chunk_end) of the BM x BN tile at (m0, n0): each chunk's partial of the
 // thread's TM x TN patch (a chain from +0 over the chunk's P-tiles in order) goes to
-// on_chunk(chunk_start, acc), and acc restarts from +0. Every thread of the block calls this (it
-// holds barriers); it ends on a barrier, so the block can go on with the same shared arrays.
+// on_chunk(chunk_start, acc), and acc restarts from +0. Each P-tile is copied into shared memory,
+// multiplied, then the next. Every thread of the block calls this (it holds barriers); it ends on
+// a barrier, so the block can go on with the same shared arrays.
 template <typename T, bool kACols, int BM, int BN, int TM, int TN, class ARows, class BRows,
           class OnChunk>
-__device__ void gemm_tile_chunks(int64_t M, int64_t N, int64_t P, const ARows& a, const BRows& b,
+__device__ void gemm_tile_chunks_staged(int64_t M, int64_t N, int64_t P, const ARows& a, const BRows& b,
                                  int64_t m0, int64_t n0, int64_t chunk_begin, int64_t chunk_end,
                                  OnChunk&& on_chunk) {
   constexpr int kThreads = (BM / TM) * (BN / TN);
@@ -67,17 +86,7 @@ __device__ void gemm_tile_chunks(int64_t M, int64_t N, int64_t P, const ARows& a
     }
     __syncthreads();
     const int kmax = static_cast<int>(P - k0 < kGemmBK ? P - k0 : kGemmBK);
-    for (int kk = 0; kk < kmax; ++kk) {
-      T av[TM], bv[TN];
-#pragma unroll
-      for (int i = 0; i < TM; ++i) av[i] = As[kk][ty * TM + i];
-#pragma unroll
-      for (int j = 0; j < TN; ++j) bv[j] = Bs[kk][tx * TN + j];
-#pragma unroll
-      for (int i = 0; i < TM; ++i)
-#pragma unroll
-        for (int j = 0; j < TN; ++j) acc[i][j] = fma_rn(av[i], bv[j], acc[i][j]);
-    }
+    multiply_ptile<T, TM, TN, BM, BN>(&As[0][0], &Bs[0][0], kmax, tx, ty, acc);
     __syncthreads();
     if (chunk_ends_after(k0 + kmax - 1, P)) {
       on_chunk(chunk_start(k0 + kmax - 1), acc);
@@ -89,15 +98,107 @@ __device__ void gemm_tile_chunks(int64_t M, int64_t N, int64_t P, const ARows& a
   }
 }
 
+// The same as gemm_tile_chunks_staged, with two shared stages: the next P-tile is loaded into
+// registers while the current one is multiplied, then stored into the other stage (one barrier per
+// P-tile instead of two). A's shared rows are padded in row mode, where its stores walk down a
+// column (by 4 values, so rows stay 16-byte aligned for the patch's vector loads).
+template <typename T, bool kACols, int BM, int BN, int TM, int TN, class ARows, class BRows,
+          class OnChunk>
+__device__ void gemm_tile_chunks_pipelined(int64_t M, int64_t N, int64_t P, const ARows& a,
+                                           const BRows& b, int64_t m0, int64_t n0,
+                                           int64_t chunk_begin, int64_t chunk_end,
+                                           OnChunk&& on_chunk) {
+  constexpr int kThreads = (BM / TM) * (BN / TN);
+  constexpr int kLda = BM + (kACols ? 0 : 4);
+  constexpr int kALoads = (BM * kGemmBK + kThreads - 1) / kThreads;
+  constexpr int kBLoads = (BN * kGemmBK + kThreads - 1) / kThreads;
+  __shared__ __align__(16) T As[2][kGemmBK][kLda];
+  __shared__ __align__(16) T Bs[2][kGemmBK][BN];
+  const int tid = threadIdx.x;
+  const int tx = tid % (BN / TN), ty = tid / (BN / TN);
+  T a_next[kALoads], b_next[kBLoads];
+  const auto load = [&](int64_t k0) {  // P-tile k0 into registers, zeros past M, N and P
+#pragma unroll
+    for (int r = 0; r < kALoads; ++r) {
+      const int e = tid + r * kThreads;
+      const int p = kACols ? e / BM : e % kGemmBK, m = kACols ? e % BM : e / kGemmBK;
+      a_next[r] = e < BM * kGemmBK && m0 + m < M && k0 + p < P
+                      ? (kACols ? a(k0 + p)[m0 + m] : a(m0 + m)[k0 + p])
+                      : T(0);
+    }
+#pragma unroll
+    for (int r = 0; r < kBLoads; ++r) {
+      const int e = tid + r * kThreads, p = e / BN, n = e % BN;
+      b_next[r] = e < BN * kGemmBK && n0 + n < N && k0 + p < P ? b(k0 + p)[n0 + n] : T(0);
+    }
+  };
+  const auto store = [&](int st) {  // the registers into stage st
+#pragma unroll
+    for (int r = 0; r < kALoads; ++r) {
+      const int e = tid + r * kThreads;
+      if (e < BM * kGemmBK)
+        As[st][kACols ? e / BM : e % kGemmBK][kACols ? e % BM : e / kGemmBK] = a_next[r];
+    }
+#pragma unroll
+    for (int r = 0; r < kBLoads; ++r) {
+      const int e = tid + r * kThreads;
+      if (e < BN * kGemmBK) Bs[st][e / BN][e % BN] = b_next[r];
+    }
+  };
+
+  T acc[TM][TN];
+#pragma unroll
+  for (int i = 0; i < TM; ++i)
+#pragma unroll
+    for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
+
+  const int64_t p_end = chunk_end * kSumChunk < P ? chunk_end * kSumChunk : P;
+  int st = 0;
+  load(chunk_begin * kSumChunk);
+  store(st);
+  __syncthreads();
+  for (int64_t k0 = chunk_begin * kSumChunk; k0 < p_end; k0 += kGemmBK) {
+    const bool next = k0 + kGemmBK < p_end;
+    if (next) load(k0 + kGemmBK);  // in flight while this tile is multiplied
+    const int kmax = static_cast<int>(P - k0 < kGemmBK ? P - k0 : kGemmBK);
+    multiply_ptile<T, TM, TN, kLda, BN>(&As[st][0][0], &Bs[st][0][0], kmax, tx, ty, acc);
+    if (next) store(st ^ 1);  // the other stage: last read before the previous barrier
+    st ^= 1;
+    __syncthreads();
+    if (chunk_ends_after(k0 + kmax - 1, P)) {
+      on_chunk(chunk_start(k0 + kmax - 1), acc);
+#pragma unroll
+      for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
+    }
+  }
+}
+
+// gemm_tile_chunks_staged, or with kPipelined gemm_tile_chunks_pipelined: the same values.
+template <typename T, bool kACols, int BM, int BN, int TM, int TN, bool kPipelined, class ARows,
+          class BRows, class OnChunk>
+__device__ __forceinline__ void gemm_tile_chunks(int64_t M, int64_t N, int64_t P, const ARows& a,
+                                                 const BRows& b, int64_t m0, int64_t n0,
+                                                 int64_t chunk_begin, int64_t chunk_end,
+                                                 OnChunk&& on_chunk) {
+  if constexpr (kPipelined)
+    gemm_tile_chunks_pipelined<T, kACols, BM, BN, TM, TN>(M, N, P, a, b, m0, n0, chunk_begin,
+                                                          chunk_end, on_chunk);
+  else
+    gemm_tile_chunks_staged<T, kACols, BM, BN, TM, TN>(M, N, P, a, b, m0, n0, chunk_begin,
+                                                       chunk_end, on_chunk);
+}
+
 // The BM x BN tile of C at (m0, n0): every chunk, each chunk's partial folded in order (rule 3),
 // then the epilogue. Every thread of the block calls this (it holds barriers).
-template <typename T, bool kACols, int BM, int BN, int TM, int TN, class ARows, class BRows,
-          class CRows>
+template <typename T, bool kACols, int BM, int BN, int TM, int TN, bool kPipelined, class ARows,
+          class BRows, class CRows>
 __device__ void gemm_chain_tile(int64_t M, int64_t N, int64_t P, const ARows& a, const BRows& b,
                                 const CRows& c, GemmEpilogue epilogue, const T* vec, int64_t m0,
                                 int64_t n0) {
   T total[TM][TN];
-  gemm_tile_chunks<T, kACols, BM, BN, TM, TN>(
+  gemm_tile_chunks<T, kACols, BM, BN, TM, TN, kPipelined>(
       M, N, P, a, b, m0, n0, 0, ceil_div(P, kSumChunk), [&](int64_t start, T (&acc)[TM][TN]) {
 #pragma unroll
         for (int i = 0; i < TM; ++i)
@@ -119,23 +220,24 @@ __device__ void gemm_chain_tile(int64_t M, int64_t N, int64_t P, const ARows& a,
 }
 
 // Block (x, y) computes tile (x, y) of C, then those a grid's width and height further on.
-template <typename T, bool kACols, int BM, int BN, int TM, int TN, class ARows, class BRows,
-          class CRows>
+template <typename T, bool kACols, int BM, int BN, int TM, int TN, bool kPipelined, class ARows,
+          class BRows, class CRows>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN))
     gemm_chain_kernel(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows c,
                       GemmEpilogue epilogue, const T* vec) {
   for_each_work_block(ceil_div(N, BN), ceil_div(M, BM), [&](int64_t bx, int64_t by) {
-    gemm_chain_tile<T, kACols, BM, BN, TM, TN>(M, N, P, a, b, c, epilogue, vec, by * BM, bx * BN);
+    gemm_chain_tile<T, kACols, BM, BN, TM, TN, kPipelined>(M, N, P, a, b, c, epilogue, vec, by * BM,
+                                                           bx * BN);
   });
 }
 
-template <typename T, bool kACols, int BM, int BN, int TM, int TN, class ARows, class BRows,
-          class CRows>
+template <typename T, bool kACols, int BM, int BN, int TM, int TN, bool kPipelined = false,
+          class ARows, class BRows, class CRows>
 void launch_gemm_tiles(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows c,
                        GemmEpilogue epilogue, const T* vec, cudaStream_t stream) {
   const dim3 grid = capped_grid(ceil_div(N, BN), ceil_div(M, BM));
   launch_kernel("gemm_chain_kernel",
-                gemm_chain_kernel<T, kACols, BM, BN, TM, TN, ARows, BRows, CRows>, grid,
+                gemm_chain_kernel<T, kACols, BM, BN, TM, TN, kPipelined, ARows, BRows, CRows>, grid,
                 (BM / TM) * (BN / TN), stream, M, N, P, a, b, c, epilogue, vec);
 }
 
@@ -143,14 +245,15 @@ void launch_gemm_tiles(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows 
 // chunks of ARITHMETIC.md v2 are a fixed split-K. Block (x, y, z) computes only chunk first + z of
 // tile (x, y) and stores that partial (partials[z] is M x N); a second kernel folds the partials
 // into C in chunk order. Same values as gemm_chain_tile: the same chains, the same fold.
-template <typename T, bool kACols, int BM, int BN, int TM, int TN, class ARows, class BRows>
+template <typename T, bool kACols, int BM, int BN, int TM, int TN, bool kPipelined, class ARows,
+          class BRows>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN))
     gemm_chunk_partials_kernel(int64_t M, int64_t N, int64_t P, ARows a, BRows b, int64_t first,
                                T* partials) {
   T* out = partials + blockIdx.z * M * N;
   for_each_work_block(ceil_div(N, BN), ceil_div(M, BM), [&](int64_t bx, int64_t by) {
     const int64_t m0 = by * BM, n0 = bx * BN, chunk = first + blockIdx.z;
-    gemm_tile_chunks<T, kACols, BM, BN, TM, TN>(
+    gemm_tile_chunks<T, kACols, BM, BN, TM, TN, kPipelined>(
         M, N, P, a, b, m0, n0, chunk, chunk + 1, [&](int64_t, T (&acc)[TM][TN]) {
           const int tx = patch_col<BN, TN>(), ty = patch_row<BN, TN>();
 #pragma unroll
@@ -192,8 +295,8 @@ struct SplitBuffer {
 };
 
 // As many chunks per pass as the buffer holds (at least one, at most a grid's z).
-template <typename T, bool kACols, int BM, int BN, int TM, int TN, class ARows, class BRows,
-          class CRows>
+template <typename T, bool kACols, int BM, int BN, int TM, int TN, bool kPipelined, class ARows,
+          class BRows, class CRows>
 void launch_gemm_split(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows c,
                        SplitBuffer<T>& split, cudaStream_t stream) {
   const int64_t chunks = ceil_div(P, kSumChunk);
@@ -202,7 +305,7 @@ void launch_gemm_split(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows 
   for (int64_t first = 0; first < chunks; first += per_pass) {
     const int64_t count = chunks - first < per_pass ? chunks - first : per_pass;
     launch_kernel("gemm_chunk_partials_kernel",
-                  gemm_chunk_partials_kernel<T, kACols, BM, BN, TM, TN, ARows, BRows>,
+                  gemm_chunk_partials_kernel<T, kACols, BM, BN, TM, TN, kPipelined, ARows, BRows>,
                   capped_grid(ceil_div(N, BN), ceil_div(M, BM), count), (BM / TM) * (BN / TN),
                   stream, M, N, P, a, b, first, split.get());
     launch_kernel("fold_chunk_partials_kernel", fold_chunk_partials_kernel<T, CRows>,
@@ -228,11 +331,16 @@ void gemm_chain(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows c, Gemm
       return;
     case GemmTiles::kAuto:
     case GemmTiles::k128x64:
+    case GemmTiles::k128x64Pipelined:
       break;
   }
   if constexpr (sizeof(T) == 4) {
     if (M >= 128 && N >= 128 && launch_shape().gemm == GemmTiles::k128x64) {
       launch_gemm_tiles<T, kACols, 128, 64, 8, 4>(M, N, P, a, b, c, epilogue, vec, stream);
+      return;
+    }
+    if (M >= 128 && N >= 128 && launch_shape().gemm == GemmTiles::k128x64Pipelined) {
+      launch_gemm_tiles<T, kACols, 128, 64, 8, 4, true>(M, N, P, a, b, c, epilogue, vec, stream);
       return;
     }
     if (M >= 128 && N >= 128) {
@@ -251,9 +359,9 @@ namespace cuda {
 
 // C = A . B (stored, no epilogue) split over chunks where whole-sum tiles would leave most of the
 // GPU idle: fewer output tiles than multiprocessors, more than one chunk, and a buffer that holds
-// one chunk's partials. Under GemmTiles::kAuto and k128x64 only (both split into 128x128 tiles of
-// 8x8: without a running fold they need no more registers); otherwise, and under the other launch
-// shapes, gemm_chain. Same bits either way.
+// one chunk's partials. Under GemmTiles::kAuto, k128x64 and k128x64Pipelined only (all split into
+// 128x128 tiles of 8x8: without a running fold they need no more registers; the last one
+// pipelined); otherwise, and under the other launch shapes, gemm_chain. Same bits either way.
 template <typename T, bool kACols, class ARows, class BRows, class CRows>
 void gemm_chain_split(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows c,
                       SplitBuffer<T>& split, cudaStream_t stream) {
@@ -261,16 +369,26 @@ void gemm_chain_split(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows c
   const bool wide = sizeof(T) == 4 && M >= 128 && N >= 128;
   const int64_t tiles = wide ? ceil_div(M, 128) * ceil_div(N, 128) : ceil_div(M, 64) * ceil_div(N, 64);
   const GemmTiles shape = launch_shape().gemm;
-  if ((shape != GemmTiles::kAuto && shape != GemmTiles::k128x64) || P <= kSumChunk ||
-      split.elements < M * N || tiles >= multiprocessors()) {
+  const bool pipelined = shape == GemmTiles::k128x64Pipelined;
+  if ((shape != GemmTiles::kAuto && shape != GemmTiles::k128x64 && !pipelined) ||
+      P <= kSumChunk || split.elements < M * N || tiles >= multiprocessors()) {
     gemm_chain<T, kACols>(M, N, P, a, b, c, GemmEpilogue::kStore, static_cast<const T*>(nullptr),
                           stream);
     return;
   }
-  if (wide)
-    launch_gemm_split<T, kACols, 128, 128, 8, 8>(M, N, P, a, b, c, split, stream);
+  if constexpr (sizeof(T) == 4) {  // float64 never takes the 128x128 tiles (their registers)
+    if (wide) {
+      if (pipelined)
+        launch_gemm_split<T, kACols, 128, 128, 8, 8, true>(M, N, P, a, b, c, split, stream);
+      else
+        launch_gemm_split<T, kACols, 128, 128, 8, 8, false>(M, N, P, a, b, c, split, stream);
+      return;
+    }
+  }
+  if (pipelined)
+    launch_gemm_split<T, kACols, 64, 64, 4, 4, true>(M, N, P, a, b, c, split, stream);
   else
-    launch_gemm_split<T, kACols, 64, 64, 4, 4>(M, N, P, a, b, c, split, stream);
+    launch_gemm_split<T, kACols, 64, 64, 4, 4, false>(M, N, P, a, b, c, split, stream);
 }
 
 }  // namespace cuda

@@ -37,6 +37,7 @@ enum class Recurrence {
 enum class GemmTiles {
   kAuto,    // float products of at least 128 x 128: 128x128 tiles of 8x8; else 64x64 tiles of 4x4
   k128x64,  // as kAuto, but 128x64 tiles of 8x4 where kAuto takes 128x128 (half the accumulators)
+  k128x64Pipelined,  // k128x64 with two shared stages, the next P-tile loaded during the current
   k32x32,   // 32x32 tiles of 4x4
   k64x32,   // 64 rows x 32 columns, tiles of 4x4
 };
@@ -55,7 +56,8 @@ struct LaunchShape {
 // v1 shape 1 was faster there), so they are the fallback of the default. The persistent kernels
 // (shapes 0 and 5) are not measured yet; shape 4 is the previous default, kept to compare. Shape 6
 // is shape 0 with 8x4 patches in the whole-sum GEMMs: under v2 the 8x8 patch keeps 128
-// accumulators (partial and running fold) and spills; 8x4 keeps 64.
+// accumulators (partial and running fold) and spills; 8x4 keeps 64. Shape 7 is shape 6 with every
+// GEMM (whole-sum and split) pipelined over two shared stages.
 constexpr LaunchShape kLaunchShapes[] = {
     {"persistent, else slice", StepKernel::kSlice, kSliceThreads, kSliceRowsPerThread,
      GemmTiles::kAuto, Recurrence::kPersistent},
@@ -71,6 +73,8 @@ constexpr LaunchShape kLaunchShapes[] = {
      Recurrence::kPersistentWide},
     {"persistent, else slice; GEMM tiles 128x64", StepKernel::kSlice, kSliceThreads,
      kSliceRowsPerThread, GemmTiles::k128x64, Recurrence::kPersistent},
+    {"persistent, else slice; GEMM tiles 128x64, pipelined", StepKernel::kSlice, kSliceThreads,
+     kSliceRowsPerThread, GemmTiles::k128x64Pipelined, Recurrence::kPersistent},
 };
 constexpr int kLaunchShapeCount = static_cast<int>(sizeof(kLaunchShapes) / sizeof(kLaunchShapes[0]));
 
