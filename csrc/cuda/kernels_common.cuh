@@ -20,8 +20,9 @@ namespace detlstm {
 namespace cuda {
 
 inline void check_cuda(cudaError_t err, const char* what) {
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("detlstm CUDA: ") + what + ": " + cudaGetErrorString(err));
+  if (err == cudaSuccess) return;
+  cudaGetLastError();  // a failed call sets the last error too: clear it, or a later check reports it
+  throw std::runtime_error(std::string("detlstm CUDA: ") + what + ": " + cudaGetErrorString(err));
 }
 
 // DETLSTM_CUDA_SYNC=1 (read at every launch): synchronise after each kernel and check, so a fault
@@ -94,6 +95,8 @@ void launch_cooperative(const char* name, void (*kernel)(Params...), dim3 grid, 
              name);
 #elif defined(DETLSTM_CUDA_EMULATION)
   emulated_cooperative_launch(kernel, grid, block, shared_bytes, args...);
+#else
+#error "csrc/cuda compiles with nvcc, or as C++ for the host emulation with DETLSTM_CUDA_EMULATION"
 #endif
   check_launch(name, stream);
 }
@@ -108,8 +111,9 @@ inline int64_t multiprocessors() {
 
 // How many blocks of `kernel` (threads each, shared_bytes of dynamic shared memory) the device holds
 // at once; 0 where one block cannot run (more shared memory than a block may have, or no cooperative
-// launches). Raises the kernel's dynamic shared-memory limit to shared_bytes, which launches of more
-// than 48 KB need.
+// launches). Raises the kernel's dynamic shared-memory limit to the most a block may have, which
+// launches of more than 48 KB need: a ceiling, not a request, so plans made for other sizes (another
+// thread's, another layer's) cannot leave it below what a launch asks for.
 template <typename... Params>
 int64_t co_resident_blocks(void (*kernel)(Params...), int threads, size_t shared_bytes) {
   int device = 0, most_shared = 0, cooperative = 0, per_sm = 0;
@@ -119,8 +123,7 @@ int64_t co_resident_blocks(void (*kernel)(Params...), int threads, size_t shared
   check_cuda(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device),
              "cooperative launch support");
   if (!cooperative || shared_bytes > static_cast<size_t>(most_shared)) return 0;
-  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  static_cast<int>(shared_bytes)),
+  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, most_shared),
              "raise the dynamic shared-memory limit");
   check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, shared_bytes),
              "occupancy");
