@@ -27,15 +27,24 @@ def one_call(T, B, I, H, proj, lengths):
     assert all(torch.isfinite(t).all() for t in results)
 
 
+def variant_order():
+    """Every launch variant, the kernels no GPU has run yet first (persistent recurrence, split and
+    pipelined GEMMs), so a sanitizer run that hits its time limit has checked them."""
+    count = len(detlstm._ops.cuda_launch_shapes())
+    first = [v for v in (0, 5, 7, 6) if v < count]
+    return first + [v for v in range(count) if v not in first]
+
+
 def main():
-    for variant in range(4):
+    for variant in variant_order():
         previous = detlstm.set_cuda_launch_variant(variant)
         try:
             for shape in SHAPES:
                 one_call(*shape)
         finally:
             detlstm.set_cuda_launch_variant(previous)
-    torch.cuda.synchronize()
+        torch.cuda.synchronize()
+        print(f"variant {variant} ok", flush=True)
     print("ok")
 
 
