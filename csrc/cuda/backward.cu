@@ -252,12 +252,7 @@ void backward_step(const BackwardStepParams<T>& p, cudaStream_t stream) {
 template <typename T>
 struct PersistentBackwardParams {
   BackwardStepParams<T> step;  // step and active are set inside, per step
-  SliceLayout<T> layout;
-  const int64_t* active;  // rows running at each processing step
-  int64_t steps;          // processing steps with rows
-  unsigned* arrivals;     // per direction: blocks x steps done
-  int64_t blocks_per_direction;
-  int first_direction;  // the launch's blocks run directions first_direction, first_direction + 1..
+  PersistentGrid<T> grid;
 };
 
 template <typename T, int U>
@@ -265,7 +260,7 @@ __device__ void stage_backward_weights(const PersistentBackwardParams<T>& pp,
                                        const SliceShared<T>& sm, int d, int64_t j0) {
   const int64_t RH = pp.step.c.RH;
   const T* w = pick(pp.step.w_hh, d);
-  for (int64_t e = threadIdx.x; e < pp.layout.K * U; e += kPersistentThreads) {
+  for (int64_t e = threadIdx.x; e < pp.grid.layout.K * U; e += kPersistentThreads) {
     const int64_t n = e / U, j = j0 + e % U;
     sm.w[e] = j < RH ? w[n * RH + j] : T(0);
   }
@@ -278,34 +273,33 @@ template <typename T, int U>
 __device__ void backward_persistent_rows(const PersistentBackwardParams<T>& pp,
                                          const BackwardStepParams<T>& p, const SliceShared<T>& sm,
                                          int d, int64_t j0, int64_t i0) {
-  const int tile = pp.layout.rows;
-  const int rows = static_cast<int>(p.active - i0 < tile ? p.active - i0 : tile);
-  for (int r = threadIdx.x; r < tile; r += kPersistentThreads)
+  const SliceLayout<T>& layout = pp.grid.layout;
+  const int rows = static_cast<int>(p.active - i0 < layout.rows ? p.active - i0 : layout.rows);
+  for (int r = threadIdx.x; r < layout.rows; r += kPersistentThreads)
     sm.src[r] = r < rows ? backward_row(p, d, i0 + r, true, int64_t(0)).src : nullptr;
-  slice_partials<T, U>(pp.layout, sm, rows);
+  slice_partials<T, U>(layout, sm, rows);
   const int r = threadIdx.x / U, u = threadIdx.x % U;
   const int64_t j = j0 + u;
   if (r >= rows || j >= p.c.H) return;
   BackwardRow<T> row = backward_row(p, d, i0 + r, true, j);
-  if (row.src) row.total = folded_sum<T, U>(pp.layout, sm, r, u);
+  if (row.src) row.total = folded_sum<T, U>(layout, sm, r, u);
   backward_finish(p, d, row, j, backward_dh(p, row));
 }
 
 template <typename T, int U>
 __global__ void __launch_bounds__(kPersistentThreads)
     backward_persistent_kernel(PersistentBackwardParams<T> pp) {
-  const int d = pp.first_direction + static_cast<int>(blockIdx.x / pp.blocks_per_direction);
-  const int64_t j0 = (blockIdx.x % pp.blocks_per_direction) * U;
-  const SliceShared<T> sm = slice_shared(pp.layout);
+  const int d = pp.grid.direction();
+  const int64_t j0 = pp.grid.first_unit(U);
+  const SliceShared<T> sm = slice_shared(pp.grid.layout);
   stage_backward_weights<T, U>(pp, sm, d, j0);  // slice_partials' first barrier publishes it
   BackwardStepParams<T> p = pp.step;
-  for (int64_t done = 0; done < pp.steps; ++done) {
-    p.step = pp.steps - 1 - done;
-    p.active = pp.active[p.step];
-    for (int64_t i0 = 0; i0 < p.active; i0 += pp.layout.rows)
+  for (int64_t done = 0; done < pp.grid.steps; ++done) {
+    p.step = pp.grid.steps - 1 - done;
+    p.active = pp.grid.active[p.step];
+    for (int64_t i0 = 0; i0 < p.active; i0 += pp.grid.layout.rows)
       backward_persistent_rows<T, U>(pp, p, sm, d, j0, i0);
-    if (done + 1 < pp.steps)
-      arrive_and_wait(pp.arrivals + d, static_cast<unsigned>(pp.blocks_per_direction * (done + 1)));
+    pp.grid.after_step(d, done);
   }
 }
 
@@ -326,12 +320,8 @@ bool recurrence_backward_persistent(const CallDims& c, const StepSchedule& sched
       plan_persistent<T>(c.G, c.H, 1, c.D, c.B, backward_persistent_for<T>);
   if (plan.units == 0) return false;
   p.mode = BackwardMode::kFused;
-  PersistentBackwardParams<T> pp{p, plan.layout, ds.active, steps,
-                                 arrival_counters(scratch, stream), plan.blocks_per_direction, 0};
-  for (; pp.first_direction < c.D; pp.first_direction += static_cast<int>(plan.directions))
-    launch_cooperative("backward_persistent_kernel", backward_persistent_for<T>(plan.units),
-                       dim3(static_cast<unsigned>(plan.directions * plan.blocks_per_direction)),
-                       dim3(kPersistentThreads), plan.layout.bytes(), stream, pp);
+  launch_persistent("backward_persistent_kernel", backward_persistent_for<T>, plan,
+                    PersistentBackwardParams<T>{p, {}}, c.D, steps, ds.active, scratch, stream);
   return true;
 }
 

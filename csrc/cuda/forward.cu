@@ -207,12 +207,7 @@ void forward_step(const ForwardStepParams<T>& p, cudaStream_t stream) {
 template <typename T>
 struct PersistentForwardParams {
   ForwardStepParams<T> step;  // step and active are set inside, per step
-  SliceLayout<T> layout;
-  const int64_t* active;  // rows running at each processing step
-  int64_t steps;          // processing steps with rows
-  unsigned* arrivals;     // per direction: blocks x steps done
-  int64_t blocks_per_direction;
-  int first_direction;  // the launch's blocks run directions first_direction, first_direction + 1..
+  PersistentGrid<T> grid;
 };
 
 template <typename T, int U>
@@ -220,7 +215,7 @@ __device__ void stage_forward_weights(const PersistentForwardParams<T>& pp, cons
                                       int d, int64_t j0) {
   const int64_t H = pp.step.c.H, G = pp.step.c.G;
   const T* wt = pick(pp.step.wt_hh, d);
-  for (int64_t e = threadIdx.x; e < pp.layout.K * 4 * U; e += kPersistentThreads) {
+  for (int64_t e = threadIdx.x; e < pp.grid.layout.K * 4 * U; e += kPersistentThreads) {
     const int64_t k = e / (4 * U), g = (e / U) % 4, j = j0 + e % U;
     sm.w[e] = j < H ? wt[k * G + g * H + j] : T(0);
   }
@@ -232,36 +227,35 @@ template <typename T, int U>
 __device__ void forward_persistent_rows(const PersistentForwardParams<T>& pp,
                                         const ForwardStepParams<T>& p, const SliceShared<T>& sm,
                                         int d, int64_t j0, int64_t i0) {
-  const int tile = pp.layout.rows;
-  const int rows = static_cast<int>(p.active - i0 < tile ? p.active - i0 : tile);
-  for (int r = threadIdx.x; r < tile; r += kPersistentThreads)
+  const SliceLayout<T>& layout = pp.grid.layout;
+  const int rows = static_cast<int>(p.active - i0 < layout.rows ? p.active - i0 : layout.rows);
+  for (int r = threadIdx.x; r < layout.rows; r += kPersistentThreads)
     sm.src[r] = r < rows ? forward_row(p, d, i0 + r).hprev : nullptr;
-  slice_partials<T, 4 * U>(pp.layout, sm, rows);
+  slice_partials<T, 4 * U>(layout, sm, rows);
   const int r = threadIdx.x / U;
   const int64_t j = j0 + threadIdx.x % U;
   if (r >= rows || j >= p.c.H) return;
   T rsum[4];
 #pragma unroll
   for (int g = 0; g < 4; ++g)
-    rsum[g] = folded_sum<T, 4 * U>(pp.layout, sm, r, g * U + static_cast<int>(threadIdx.x % U));
+    rsum[g] = folded_sum<T, 4 * U>(layout, sm, r, g * U + static_cast<int>(threadIdx.x % U));
   forward_finish(p, d, forward_row(p, d, i0 + r), j, rsum);
 }
 
 template <typename T, int U>
 __global__ void __launch_bounds__(kPersistentThreads)
     forward_persistent_kernel(PersistentForwardParams<T> pp) {
-  const int d = pp.first_direction + static_cast<int>(blockIdx.x / pp.blocks_per_direction);
-  const int64_t j0 = (blockIdx.x % pp.blocks_per_direction) * U;
-  const SliceShared<T> sm = slice_shared(pp.layout);
+  const int d = pp.grid.direction();
+  const int64_t j0 = pp.grid.first_unit(U);
+  const SliceShared<T> sm = slice_shared(pp.grid.layout);
   stage_forward_weights<T, U>(pp, sm, d, j0);  // slice_partials' first barrier publishes it
   ForwardStepParams<T> p = pp.step;
-  for (int64_t s = 0; s < pp.steps; ++s) {
+  for (int64_t s = 0; s < pp.grid.steps; ++s) {
     p.step = s;
-    p.active = pp.active[s];
-    for (int64_t i0 = 0; i0 < p.active; i0 += pp.layout.rows)
+    p.active = pp.grid.active[s];
+    for (int64_t i0 = 0; i0 < p.active; i0 += pp.grid.layout.rows)
       forward_persistent_rows<T, U>(pp, p, sm, d, j0, i0);
-    if (s + 1 < pp.steps)
-      arrive_and_wait(pp.arrivals + d, static_cast<unsigned>(pp.blocks_per_direction * (s + 1)));
+    pp.grid.after_step(d, s);
   }
 }
 
@@ -282,12 +276,8 @@ bool recurrence_persistent(const ForwardStepParams<T>& p, const StepSchedule& sc
   const PersistentPlan<T> plan =
       plan_persistent<T>(c.RH, c.H, 4, c.D, c.B, forward_persistent_for<T>);
   if (plan.units == 0) return false;
-  PersistentForwardParams<T> pp{p, plan.layout, ds.active, steps,
-                                arrival_counters(scratch, stream), plan.blocks_per_direction, 0};
-  for (; pp.first_direction < c.D; pp.first_direction += static_cast<int>(plan.directions))
-    launch_cooperative("forward_persistent_kernel", forward_persistent_for<T>(plan.units),
-                       dim3(static_cast<unsigned>(plan.directions * plan.blocks_per_direction)),
-                       dim3(kPersistentThreads), plan.layout.bytes(), stream, pp);
+  launch_persistent("forward_persistent_kernel", forward_persistent_for<T>, plan,
+                    PersistentForwardParams<T>{p, {}}, c.D, steps, ds.active, scratch, stream);
   return true;
 }
 

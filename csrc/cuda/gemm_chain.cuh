@@ -24,6 +24,23 @@ __device__ __forceinline__ int patch_col() { return threadIdx.x % (BN / TN); }
 template <int BN, int TN>
 __device__ __forceinline__ int patch_row() { return threadIdx.x / (BN / TN); }
 
+template <typename T, int TM, int TN>
+__device__ __forceinline__ void zero_patch(T (&acc)[TM][TN]) {
+#pragma unroll
+  for (int i = 0; i < TM; ++i)
+#pragma unroll
+    for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
+}
+
+// After term k of P: if it ends a chunk, the chunk's partials go to on_chunk and acc restarts at +0.
+template <typename T, int TM, int TN, class OnChunk>
+__device__ __forceinline__ void hand_over_chunk(int64_t k, int64_t P, T (&acc)[TM][TN],
+                                                OnChunk& on_chunk) {
+  if (!chunk_ends_after(k, P)) return;
+  on_chunk(chunk_start(k), acc);
+  zero_patch(acc);
+}
+
 // acc[i][j] continued over the first kmax terms of a staged P-tile: term kk's A values at
 // a_s[kk * LDA + ty * TM + i], its B values at b_s[kk * BN + tx * TN + j].
 template <typename T, int TM, int TN, int LDA, int BN>
@@ -49,9 +66,9 @@ __device__ __forceinline__ void multiply_ptile(const T* a_s, const T* b_s, int k
 // a barrier, so the block can go on with the same shared arrays.
 template <typename T, bool kACols, int BM, int BN, int TM, int TN, class ARows, class BRows,
           class OnChunk>
-__device__ void gemm_tile_chunks_staged(int64_t M, int64_t N, int64_t P, const ARows& a, const BRows& b,
-                                 int64_t m0, int64_t n0, int64_t chunk_begin, int64_t chunk_end,
-                                 OnChunk&& on_chunk) {
+__device__ void gemm_tile_chunks_staged(int64_t M, int64_t N, int64_t P, const ARows& a,
+                                        const BRows& b, int64_t m0, int64_t n0,
+                                        int64_t chunk_begin, int64_t chunk_end, OnChunk&& on_chunk) {
   constexpr int kThreads = (BM / TM) * (BN / TN);
   // 16-byte aligned rows, so a patch's TM (TN) consecutive values load as vectors
   __shared__ __align__(16) T As[kGemmBK][BM];
@@ -60,10 +77,7 @@ __device__ void gemm_tile_chunks_staged(int64_t M, int64_t N, int64_t P, const A
   const int tx = patch_col<BN, TN>(), ty = patch_row<BN, TN>();
 
   T acc[TM][TN];
-#pragma unroll
-  for (int i = 0; i < TM; ++i)
-#pragma unroll
-    for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
+  zero_patch(acc);
 
   const int64_t p_end = chunk_end * kSumChunk < P ? chunk_end * kSumChunk : P;
   for (int64_t k0 = chunk_begin * kSumChunk; k0 < p_end; k0 += kGemmBK) {
@@ -88,13 +102,7 @@ __device__ void gemm_tile_chunks_staged(int64_t M, int64_t N, int64_t P, const A
     const int kmax = static_cast<int>(P - k0 < kGemmBK ? P - k0 : kGemmBK);
     multiply_ptile<T, TM, TN, BM, BN>(&As[0][0], &Bs[0][0], kmax, tx, ty, acc);
     __syncthreads();
-    if (chunk_ends_after(k0 + kmax - 1, P)) {
-      on_chunk(chunk_start(k0 + kmax - 1), acc);
-#pragma unroll
-      for (int i = 0; i < TM; ++i)
-#pragma unroll
-        for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
-    }
+    hand_over_chunk(k0 + kmax - 1, P, acc, on_chunk);
   }
 }
 
@@ -115,7 +123,7 @@ __device__ void gemm_tile_chunks_pipelined(int64_t M, int64_t N, int64_t P, cons
   __shared__ __align__(16) T As[2][kGemmBK][kLda];
   __shared__ __align__(16) T Bs[2][kGemmBK][BN];
   const int tid = threadIdx.x;
-  const int tx = tid % (BN / TN), ty = tid / (BN / TN);
+  const int tx = patch_col<BN, TN>(), ty = patch_row<BN, TN>();
   T a_next[kALoads], b_next[kBLoads];
   const auto load = [&](int64_t k0) {  // P-tile k0 into registers, zeros past M, N and P
 #pragma unroll
@@ -147,10 +155,7 @@ __device__ void gemm_tile_chunks_pipelined(int64_t M, int64_t N, int64_t P, cons
   };
 
   T acc[TM][TN];
-#pragma unroll
-  for (int i = 0; i < TM; ++i)
-#pragma unroll
-    for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
+  zero_patch(acc);
 
   const int64_t p_end = chunk_end * kSumChunk < P ? chunk_end * kSumChunk : P;
   int st = 0;
@@ -165,13 +170,7 @@ __device__ void gemm_tile_chunks_pipelined(int64_t M, int64_t N, int64_t P, cons
     if (next) store(st ^ 1);  // the other stage: last read before the previous barrier
     st ^= 1;
     __syncthreads();
-    if (chunk_ends_after(k0 + kmax - 1, P)) {
-      on_chunk(chunk_start(k0 + kmax - 1), acc);
-#pragma unroll
-      for (int i = 0; i < TM; ++i)
-#pragma unroll
-        for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
-    }
+    hand_over_chunk(k0 + kmax - 1, P, acc, on_chunk);
   }
 }
 

@@ -200,6 +200,30 @@ PersistentPlan<T> plan_persistent(int64_t K, int64_t units, int cols_per_unit, i
   return {};
 }
 
+// What a persistent launch's blocks share, whichever pass: where a block stands (its direction and
+// first unit), the schedule, and the step barrier of its direction.
+template <typename T>
+struct PersistentGrid {
+  SliceLayout<T> layout;
+  const int64_t* active;  // rows running at each processing step
+  int64_t steps;          // processing steps with rows
+  unsigned* arrivals;     // per direction: blocks x steps done
+  int64_t blocks_per_direction;
+  int first_direction;  // the launch's blocks run directions first_direction, first_direction + 1..
+  __device__ int direction() const {
+    return first_direction + static_cast<int>(blockIdx.x / blocks_per_direction);
+  }
+  __device__ int64_t first_unit(int units) const {
+    return (blockIdx.x % blocks_per_direction) * units;
+  }
+  // After the block's done-th step (counting from 0) of direction d: wait for the direction's other
+  // blocks, unless it was the last. Every thread of the block calls it.
+  __device__ void after_step(int d, int64_t done) const {
+    if (done + 1 < steps)
+      arrive_and_wait(arrivals + d, static_cast<unsigned>(blocks_per_direction * (done + 1)));
+  }
+};
+
 // The arrival counters of a persistent launch's two directions, zeroed in stream order.
 inline unsigned* arrival_counters(const ScratchAlloc& scratch, cudaStream_t stream) {
   unsigned* counters = scratch_array<unsigned>(scratch, 2);
@@ -212,6 +236,26 @@ inline int64_t steps_with_rows(const StepSchedule& sched, int64_t T) {
   int64_t steps = 0;
   while (steps < T && sched.active[steps] > 0) ++steps;
   return steps;
+}
+
+}  // namespace cuda
+}  // namespace detlstm
+
+namespace detlstm {
+namespace cuda {
+
+// Launches a pass's persistent kernel under `plan` for D directions: pp is the kernel's parameters,
+// whose `grid` is filled here; one launch for all directions, or one per direction.
+template <typename T, class Params, class KernelFor>
+void launch_persistent(const char* name, KernelFor kernel_for, const PersistentPlan<T>& plan,
+                       Params pp, int64_t D, int64_t steps, const int64_t* active,
+                       const ScratchAlloc& scratch, cudaStream_t stream) {
+  pp.grid = {plan.layout, active, steps, arrival_counters(scratch, stream),
+             plan.blocks_per_direction, 0};
+  for (; pp.grid.first_direction < D; pp.grid.first_direction += static_cast<int>(plan.directions))
+    launch_cooperative(name, kernel_for(plan.units),
+                       dim3(static_cast<unsigned>(plan.directions * plan.blocks_per_direction)),
+                       dim3(kPersistentThreads), plan.layout.bytes(), stream, pp);
 }
 
 }  // namespace cuda
