@@ -91,34 +91,62 @@ __device__ BackwardRow<T> backward_row(const BackwardStepParams<T>& p, int d, in
   return row;
 }
 
+// What unit j of a row's cell backward reads besides dh: the activated gates, c, c_prev and the dc
+// reaching c (dc_n at the row's last step, else the carried dc this thread stored at the step
+// before). None depends on the step's sum, so the persistent kernel loads them before it is done.
+template <typename T>
+struct BackwardCellInputs {
+  T g[4];
+  T c, c_prev, dc_next;
+};
+
+template <typename T>
+__device__ BackwardCellInputs<T> backward_cell_inputs(const BackwardStepParams<T>& p, int d,
+                                                      const BackwardRow<T>& row, int64_t j) {
+  const CallDims& c = p.c;
+  const int64_t H = c.H, b = row.b, t = row.t;
+  BackwardCellInputs<T> in;
+  const T* g = pick(p.gates, d) + c.row(t, b) * c.G;
+#pragma unroll
+  for (int k = 0; k < 4; ++k) in.g[k] = g[k * H + j];
+  const T* cells = pick(p.cells, d);
+  in.c = cells[c.row(t, b) * H + j];
+  in.c_prev = c_prev_of(c, p.c0, cells, p.layer, d, t, b, p.lengths[b])[j];
+  in.dc_next = row.last ? p.dc_n[c.state_row(p.layer, d, b) * H + j] : p.dc[(d * c.B + b) * H + j];
+  return in;
+}
+
+// The cell's backward of unit j of a row whose dh is complete, on its inputs `in`.
+template <typename T>
+__device__ void backward_cell(const BackwardStepParams<T>& p, int d, const BackwardRow<T>& row,
+                              int64_t j, T dh, const BackwardCellInputs<T>& in) {
+  const CallDims& c = p.c;
+  const int64_t H = c.H, b = row.b;
+  const CellGrad<T> cg =
+      lstm_cell_backward(dh, in.dc_next, in.g[0], in.g[1], in.g[2], in.g[3], in.c, in.c_prev);
+  T* da = pick(p.da, d) + c.row(row.t, b) * c.G;
+  da[j] = cg.da_i;
+  da[H + j] = cg.da_f;
+  da[2 * H + j] = cg.da_g;
+  da[3 * H + j] = cg.da_o;
+  p.dc[(d * c.B + b) * H + j] = cg.dc_prev;
+}
+
 // What a row's unit j does once its dh is complete: store dh (kChainOnly, kFinal) or run the
 // cell's backward (kFused, kCellOnly).
 template <typename T>
 __device__ void backward_finish(const BackwardStepParams<T>& p, int d, const BackwardRow<T>& row,
                                 int64_t j, T dh) {
   const CallDims& c = p.c;
-  const int64_t H = c.H, b = row.b, t = row.t;
   if (p.mode == BackwardMode::kFinal) {
-    p.dh0[c.state_row(p.layer, d, b) * c.RH + j] = dh;
+    p.dh0[c.state_row(p.layer, d, row.b) * c.RH + j] = dh;
     return;
   }
   if (p.mode == BackwardMode::kChainOnly) {
-    pick(p.dh_out, d)[c.row(t, b) * c.RH + j] = dh;
+    pick(p.dh_out, d)[c.row(row.t, row.b) * c.RH + j] = dh;
     return;
   }
-  const T* g = pick(p.gates, d) + c.row(t, b) * c.G;
-  const T* cells = pick(p.cells, d);
-  const T c_prev = c_prev_of(c, p.c0, cells, p.layer, d, t, b, p.lengths[b])[j];
-  const T dc_next =
-      row.last ? p.dc_n[c.state_row(p.layer, d, b) * H + j] : p.dc[(d * c.B + b) * H + j];
-  const CellGrad<T> cg = lstm_cell_backward(dh, dc_next, g[j], g[H + j], g[2 * H + j], g[3 * H + j],
-                                            cells[c.row(t, b) * H + j], c_prev);
-  T* da = pick(p.da, d) + c.row(t, b) * c.G;
-  da[j] = cg.da_i;
-  da[H + j] = cg.da_f;
-  da[2 * H + j] = cg.da_g;
-  da[3 * H + j] = cg.da_o;
-  p.dc[(d * c.B + b) * H + j] = cg.dc_prev;
+  backward_cell(p, d, row, j, dh, backward_cell_inputs(p, d, row, j));
 }
 
 // The units a step launch covers: the cell's H, or the RH of dh for a chain-only launch.
@@ -266,39 +294,81 @@ __device__ void stage_backward_weights(const PersistentBackwardParams<T>& pp,
   }
 }
 
-// The row tile from row i0 of the step in p: the chunk partials of their U sums over da(next step), then
-// thread (row r, unit u) folds unit j0 + u's, forms dh and runs the cell's backward. A row without a
-// sum (its last step) takes dh from its head alone: its partials are never added.
+// What thread (row r, unit u) of the row tile from row i0 knows of its row before the tile's sum:
+// the row (its head: dy, with dh_n at its last step) and its cell inputs. live: the thread has a
+// row and unit there.
+template <typename T>
+struct BackwardThreadRow {
+  BackwardRow<T> row;
+  BackwardCellInputs<T> in;
+  bool live;
+};
+
+template <typename T, int U>
+__device__ BackwardThreadRow<T> backward_thread_row(const BackwardStepParams<T>& p,
+                                                    const SliceLayout<T>& layout, int d,
+                                                    int64_t j0, int64_t i0) {
+  const int r = static_cast<int>(threadIdx.x) / U;
+  const int64_t j = j0 + threadIdx.x % U;
+  BackwardThreadRow<T> tr{};
+  tr.live = r < layout.rows && i0 + r < p.active && j < p.c.H;
+  if (!tr.live) return tr;
+  tr.row = backward_row(p, d, i0 + r, true, j);
+  tr.in = backward_cell_inputs(p, d, tr.row, j);
+  return tr;
+}
+
+// The row tile from row i0 of the step in p: the chunk partials of their U sums over da(next step),
+// then thread (row r, unit u) folds unit j0 + u's into its row (tr), forms dh and runs the cell's
+// backward. A row without a sum (its last step) takes dh from its head alone: its partials are
+// never added.
 template <typename T, int U>
 __device__ void backward_persistent_rows(const PersistentBackwardParams<T>& pp,
                                          const BackwardStepParams<T>& p, const SliceShared<T>& sm,
-                                         int d, int64_t j0, int64_t i0) {
+                                         int d, int64_t j0, int64_t i0,
+                                         const BackwardThreadRow<T>& tr) {
   const SliceLayout<T>& layout = pp.grid.layout;
   const int rows = static_cast<int>(p.active - i0 < layout.rows ? p.active - i0 : layout.rows);
   for (int r = threadIdx.x; r < layout.rows; r += kPersistentThreads)
     sm.src[r] = r < rows ? backward_row(p, d, i0 + r, true, int64_t(0)).src : nullptr;
   slice_partials<T, U>(layout, sm, rows);
+  if (!tr.live) return;
   const int r = threadIdx.x / U, u = threadIdx.x % U;
-  const int64_t j = j0 + u;
-  if (r >= rows || j >= p.c.H) return;
-  BackwardRow<T> row = backward_row(p, d, i0 + r, true, j);
+  BackwardRow<T> row = tr.row;
   if (row.src) row.total = folded_sum<T, U>(layout, sm, r, u);
-  backward_finish(p, d, row, j, backward_dh(p, row));
+  backward_cell(p, d, row, j0 + u, backward_dh(p, row), tr.in);
 }
 
+// Processing step s of the launch in p.
+template <typename T>
+__device__ void at_step(BackwardStepParams<T>& p, const PersistentGrid<T>& grid, int64_t s) {
+  p.step = s;
+  p.active = grid.active[s];
+}
+
+// Every step of the layer, last first. As in the forward, the first row tile's thread rows (dy, the
+// cell inputs, and dc: this thread's own store of the step before) are read before the barrier that
+// ends the step before; a later tile's as it starts.
 template <typename T, int U>
-__global__ void __launch_bounds__(kPersistentThreads)
+__global__ void __launch_bounds__(kPersistentThreads, kPersistentMinBlocks)
     backward_persistent_kernel(PersistentBackwardParams<T> pp) {
   const int d = pp.grid.direction();
   const int64_t j0 = pp.grid.first_unit(U);
   const SliceShared<T> sm = slice_shared(pp.grid.layout);
+  const SliceLayout<T>& layout = pp.grid.layout;
   stage_backward_weights<T, U>(pp, sm, d, j0);  // slice_partials' first barrier publishes it
   BackwardStepParams<T> p = pp.step;
+  at_step(p, pp.grid, pp.grid.steps - 1);
+  BackwardThreadRow<T> tile_row = backward_thread_row<T, U>(p, layout, d, j0, 0);
   for (int64_t done = 0; done < pp.grid.steps; ++done) {
-    p.step = pp.grid.steps - 1 - done;
-    p.active = pp.grid.active[p.step];
-    for (int64_t i0 = 0; i0 < p.active; i0 += pp.grid.layout.rows)
-      backward_persistent_rows<T, U>(pp, p, sm, d, j0, i0);
+    for (int64_t i0 = 0; i0 < p.active; i0 += layout.rows) {
+      if (i0 > 0) tile_row = backward_thread_row<T, U>(p, layout, d, j0, i0);
+      backward_persistent_rows<T, U>(pp, p, sm, d, j0, i0, tile_row);
+    }
+    if (done + 1 < pp.grid.steps) {
+      at_step(p, pp.grid, pp.grid.steps - 2 - done);
+      tile_row = backward_thread_row<T, U>(p, layout, d, j0, 0);
+    }
     pp.grid.after_step(d, done);
   }
 }

@@ -48,16 +48,34 @@ __device__ ForwardRow<T> forward_row(const ForwardStepParams<T>& p, int d, int64
   return row;
 }
 
-// The cell of unit j of a row whose four recurrent sums R are complete: a = pre + R (rule 4), pre
-// the input projection's part in the gates row.
+// What unit j of a row's cell reads besides its recurrent sums: the input projection's four
+// pre-activations (in the gates row) and c_prev. Neither depends on the step's sums, so the
+// persistent kernel loads them before its sums are done, and their memory latency overlaps the
+// step barrier and the partials instead of following the fold.
+template <typename T>
+struct ForwardCellInputs {
+  T pre[4];
+  T cprev;
+};
+
+template <typename T>
+__device__ ForwardCellInputs<T> forward_cell_inputs(const ForwardRow<T>& row, int64_t H, int64_t j) {
+  ForwardCellInputs<T> in;
+#pragma unroll
+  for (int g = 0; g < 4; ++g) in.pre[g] = row.grow[g * H + j];
+  in.cprev = row.cprev[j];
+  return in;
+}
+
+// The cell of unit j of a row whose four recurrent sums R are complete: a = pre + R (rule 4).
 template <typename T>
 __device__ void forward_finish(const ForwardStepParams<T>& p, int d, const ForwardRow<T>& row,
-                               int64_t j, const T (&rsum)[4]) {
+                               int64_t j, const T (&rsum)[4], const ForwardCellInputs<T>& in) {
   const int64_t H = p.c.H;
   T a[4];
 #pragma unroll
-  for (int g = 0; g < 4; ++g) a[g] = row.grow[g * H + j] + rsum[g];
-  const CellState<T> st = lstm_cell_forward(a[0], a[1], a[2], a[3], row.cprev[j]);
+  for (int g = 0; g < 4; ++g) a[g] = in.pre[g] + rsum[g];
+  const CellState<T> st = lstm_cell_forward(a[0], a[1], a[2], a[3], in.cprev);
   row.grow[j] = st.i;
   row.grow[H + j] = st.f;
   row.grow[2 * H + j] = st.g;
@@ -68,6 +86,13 @@ __device__ void forward_finish(const ForwardStepParams<T>& p, int d, const Forwa
     m_out[row.out_row * H + j] = st.h;
   else
     p.y[row.out_row * p.c.DH + d * p.c.RH + j] = st.h;
+}
+
+// The same, its inputs read now (the per-step kernels).
+template <typename T>
+__device__ void forward_finish(const ForwardStepParams<T>& p, int d, const ForwardRow<T>& row,
+                               int64_t j, const T (&rsum)[4]) {
+  forward_finish(p, d, row, j, rsum, forward_cell_inputs(row, p.c.H, j));
 }
 
 // At the end of the chunk holding term k: every one of the RB x 4 sums folds its partial.
@@ -221,12 +246,25 @@ __device__ void stage_forward_weights(const PersistentForwardParams<T>& pp, cons
   }
 }
 
-// The row tile from row i0 of the step in p: the chunk partials of their 4U sums, then thread (row r, unit
-// u) folds unit j0 + u's four and runs its cell.
+// Thread (row r, unit u)'s cell inputs for the row tile from row i0 of the step in p; nothing
+// where the thread has no row and unit there.
+template <typename T, int U>
+__device__ ForwardCellInputs<T> tile_cell_inputs(const ForwardStepParams<T>& p,
+                                                 const SliceLayout<T>& layout, int d, int64_t j0,
+                                                 int64_t i0) {
+  const int r = static_cast<int>(threadIdx.x) / U;
+  const int64_t j = j0 + threadIdx.x % U;
+  if (r >= layout.rows || i0 + r >= p.active || j >= p.c.H) return {};
+  return forward_cell_inputs(forward_row(p, d, i0 + r), p.c.H, j);
+}
+
+// The row tile from row i0 of the step in p: the chunk partials of their 4U sums, then thread (row
+// r, unit u) folds unit j0 + u's four and runs its cell on them and `in`, its cell inputs.
 template <typename T, int U>
 __device__ void forward_persistent_rows(const PersistentForwardParams<T>& pp,
                                         const ForwardStepParams<T>& p, const SliceShared<T>& sm,
-                                        int d, int64_t j0, int64_t i0) {
+                                        int d, int64_t j0, int64_t i0,
+                                        const ForwardCellInputs<T>& in) {
   const SliceLayout<T>& layout = pp.grid.layout;
   const int rows = static_cast<int>(p.active - i0 < layout.rows ? p.active - i0 : layout.rows);
   for (int r = threadIdx.x; r < layout.rows; r += kPersistentThreads)
@@ -239,22 +277,39 @@ __device__ void forward_persistent_rows(const PersistentForwardParams<T>& pp,
 #pragma unroll
   for (int g = 0; g < 4; ++g)
     rsum[g] = folded_sum<T, 4 * U>(layout, sm, r, g * U + static_cast<int>(threadIdx.x % U));
-  forward_finish(p, d, forward_row(p, d, i0 + r), j, rsum);
+  forward_finish(p, d, forward_row(p, d, i0 + r), j, rsum, in);
 }
 
+// Step s of the launch in p.
+template <typename T>
+__device__ void at_step(ForwardStepParams<T>& p, const PersistentGrid<T>& grid, int64_t s) {
+  p.step = s;
+  p.active = grid.active[s];
+}
+
+// Every step of the layer. The cell inputs of a step's first row tile are read before the barrier
+// that ends the step before (c_prev there is this thread's own store of that step, the input
+// projection a launch older); a later tile's are read as it starts, ahead of its partials.
 template <typename T, int U>
-__global__ void __launch_bounds__(kPersistentThreads)
+__global__ void __launch_bounds__(kPersistentThreads, kPersistentMinBlocks)
     forward_persistent_kernel(PersistentForwardParams<T> pp) {
   const int d = pp.grid.direction();
   const int64_t j0 = pp.grid.first_unit(U);
   const SliceShared<T> sm = slice_shared(pp.grid.layout);
+  const SliceLayout<T>& layout = pp.grid.layout;
   stage_forward_weights<T, U>(pp, sm, d, j0);  // slice_partials' first barrier publishes it
   ForwardStepParams<T> p = pp.step;
+  at_step(p, pp.grid, 0);
+  ForwardCellInputs<T> tile_inputs = tile_cell_inputs<T, U>(p, layout, d, j0, 0);
   for (int64_t s = 0; s < pp.grid.steps; ++s) {
-    p.step = s;
-    p.active = pp.grid.active[s];
-    for (int64_t i0 = 0; i0 < p.active; i0 += pp.grid.layout.rows)
-      forward_persistent_rows<T, U>(pp, p, sm, d, j0, i0);
+    for (int64_t i0 = 0; i0 < p.active; i0 += layout.rows) {
+      if (i0 > 0) tile_inputs = tile_cell_inputs<T, U>(p, layout, d, j0, i0);
+      forward_persistent_rows<T, U>(pp, p, sm, d, j0, i0, tile_inputs);
+    }
+    if (s + 1 < pp.grid.steps) {
+      at_step(p, pp.grid, s + 1);
+      tile_inputs = tile_cell_inputs<T, U>(p, layout, d, j0, 0);
+    }
     pp.grid.after_step(d, s);
   }
 }

@@ -20,6 +20,12 @@ namespace cuda {
 
 constexpr int kPersistentThreads = 256;
 constexpr int kPersistentRows = 32;  // the most rows of a step a block computes together
+// Blocks per SM the persistent kernels are compiled for (__launch_bounds__): at most 85 registers
+// a thread. Left to itself ptxas held the float kernels to 64 and spilled the cell inputs they load
+// ahead of the step's sums; a spill store waits for its load, which would put that memory latency
+// back in front of the step barrier. With 79-80 registers nothing spills (sm_80, sm_90), and three
+// blocks per SM is at least what shared memory allows in each plan of bench/GPU_NOTES.md.
+constexpr int kPersistentMinBlocks = 3;
 
 // The dynamic shared memory of a persistent block: its W slice (K terms x cols), the staged panel
 // of a row tile's left factors (rows x panel, rows padded by one value so that the row quads of a
