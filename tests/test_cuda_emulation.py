@@ -126,7 +126,7 @@ def test_launch_shapes_and_execution_order_do_not_change_bits(emulated, variant,
 TALL = dict(steps=5, batch=70, inputs=3, hidden=9, lengths=tuple(1 + (7 * b) % 5 for b in range(70)))
 
 
-@pytest.mark.parametrize("variant", [0, 3])
+@pytest.mark.parametrize("variant", [0, 3, 8])
 def test_many_rows_give_the_cpu_bits(emulated, variant):
     _two_layer_bidir_against_cpu(emulated, TALL, "70 rows", 0, 5, variant)
 
@@ -290,10 +290,10 @@ def test_emulator_runs_cooperative_blocks_apart_and_reports_a_wait_that_never_en
     assert torch.equal(emulated.neighbour_block_probe(slots, 10, True, 0), expected)
 
 
-def _counted_run(emulated, shape, what, proj=0):
+def _counted_run(emulated, shape, what, proj=0, variant=0):
     """_two_layer_bidir_against_cpu, returning the cooperative launches it made."""
     before = emulated.counts()[2]
-    _two_layer_bidir_against_cpu(emulated, shape, what, proj, 6)
+    _two_layer_bidir_against_cpu(emulated, shape, what, proj, 6, variant)
     return emulated.counts()[2] - before
 
 
@@ -321,6 +321,24 @@ def test_the_persistent_plan_follows_the_device_with_the_same_bits(emulated, dev
     emulated.set_device(*device)
     try:
         assert _counted_run(emulated, globals()[shape], f"device {device}") == launches
+    finally:
+        emulated.set_device(132, 228 * 1024, 227 * 1024)
+
+
+# Recurrent sums of several 64-term chunks in both passes (hidden 70: the forward's 70 terms are 2
+# chunks, the backward's 280 are 5) at a small batch, where launch shape 8 pads every chunk of the
+# persistent kernels' shared W_hh and staged rows by one slot: the whole sum in one panel, and with
+# 8 KB per block the backward's 5-chunk sums in panels of 2 chunks.
+CHUNKED = dict(steps=6, batch=3, inputs=5, hidden=70, lengths=(6, 2, 5))
+
+
+@pytest.mark.parametrize("variant", [0, 8])
+@pytest.mark.parametrize("block_bytes", [227 * 1024, 8 * 1024])
+def test_sums_of_several_chunks_give_the_cpu_bits_in_the_persistent_kernels(emulated, variant,
+                                                                            block_bytes):
+    emulated.set_device(132, 228 * 1024, block_bytes)
+    try:
+        assert _counted_run(emulated, CHUNKED, f"{block_bytes} bytes per block", 0, variant) == 4
     finally:
         emulated.set_device(132, 228 * 1024, 227 * 1024)
 

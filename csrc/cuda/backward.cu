@@ -290,7 +290,7 @@ __device__ void stage_backward_weights(const PersistentBackwardParams<T>& pp,
   const T* w = pick(pp.step.w_hh, d);
   for (int64_t e = threadIdx.x; e < pp.grid.layout.K * U; e += kPersistentThreads) {
     const int64_t n = e / U, j = j0 + e % U;
-    sm.w[e] = j < RH ? w[n * RH + j] : T(0);
+    sm.w[pp.grid.layout.slot(n) * U + e % U] = j < RH ? w[n * RH + j] : T(0);
   }
 }
 

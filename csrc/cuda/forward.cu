@@ -242,7 +242,7 @@ __device__ void stage_forward_weights(const PersistentForwardParams<T>& pp, cons
   const T* wt = pick(pp.step.wt_hh, d);
   for (int64_t e = threadIdx.x; e < pp.grid.layout.K * 4 * U; e += kPersistentThreads) {
     const int64_t k = e / (4 * U), g = (e / U) % 4, j = j0 + e % U;
-    sm.w[e] = j < H ? wt[k * G + g * H + j] : T(0);
+    sm.w[pp.grid.layout.slot(k) * 4 * U + e % (4 * U)] = j < H ? wt[k * G + g * H + j] : T(0);
   }
 }
 

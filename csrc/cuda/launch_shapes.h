@@ -49,6 +49,10 @@ struct LaunchShape {
   int rows_per_thread;  // kPerUnit: 1, 4 or 8 (the kernels are instantiated for these)
   GemmTiles gemm;
   Recurrence recurrence;
+  // The persistent kernels' shared copies of W_hh and of the staged rows keep one unused slot after
+  // every 64-term chunk (SliceLayout::chunk_slots): the chunks a warp works on at once then start in
+  // different banks (see persistent.cuh).
+  bool padded_chunks = false;
 };
 
 // Measured on an H100 (bench/GPU_NOTES.md, 2026-11-23): of the per-step kernels the slice kernels
@@ -57,7 +61,8 @@ struct LaunchShape {
 // (shapes 0 and 5) are not measured yet; shape 4 is the previous default, kept to compare. Shape 6
 // is shape 0 with 8x4 patches in the whole-sum GEMMs: under v2 the 8x8 patch keeps 128
 // accumulators (partial and running fold) and spills; 8x4 keeps 64. Shape 7 is shape 6 with every
-// GEMM (whole-sum and split) pipelined over two shared stages.
+// GEMM (whole-sum and split) pipelined over two shared stages. Shape 8 is shape 0 with padded chunks
+// in the persistent kernels' shared memory (bank conflicts at small batch, bench/GPU_NOTES.md).
 constexpr LaunchShape kLaunchShapes[] = {
     {"persistent, else slice", StepKernel::kSlice, kSliceThreads, kSliceRowsPerThread,
      GemmTiles::kAuto, Recurrence::kPersistent},
@@ -75,6 +80,8 @@ constexpr LaunchShape kLaunchShapes[] = {
      kSliceRowsPerThread, GemmTiles::k128x64, Recurrence::kPersistent},
     {"persistent, else slice; GEMM tiles 128x64, pipelined", StepKernel::kSlice, kSliceThreads,
      kSliceRowsPerThread, GemmTiles::k128x64Pipelined, Recurrence::kPersistent},
+    {"persistent with padded chunks, else slice", StepKernel::kSlice, kSliceThreads,
+     kSliceRowsPerThread, GemmTiles::kAuto, Recurrence::kPersistent, true},
 };
 constexpr int kLaunchShapeCount = static_cast<int>(sizeof(kLaunchShapes) / sizeof(kLaunchShapes[0]));
 

@@ -31,15 +31,23 @@ constexpr int kPersistentMinBlocks = 3;
 // of a row tile's left factors (rows x panel, rows padded by one value so that the row quads of a
 // warp fall in different banks), every chunk's partials (chunks x rows x cols) and the row tile's
 // left-factor row pointers. Every part but the last is a multiple of 16 bytes.
+// Term k of W and of a staged row sits at slot(k): k itself, or with chunk_slots = kSumChunk + 1 one
+// unused slot after every 64-term chunk. Where a warp's tasks span several chunks (the backward, and
+// the forward at small batch) their loads of the same term of different chunks are then in different
+// banks, not all in one (64 terms are 0 mod 32 banks). The unused slots are never read.
 template <typename T>
 struct SliceLayout {
   int64_t K;      // terms of every recurrent sum
   int cols;       // sums per row: 4 gates x units forward, units backward (a multiple of 4)
   int rows;       // rows of a tile: a multiple of 4, at most kPersistentRows
   int64_t panel;  // terms staged at once, a multiple of kSumChunk
+  int64_t chunk_slots = kSumChunk;  // shared slots per 64-term chunk: kSumChunk or kSumChunk + 1
   __host__ __device__ int64_t chunks() const { return ceil_div(K, kSumChunk); }
-  __host__ __device__ int64_t x_stride() const { return panel + 1; }
-  __host__ __device__ size_t x_offset() const { return size_t(K) * cols * sizeof(T); }
+  __host__ __device__ int64_t slot(int64_t k) const {
+    return k + (chunk_slots - kSumChunk) * (k / kSumChunk);
+  }
+  __host__ __device__ int64_t x_stride() const { return slot(panel) + 1; }
+  __host__ __device__ size_t x_offset() const { return size_t(slot(K - 1) + 1) * cols * sizeof(T); }
   __host__ __device__ size_t p_offset() const {
     return x_offset() + ((size_t(rows) * x_stride() * sizeof(T) + 15) / 16) * 16;
   }
@@ -51,8 +59,8 @@ struct SliceLayout {
 
 template <typename T>
 struct SliceShared {
-  T* w;           // w[k * cols + n]: term k of sum column n
-  T* x;           // x[r * x_stride + kk]: term k0 + kk of row r's left factor
+  T* w;           // w[slot(k) * cols + n]: term k of sum column n
+  T* x;           // x[r * x_stride + slot(kk)]: term k0 + kk of row r's left factor
   T* p;           // p[(c * rows + r) * cols + n]: chunk c's partial of (r, n)
   const T** src;  // row r's left factor (null: the row has no sum)
 };
@@ -97,7 +105,7 @@ __device__ void stage_panel(const SliceLayout<T>& L, const SliceShared<T>& sm, i
 #pragma unroll
     for (int m = 0; m < kStageBatch; ++m) {
       const int e = e0 + m * kPersistentThreads + static_cast<int>(threadIdx.x);
-      if (e < total) sm.x[(e / kc) * L.x_stride() + e % kc] = v[m];
+      if (e < total) sm.x[(e / kc) * L.x_stride() + L.slot(e % kc)] = v[m];  // k0: a chunk's start
     }
   }
 }
@@ -110,8 +118,8 @@ __device__ void chunk_tile(const SliceLayout<T>& L, const SliceShared<T>& sm, in
   const int kb = pc * static_cast<int>(kSumChunk);
   const int ke = kb + static_cast<int>(kSumChunk) < kc ? kb + static_cast<int>(kSumChunk) : kc;
   const int64_t stride = L.x_stride();
-  const T* x = sm.x + rq * 4 * stride;
-  const T* w = sm.w + (k0 + kb) * COLS + cq * 4;
+  const T* x = sm.x + rq * 4 * stride + (L.slot(kb) - kb);  // the chunk's slots are consecutive
+  const T* w = sm.w + L.slot(k0 + kb) * COLS + cq * 4;
   T acc[4][4];
 #pragma unroll
   for (int r = 0; r < 4; ++r)
@@ -190,13 +198,14 @@ PersistentPlan<T> plan_persistent(int64_t K, int64_t units, int cols_per_unit, i
   const int rows =
       static_cast<int>(batch < kPersistentRows ? ceil_div(batch, 4) * 4 : kPersistentRows);
   const int64_t widest = ceil_div(K, kSumChunk) * kSumChunk;
+  const int64_t chunk_slots = launch_shape().padded_chunks ? kSumChunk + 1 : kSumChunk;
   for (int64_t dirs = D; dirs >= 1; --dirs)
     for (const int u : {4, 8}) {
       if (mode == Recurrence::kPersistentWide && u != 8) continue;
       const int64_t per_direction = ceil_div(units, u);
       if (dirs * per_direction > grid_limit().x) continue;
       for (int64_t panel = widest;; panel = ceil_div(panel / 2, kSumChunk) * kSumChunk) {
-        const SliceLayout<T> layout{K, u * cols_per_unit, rows, panel};
+        const SliceLayout<T> layout{K, u * cols_per_unit, rows, panel, chunk_slots};
         if (co_resident_blocks(kernel_for(u), kPersistentThreads, layout.bytes()) >=
             dirs * per_direction)
           return {u, layout, per_direction, dirs};
