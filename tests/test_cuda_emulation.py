@@ -326,19 +326,27 @@ def test_the_persistent_plan_follows_the_device_with_the_same_bits(emulated, dev
 
 
 # Recurrent sums of several 64-term chunks in both passes (hidden 70: the forward's 70 terms are 2
-# chunks, the backward's 280 are 5) at a small batch, where launch shape 8 pads every chunk of the
-# persistent kernels' shared W_hh and staged rows by one slot: the whole sum in one panel, and with
-# 8 KB per block the backward's 5-chunk sums in panels of 2 chunks.
+# chunks, the backward's 280 are 5), where launch shape 8 pads every chunk of the persistent
+# kernels' shared W_hh and staged rows by one slot: at batch 3 (one row tile) and 37 (tiles of 32
+# and 5 rows), the whole sum in one panel, and in narrower panels: with 8 KB per block at batch 3
+# the backward's 5-chunk sums in panels of 2 chunks, with 24 KB at batch 37 both passes' sums in
+# panels of one chunk.
 CHUNKED = dict(steps=6, batch=3, inputs=5, hidden=70, lengths=(6, 2, 5))
+CHUNKED_TALL = dict(steps=4, batch=37, inputs=5, hidden=70,
+                    lengths=tuple(1 + (5 * b) % 4 for b in range(37)))
 
 
 @pytest.mark.parametrize("variant", [0, 8])
-@pytest.mark.parametrize("block_bytes", [227 * 1024, 8 * 1024])
+@pytest.mark.parametrize("shape,small_block", [("CHUNKED", 8 * 1024), ("CHUNKED_TALL", 24 * 1024)])
+@pytest.mark.parametrize("narrow", [False, True])
 def test_sums_of_several_chunks_give_the_cpu_bits_in_the_persistent_kernels(emulated, variant,
-                                                                            block_bytes):
+                                                                            shape, small_block,
+                                                                            narrow):
+    block_bytes = small_block if narrow else 227 * 1024
     emulated.set_device(132, 228 * 1024, block_bytes)
     try:
-        assert _counted_run(emulated, CHUNKED, f"{block_bytes} bytes per block", 0, variant) == 4
+        assert _counted_run(emulated, globals()[shape], f"{shape}, {block_bytes} bytes per block",
+                            0, variant) == 4
     finally:
         emulated.set_device(132, 228 * 1024, 227 * 1024)
 

@@ -347,10 +347,10 @@ __device__ void at_step(BackwardStepParams<T>& p, const PersistentGrid<T>& grid,
 }
 
 // Every step of the layer, last first. As in the forward, the first row tile's thread rows (dy, the
-// cell inputs, and dc: this thread's own store of the step before) are read before the barrier that
-// ends the step before; a later tile's as it starts.
+// cell inputs, and dc: this thread's own store of the step before) are read inside the barrier that
+// ends the step before, between the arrival and the wait; a later tile's as it starts.
 template <typename T, int U>
-__global__ void __launch_bounds__(kPersistentThreads, kPersistentMinBlocks)
+__global__ void __launch_bounds__(kPersistentThreads, kPersistentMinBlocks<T>)
     backward_persistent_kernel(PersistentBackwardParams<T> pp) {
   const int d = pp.grid.direction();
   const int64_t j0 = pp.grid.first_unit(U);
@@ -365,11 +365,10 @@ __global__ void __launch_bounds__(kPersistentThreads, kPersistentMinBlocks)
       if (i0 > 0) tile_row = backward_thread_row<T, U>(p, layout, d, j0, i0);
       backward_persistent_rows<T, U>(pp, p, sm, d, j0, i0, tile_row);
     }
-    if (done + 1 < pp.grid.steps) {
+    pp.grid.after_step(d, done, [&] {
       at_step(p, pp.grid, pp.grid.steps - 2 - done);
       tile_row = backward_thread_row<T, U>(p, layout, d, j0, 0);
-    }
-    pp.grid.after_step(d, done);
+    });
   }
 }
 

@@ -287,11 +287,12 @@ __device__ void at_step(ForwardStepParams<T>& p, const PersistentGrid<T>& grid, 
   p.active = grid.active[s];
 }
 
-// Every step of the layer. The cell inputs of a step's first row tile are read before the barrier
-// that ends the step before (c_prev there is this thread's own store of that step, the input
-// projection a launch older); a later tile's are read as it starts, ahead of its partials.
+// Every step of the layer. The cell inputs of a step's first row tile are read inside the barrier
+// that ends the step before, between the block's arrival and its wait (c_prev there is this
+// thread's own store of that step, the input projection a launch older); a later tile's are read
+// as it starts, ahead of its partials.
 template <typename T, int U>
-__global__ void __launch_bounds__(kPersistentThreads, kPersistentMinBlocks)
+__global__ void __launch_bounds__(kPersistentThreads, kPersistentMinBlocks<T>)
     forward_persistent_kernel(PersistentForwardParams<T> pp) {
   const int d = pp.grid.direction();
   const int64_t j0 = pp.grid.first_unit(U);
@@ -306,11 +307,10 @@ __global__ void __launch_bounds__(kPersistentThreads, kPersistentMinBlocks)
       if (i0 > 0) tile_inputs = tile_cell_inputs<T, U>(p, layout, d, j0, i0);
       forward_persistent_rows<T, U>(pp, p, sm, d, j0, i0, tile_inputs);
     }
-    if (s + 1 < pp.grid.steps) {
+    pp.grid.after_step(d, s, [&] {
       at_step(p, pp.grid, s + 1);
       tile_inputs = tile_cell_inputs<T, U>(p, layout, d, j0, 0);
-    }
-    pp.grid.after_step(d, s);
+    });
   }
 }
 

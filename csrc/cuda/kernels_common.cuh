@@ -165,16 +165,24 @@ __device__ __forceinline__ unsigned load_acquire(const unsigned* counter) {
 __device__ __forceinline__ void spin_pause() { __nanosleep(32); }
 #endif
 
-// The barrier between steps of one direction's blocks in a persistent kernel: the block arrives
-// (its writes of the step released), then waits until `target` arrivals are counted (the direction's
-// blocks times the steps done). Every thread of the block calls it.
-__device__ inline void arrive_and_wait(unsigned* counter, unsigned target) {
+// The barrier between steps of one direction's blocks in a persistent kernel, in two halves so that
+// a block can issue work that needs no other block's step between them. arrive: the block's writes
+// of the step (every thread's: the __syncthreads comes before thread 0's release) are released and
+// the block is counted. wait_for: until `target` arrivals are counted (the direction's blocks times
+// the steps done), the other blocks' writes then visible to the whole block. Every thread of the
+// block calls both.
+__device__ inline void arrive(unsigned* counter) {
   __syncthreads();
-  if (threadIdx.x == 0) {
-    signal_release(counter);
+  if (threadIdx.x == 0) signal_release(counter);
+}
+__device__ inline void wait_for(const unsigned* counter, unsigned target) {
+  if (threadIdx.x == 0)
     while (load_acquire(counter) < target) spin_pause();
-  }
   __syncthreads();
+}
+__device__ inline void arrive_and_wait(unsigned* counter, unsigned target) {
+  arrive(counter);
+  wait_for(counter, target);
 }
 
 // Blocks of `threads` for a grid-stride loop over n elements, capped at the grid limit.

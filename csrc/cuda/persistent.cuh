@@ -20,12 +20,15 @@ namespace cuda {
 
 constexpr int kPersistentThreads = 256;
 constexpr int kPersistentRows = 32;  // the most rows of a step a block computes together
-// Blocks per SM the persistent kernels are compiled for (__launch_bounds__): at most 85 registers
-// a thread. Left to itself ptxas held the float kernels to 64 and spilled the cell inputs they load
-// ahead of the step's sums; a spill store waits for its load, which would put that memory latency
-// back in front of the step barrier. With 79-80 registers nothing spills (sm_80, sm_90), and three
-// blocks per SM is at least what shared memory allows in each plan of bench/GPU_NOTES.md.
-constexpr int kPersistentMinBlocks = 3;
+// Blocks per SM the persistent kernels are compiled for (__launch_bounds__), float: 3, at most 80
+// registers a thread (85, allocated 8 at a time). Left to itself ptxas held the float kernels to 64
+// and spilled the cell inputs they load ahead of the step's sums; a spill store waits for its load,
+// which would put that memory latency back on the step's path. With 78-80 registers nothing
+// spills (sm_80, sm_90), and three blocks per SM is at least what shared memory allows in each
+// plan of bench/GPU_NOTES.md. Double (no speed target) is left to ptxas: under the same bound it
+// spilled 220-292 bytes in the backward.
+template <typename T>
+constexpr int kPersistentMinBlocks = sizeof(T) == sizeof(float) ? 3 : 1;
 
 // The dynamic shared memory of a persistent block: its W slice (K terms x cols), the staged panel
 // of a row tile's left factors (rows x panel, rows padded by one value so that the row quads of a
@@ -46,7 +49,9 @@ struct SliceLayout {
   __host__ __device__ int64_t slot(int64_t k) const {
     return k + (chunk_slots - kSumChunk) * (k / kSumChunk);
   }
-  __host__ __device__ int64_t x_stride() const { return slot(panel) + 1; }
+  // odd, so that the rows of a warp's row quads start in different banks: slot(panel) + 1 where
+  // that is odd, else slot(panel) itself, the unused slot after the panel's last chunk
+  __host__ __device__ int64_t x_stride() const { return slot(panel) | 1; }
   __host__ __device__ size_t x_offset() const { return size_t(slot(K - 1) + 1) * cols * sizeof(T); }
   __host__ __device__ size_t p_offset() const {
     return x_offset() + ((size_t(rows) * x_stride() * sizeof(T) + 15) / 16) * 16;
@@ -231,11 +236,16 @@ struct PersistentGrid {
   __device__ int64_t first_unit(int units) const {
     return (blockIdx.x % blocks_per_direction) * units;
   }
-  // After the block's done-th step (counting from 0) of direction d: wait for the direction's other
-  // blocks, unless it was the last. Every thread of the block calls it.
-  __device__ void after_step(int d, int64_t done) const {
-    if (done + 1 < steps)
-      arrive_and_wait(arrivals + d, static_cast<unsigned>(blocks_per_direction * (done + 1)));
+  // After the block's done-th step (counting from 0) of direction d, unless it was the last: arrive,
+  // run `between` (work of the next step that reads nothing another block wrote in this launch),
+  // then wait for the direction's other blocks. Every thread of the block calls it. `between` comes
+  // after the arrival because thread 0's release fence would also wait for its loads.
+  template <class Between>
+  __device__ void after_step(int d, int64_t done, Between between) const {
+    if (done + 1 >= steps) return;
+    arrive(arrivals + d);
+    between();
+    wait_for(arrivals + d, static_cast<unsigned>(blocks_per_direction * (done + 1)));
   }
 };
 
