@@ -339,37 +339,24 @@ __device__ void backward_persistent_rows(const PersistentBackwardParams<T>& pp,
   backward_cell(p, d, row, j0 + u, backward_dh(p, row), tr.in);
 }
 
-// Processing step s of the launch in p.
-template <typename T>
-__device__ void at_step(BackwardStepParams<T>& p, const PersistentGrid<T>& grid, int64_t s) {
-  p.step = s;
-  p.active = grid.active[s];
-}
-
-// Every step of the layer, last first. As in the forward, the first row tile's thread rows (dy, the
-// cell inputs, and dc: this thread's own store of the step before) are read inside the barrier that
-// ends the step before, between the arrival and the wait; a later tile's as it starts.
+// Every step of the layer, last first (PersistentGrid::for_each_step): a step's first row tile's
+// thread rows (dy, the cell inputs, and dc: this thread's own store of the step before) are read
+// inside the barrier that ends the step before.
 template <typename T, int U>
 __global__ void __launch_bounds__(kPersistentThreads, kPersistentMinBlocks<T>)
     backward_persistent_kernel(PersistentBackwardParams<T> pp) {
   const int d = pp.grid.direction();
   const int64_t j0 = pp.grid.first_unit(U);
   const SliceShared<T> sm = slice_shared(pp.grid.layout);
-  const SliceLayout<T>& layout = pp.grid.layout;
   stage_backward_weights<T, U>(pp, sm, d, j0);  // slice_partials' first barrier publishes it
-  BackwardStepParams<T> p = pp.step;
-  at_step(p, pp.grid, pp.grid.steps - 1);
-  BackwardThreadRow<T> tile_row = backward_thread_row<T, U>(p, layout, d, j0, 0);
-  for (int64_t done = 0; done < pp.grid.steps; ++done) {
-    for (int64_t i0 = 0; i0 < p.active; i0 += layout.rows) {
-      if (i0 > 0) tile_row = backward_thread_row<T, U>(p, layout, d, j0, i0);
-      backward_persistent_rows<T, U>(pp, p, sm, d, j0, i0, tile_row);
-    }
-    pp.grid.after_step(d, done, [&] {
-      at_step(p, pp.grid, pp.grid.steps - 2 - done);
-      tile_row = backward_thread_row<T, U>(p, layout, d, j0, 0);
-    });
-  }
+  pp.grid.for_each_step(
+      d, pp.step, true,
+      [&](const BackwardStepParams<T>& p, int64_t i0) {
+        return backward_thread_row<T, U>(p, pp.grid.layout, d, j0, i0);
+      },
+      [&](const BackwardStepParams<T>& p, int64_t i0, const BackwardThreadRow<T>& tr) {
+        backward_persistent_rows<T, U>(pp, p, sm, d, j0, i0, tr);
+      });
 }
 
 template <typename T>

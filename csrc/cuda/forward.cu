@@ -280,38 +280,24 @@ __device__ void forward_persistent_rows(const PersistentForwardParams<T>& pp,
   forward_finish(p, d, forward_row(p, d, i0 + r), j, rsum, in);
 }
 
-// Step s of the launch in p.
-template <typename T>
-__device__ void at_step(ForwardStepParams<T>& p, const PersistentGrid<T>& grid, int64_t s) {
-  p.step = s;
-  p.active = grid.active[s];
-}
-
-// Every step of the layer. The cell inputs of a step's first row tile are read inside the barrier
-// that ends the step before, between the block's arrival and its wait (c_prev there is this
-// thread's own store of that step, the input projection a launch older); a later tile's are read
-// as it starts, ahead of its partials.
+// Every step of the layer (PersistentGrid::for_each_step): the cell inputs of a step's first row
+// tile are read inside the barrier that ends the step before (c_prev there is this thread's own
+// store of that step, the input projection a launch older).
 template <typename T, int U>
 __global__ void __launch_bounds__(kPersistentThreads, kPersistentMinBlocks<T>)
     forward_persistent_kernel(PersistentForwardParams<T> pp) {
   const int d = pp.grid.direction();
   const int64_t j0 = pp.grid.first_unit(U);
   const SliceShared<T> sm = slice_shared(pp.grid.layout);
-  const SliceLayout<T>& layout = pp.grid.layout;
   stage_forward_weights<T, U>(pp, sm, d, j0);  // slice_partials' first barrier publishes it
-  ForwardStepParams<T> p = pp.step;
-  at_step(p, pp.grid, 0);
-  ForwardCellInputs<T> tile_inputs = tile_cell_inputs<T, U>(p, layout, d, j0, 0);
-  for (int64_t s = 0; s < pp.grid.steps; ++s) {
-    for (int64_t i0 = 0; i0 < p.active; i0 += layout.rows) {
-      if (i0 > 0) tile_inputs = tile_cell_inputs<T, U>(p, layout, d, j0, i0);
-      forward_persistent_rows<T, U>(pp, p, sm, d, j0, i0, tile_inputs);
-    }
-    pp.grid.after_step(d, s, [&] {
-      at_step(p, pp.grid, s + 1);
-      tile_inputs = tile_cell_inputs<T, U>(p, layout, d, j0, 0);
-    });
-  }
+  pp.grid.for_each_step(
+      d, pp.step, false,
+      [&](const ForwardStepParams<T>& p, int64_t i0) {
+        return tile_cell_inputs<T, U>(p, pp.grid.layout, d, j0, i0);
+      },
+      [&](const ForwardStepParams<T>& p, int64_t i0, const ForwardCellInputs<T>& in) {
+        forward_persistent_rows<T, U>(pp, p, sm, d, j0, i0, in);
+      });
 }
 
 template <typename T>

@@ -247,6 +247,31 @@ struct PersistentGrid {
     between();
     wait_for(arrivals + d, static_cast<unsigned>(blocks_per_direction * (done + 1)));
   }
+  // Every step of the launch for direction d, in processing order (`reverse`: last first), on the
+  // step parameters p (their step and active set here), a row tile of layout.rows rows at a time.
+  // load(p, i0) is what a thread reads of its row in the tile from row i0 that does not depend on
+  // the step's sums (the cell's inputs); run(p, i0, loaded) the tile. The first tile's load of a
+  // step runs inside the barrier that ends the step before (after_step's `between`), a later
+  // tile's as it starts, ahead of its partials. Every thread of the block calls it.
+  template <class StepParams, class Load, class Run>
+  __device__ void for_each_step(int d, StepParams p, bool reverse, Load load, Run run) const {
+    const auto at = [&](int64_t done) {
+      p.step = reverse ? steps - 1 - done : done;
+      p.active = active[p.step];
+    };
+    at(0);
+    auto loaded = load(p, int64_t(0));
+    for (int64_t done = 0; done < steps; ++done) {
+      for (int64_t i0 = 0; i0 < p.active; i0 += layout.rows) {
+        if (i0 > 0) loaded = load(p, i0);
+        run(p, i0, loaded);
+      }
+      after_step(d, done, [&] {
+        at(done + 1);
+        loaded = load(p, int64_t(0));
+      });
+    }
+  }
 };
 
 // The arrival counters of a persistent launch's two directions, zeroed in stream order.
