@@ -3,7 +3,8 @@
 # and the CUDA kernels against the exact reference of the arithmetic, tests/test_arithmetic_v2.py)
 # with every kernel checked as it finishes (DETLSTM_CUDA_SYNC=1); the exhaustive canonical-function test; one small
 # forward + backward under compute-sanitizer (memcheck, racecheck); cuDNN's own reproducibility;
-# detlstm against cuDNN (tagger, large, stream); device time per kernel in every launch variant.
+# detlstm against cuDNN (tagger, large, stream); device time per kernel in the launch variants not
+# timed yet and the default (PROFILE_VARIANTS).
 # A short table last; at most eight files under $OUT (what the device tool brings back):
 #   summary.txt gpu_tests.log canonical.log sanitizer.log cudnn_repro.json profile.md
 #   bench/report_cuda.md bench/results_cuda.json        (build.log only when the build fails)
@@ -96,7 +97,9 @@ if want bench; then
 fi
 
 if want profile; then
+  # the shapes not timed yet, against the default; 1-3 (per-step, measured at first light) left out
   phase profile 120 $PY -m bench.gpu_profile --shapes tagger,large,stream --out "$OUT/profile.md" \
+    --variants "${PROFILE_VARIANTS:-0,9,8,6,7,5,4}" \
     > /dev/null 2> /tmp/detlstm_profile.err
   rc=$?
   [ $rc -ne 0 ] && tail -5 /tmp/detlstm_profile.err >> "$OUT/profile.md"

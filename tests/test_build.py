@@ -53,8 +53,8 @@ def test_cuda_launch_variant_is_exported_and_checked():
     previous = detlstm.set_cuda_launch_variant(2)
     try:
         assert detlstm.set_cuda_launch_variant(3) == 2
-        with pytest.raises(ValueError, match=r"launch variant must be in \[0, 9\), got 9"):
-            detlstm.set_cuda_launch_variant(9)
+        with pytest.raises(ValueError, match=r"launch variant must be in \[0, 10\), got 10"):
+            detlstm.set_cuda_launch_variant(10)
     finally:
         detlstm.set_cuda_launch_variant(previous)
 

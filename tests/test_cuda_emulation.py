@@ -137,10 +137,23 @@ def test_many_rows_give_the_cpu_bits(emulated, variant):
 WIDE = dict(steps=23, batch=9, inputs=130, hidden=36, lengths=(23, 1, 20, 22, 5, 23, 12, 2, 23))
 
 
-@pytest.mark.parametrize("variant", [0, 1, 6, 7])
+@pytest.mark.parametrize("variant", [0, 1, 6, 7, 9])
 @pytest.mark.parametrize("proj", [0, 5])
 def test_wide_gemm_tiles_give_the_cpu_bits(emulated, variant, proj):
     _two_layer_bidir_against_cpu(emulated, WIDE, "wide tiles", proj, 3, variant)
+
+
+@pytest.mark.parametrize("early", [False, True])
+def test_gemm_tiles_by_asynchronous_copies_give_the_cpu_bits_wherever_copies_land(emulated, early):
+    """Launch shape 9's GEMM tiles, whose stages are filled by asynchronous copies: with copies that
+    land as late as CUDA allows (a stage read before its wait shows stale values) and with copies
+    that land as they are issued (a stage refilled before every thread is done with it shows the
+    new values to the threads still reading it)."""
+    previous = emulated.set_async_landing(early)
+    try:
+        _two_layer_bidir_against_cpu(emulated, WIDE, f"copies landing early={early}", 0, 6, 9, 3)
+    finally:
+        emulated.set_async_landing(previous)
 
 
 # More than 8 chunks of 64 valid rows (about 740 rows): the bias gradient folds its chunk partials
@@ -266,6 +279,23 @@ def test_emulator_shows_a_missing_barrier_and_reports_a_divergent_one(emulated):
     assert racy[:63].eq(1).all() and racy[63] == 2
     with pytest.raises(RuntimeError, match="different barriers"):
         emulated.neighbour_read_probe(3, True, True)
+
+
+def test_emulator_lands_asynchronous_copies_late_or_early_and_reports_one_left_pending(emulated):
+    """A read of shared memory before the copy's wait sees the old value when copies land late (the
+    default) and the new one when they land as issued; after the wait, the new one either way. A
+    thread that returns with a copy in flight is an error."""
+    values = torch.arange(100, 132, dtype=torch.int32)
+    for early in (False, True):
+        previous = emulated.set_async_landing(early)
+        try:
+            assert torch.equal(emulated.async_copy_probe(values, True, False), values)
+            before_wait = emulated.async_copy_probe(values, False, False)
+            assert torch.equal(before_wait, values if early else torch.full_like(values, -1))
+        finally:
+            emulated.set_async_landing(previous)
+    with pytest.raises(RuntimeError, match="asynchronous copies not waited for"):
+        emulated.async_copy_probe(values, False, True)
 
 
 def test_emulator_runs_cooperative_blocks_apart_and_reports_a_wait_that_never_ends(emulated):

@@ -10,36 +10,14 @@
 // bits match the CPU's for any BM/BN/TM/TN and any grid.
 #pragma once
 
-#include "kernels_common.cuh"
+#include "gemm_patch.cuh"
+#include "gemm_tile_async.cuh"
 
 namespace detlstm {
 namespace cuda {
 
 constexpr int kGemmBK = 16;
 static_assert(kSumChunk % kGemmBK == 0, "a chunk must end on a P-tile boundary");
-
-// The thread's patch position in a BM x BN tile.
-template <int BN, int TN>
-__device__ __forceinline__ int patch_col() { return threadIdx.x % (BN / TN); }
-template <int BN, int TN>
-__device__ __forceinline__ int patch_row() { return threadIdx.x / (BN / TN); }
-
-template <typename T, int TM, int TN>
-__device__ __forceinline__ void zero_patch(T (&acc)[TM][TN]) {
-#pragma unroll
-  for (int i = 0; i < TM; ++i)
-#pragma unroll
-    for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
-}
-
-// After term k of P: if it ends a chunk, the chunk's partials go to on_chunk and acc restarts at +0.
-template <typename T, int TM, int TN, class OnChunk>
-__device__ __forceinline__ void hand_over_chunk(int64_t k, int64_t P, T (&acc)[TM][TN],
-                                                OnChunk& on_chunk) {
-  if (!chunk_ends_after(k, P)) return;
-  on_chunk(chunk_start(k), acc);
-  zero_patch(acc);
-}
 
 // acc[i][j] continued over the first kmax terms of a staged P-tile: term kk's A values at
 // a_s[kk * LDA + ty * TM + i], its B values at b_s[kk * BN + tx * TN + j].
@@ -174,14 +152,17 @@ __device__ void gemm_tile_chunks_pipelined(int64_t M, int64_t N, int64_t P, cons
   }
 }
 
-// gemm_tile_chunks_staged, or with kPipelined gemm_tile_chunks_pipelined: the same values.
-template <typename T, bool kACols, int BM, int BN, int TM, int TN, bool kPipelined, class ARows,
+// gemm_tile_chunks_staged, _pipelined or _async, as kLoads says: the same values.
+template <typename T, bool kACols, int BM, int BN, int TM, int TN, TileLoads kLoads, class ARows,
           class BRows, class OnChunk>
 __device__ __forceinline__ void gemm_tile_chunks(int64_t M, int64_t N, int64_t P, const ARows& a,
                                                  const BRows& b, int64_t m0, int64_t n0,
                                                  int64_t chunk_begin, int64_t chunk_end,
                                                  OnChunk&& on_chunk) {
-  if constexpr (kPipelined)
+  if constexpr (kLoads == TileLoads::kAsync)
+    gemm_tile_chunks_async<T, kACols, BM, BN, TM, TN>(M, N, P, a, b, m0, n0, chunk_begin, chunk_end,
+                                                      on_chunk);
+  else if constexpr (kLoads == TileLoads::kPipelined)
     gemm_tile_chunks_pipelined<T, kACols, BM, BN, TM, TN>(M, N, P, a, b, m0, n0, chunk_begin,
                                                           chunk_end, on_chunk);
   else
@@ -191,13 +172,13 @@ __device__ __forceinline__ void gemm_tile_chunks(int64_t M, int64_t N, int64_t P
 
 // The BM x BN tile of C at (m0, n0): every chunk, each chunk's partial folded in order (rule 3),
 // then the epilogue. Every thread of the block calls this (it holds barriers).
-template <typename T, bool kACols, int BM, int BN, int TM, int TN, bool kPipelined, class ARows,
+template <typename T, bool kACols, int BM, int BN, int TM, int TN, TileLoads kLoads, class ARows,
           class BRows, class CRows>
 __device__ void gemm_chain_tile(int64_t M, int64_t N, int64_t P, const ARows& a, const BRows& b,
                                 const CRows& c, GemmEpilogue epilogue, const T* vec, int64_t m0,
                                 int64_t n0) {
   T total[TM][TN];
-  gemm_tile_chunks<T, kACols, BM, BN, TM, TN, kPipelined>(
+  gemm_tile_chunks<T, kACols, BM, BN, TM, TN, kLoads>(
       M, N, P, a, b, m0, n0, 0, ceil_div(P, kSumChunk), [&](int64_t start, T (&acc)[TM][TN]) {
 #pragma unroll
         for (int i = 0; i < TM; ++i)
@@ -207,36 +188,36 @@ __device__ void gemm_chain_tile(int64_t M, int64_t N, int64_t P, const ARows& a,
   const int tx = patch_col<BN, TN>(), ty = patch_row<BN, TN>();
 #pragma unroll
   for (int i = 0; i < TM; ++i) {
-    const int64_t m = m0 + ty * TM + i;
+    const int64_t m = m0 + patch_row_of<kLoads, BM, TM>(ty, i);
     if (m >= M) continue;
     T* row = c(m);
 #pragma unroll
     for (int j = 0; j < TN; ++j) {
-      const int64_t n = n0 + tx * TN + j;
+      const int64_t n = n0 + patch_col_of<kLoads, BN, TN>(tx, j);
       if (n < N) row[n] = epilogue == GemmEpilogue::kAddVector ? vec[n] + total[i][j] : total[i][j];
     }
   }
 }
 
 // Block (x, y) computes tile (x, y) of C, then those a grid's width and height further on.
-template <typename T, bool kACols, int BM, int BN, int TM, int TN, bool kPipelined, class ARows,
+template <typename T, bool kACols, int BM, int BN, int TM, int TN, TileLoads kLoads, class ARows,
           class BRows, class CRows>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN))
     gemm_chain_kernel(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows c,
                       GemmEpilogue epilogue, const T* vec) {
   for_each_work_block(ceil_div(N, BN), ceil_div(M, BM), [&](int64_t bx, int64_t by) {
-    gemm_chain_tile<T, kACols, BM, BN, TM, TN, kPipelined>(M, N, P, a, b, c, epilogue, vec, by * BM,
+    gemm_chain_tile<T, kACols, BM, BN, TM, TN, kLoads>(M, N, P, a, b, c, epilogue, vec, by * BM,
                                                            bx * BN);
   });
 }
 
-template <typename T, bool kACols, int BM, int BN, int TM, int TN, bool kPipelined = false,
+template <typename T, bool kACols, int BM, int BN, int TM, int TN, TileLoads kLoads = TileLoads::kStaged,
           class ARows, class BRows, class CRows>
 void launch_gemm_tiles(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows c,
                        GemmEpilogue epilogue, const T* vec, cudaStream_t stream) {
   const dim3 grid = capped_grid(ceil_div(N, BN), ceil_div(M, BM));
   launch_kernel("gemm_chain_kernel",
-                gemm_chain_kernel<T, kACols, BM, BN, TM, TN, kPipelined, ARows, BRows, CRows>, grid,
+                gemm_chain_kernel<T, kACols, BM, BN, TM, TN, kLoads, ARows, BRows, CRows>, grid,
                 (BM / TM) * (BN / TN), stream, M, N, P, a, b, c, epilogue, vec);
 }
 
@@ -244,7 +225,7 @@ void launch_gemm_tiles(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows 
 // chunks of ARITHMETIC.md v2 are a fixed split-K. Block (x, y, z) computes only chunk first + z of
 // tile (x, y) and stores that partial (partials[z] is M x N); a second kernel folds the partials
 // into C in chunk order. Same values as gemm_chain_tile: the same chains, the same fold.
-template <typename T, bool kACols, int BM, int BN, int TM, int TN, bool kPipelined, class ARows,
+template <typename T, bool kACols, int BM, int BN, int TM, int TN, TileLoads kLoads, class ARows,
           class BRows>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN))
     gemm_chunk_partials_kernel(int64_t M, int64_t N, int64_t P, ARows a, BRows b, int64_t first,
@@ -252,14 +233,15 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN))
   T* out = partials + blockIdx.z * M * N;
   for_each_work_block(ceil_div(N, BN), ceil_div(M, BM), [&](int64_t bx, int64_t by) {
     const int64_t m0 = by * BM, n0 = bx * BN, chunk = first + blockIdx.z;
-    gemm_tile_chunks<T, kACols, BM, BN, TM, TN, kPipelined>(
+    gemm_tile_chunks<T, kACols, BM, BN, TM, TN, kLoads>(
         M, N, P, a, b, m0, n0, chunk, chunk + 1, [&](int64_t, T (&acc)[TM][TN]) {
           const int tx = patch_col<BN, TN>(), ty = patch_row<BN, TN>();
 #pragma unroll
           for (int i = 0; i < TM; ++i)
 #pragma unroll
             for (int j = 0; j < TN; ++j) {
-              const int64_t m = m0 + ty * TM + i, n = n0 + tx * TN + j;
+              const int64_t m = m0 + patch_row_of<kLoads, BM, TM>(ty, i);
+              const int64_t n = n0 + patch_col_of<kLoads, BN, TN>(tx, j);
               if (m < M && n < N) out[m * N + n] = acc[i][j];
             }
         });
@@ -294,7 +276,7 @@ struct SplitBuffer {
 };
 
 // As many chunks per pass as the buffer holds (at least one, at most a grid's z).
-template <typename T, bool kACols, int BM, int BN, int TM, int TN, bool kPipelined, class ARows,
+template <typename T, bool kACols, int BM, int BN, int TM, int TN, TileLoads kLoads, class ARows,
           class BRows, class CRows>
 void launch_gemm_split(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows c,
                        SplitBuffer<T>& split, cudaStream_t stream) {
@@ -304,13 +286,27 @@ void launch_gemm_split(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows 
   for (int64_t first = 0; first < chunks; first += per_pass) {
     const int64_t count = chunks - first < per_pass ? chunks - first : per_pass;
     launch_kernel("gemm_chunk_partials_kernel",
-                  gemm_chunk_partials_kernel<T, kACols, BM, BN, TM, TN, kPipelined, ARows, BRows>,
+                  gemm_chunk_partials_kernel<T, kACols, BM, BN, TM, TN, kLoads, ARows, BRows>,
                   capped_grid(ceil_div(N, BN), ceil_div(M, BM), count), (BM / TM) * (BN / TN),
                   stream, M, N, P, a, b, first, split.get());
     launch_kernel("fold_chunk_partials_kernel", fold_chunk_partials_kernel<T, CRows>,
                   stride_grid(M * N, 256), 256, stream, M, N,
                   static_cast<const T*>(split.get()), first, count, c);
   }
+}
+
+// launch_gemm_split in 128x128 tiles of 8x8 where `wide` (float only: float64 never takes them, for
+// their registers), else 64x64 tiles of 4x4.
+template <typename T, bool kACols, TileLoads kLoads, class ARows, class BRows, class CRows>
+void launch_split_tiles(bool wide, int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows c,
+                        SplitBuffer<T>& split, cudaStream_t stream) {
+  if constexpr (sizeof(T) == 4) {
+    if (wide) {
+      launch_gemm_split<T, kACols, 128, 128, 8, 8, kLoads>(M, N, P, a, b, c, split, stream);
+      return;
+    }
+  }
+  launch_gemm_split<T, kACols, 64, 64, 4, 4, kLoads>(M, N, P, a, b, c, split, stream);
 }
 
 // C = epilogue(A . B) over the rows the providers name. M, N, P >= 1.
@@ -321,46 +317,50 @@ void gemm_chain(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows c, Gemm
   // GemmTiles::kAuto: large float products get 128x128 tiles of 8x8 patches, twice the fma per
   // shared-memory load of 4x4 patches (64 per 16 values instead of 16 per 8). Small ones, and float64
   // (whose 8x8 patch would take 128 registers of accumulators), keep 64x64 tiles of 4x4.
-  switch (launch_shape().gemm) {
+  const GemmTiles shape = launch_shape().gemm;
+  switch (shape) {
     case GemmTiles::k32x32:
       launch_gemm_tiles<T, kACols, 32, 32, 4, 4>(M, N, P, a, b, c, epilogue, vec, stream);
       return;
     case GemmTiles::k64x32:
       launch_gemm_tiles<T, kACols, 64, 32, 4, 4>(M, N, P, a, b, c, epilogue, vec, stream);
       return;
-    case GemmTiles::kAuto:
-    case GemmTiles::k128x64:
-    case GemmTiles::k128x64Pipelined:
+    default:
       break;
   }
+  constexpr TileLoads kAsync = TileLoads::kAsync;
   if constexpr (sizeof(T) == 4) {
-    if (M >= 128 && N >= 128 && launch_shape().gemm == GemmTiles::k128x64) {
-      launch_gemm_tiles<T, kACols, 128, 64, 8, 4>(M, N, P, a, b, c, epilogue, vec, stream);
-      return;
-    }
-    if (M >= 128 && N >= 128 && launch_shape().gemm == GemmTiles::k128x64Pipelined) {
-      launch_gemm_tiles<T, kACols, 128, 64, 8, 4, true>(M, N, P, a, b, c, epilogue, vec, stream);
-      return;
-    }
     if (M >= 128 && N >= 128) {
-      launch_gemm_tiles<T, kACols, 128, 128, 8, 8>(M, N, P, a, b, c, epilogue, vec, stream);
-      return;
+      switch (shape) {
+        case GemmTiles::k128x64:
+          launch_gemm_tiles<T, kACols, 128, 64, 8, 4>(M, N, P, a, b, c, epilogue, vec, stream);
+          return;
+        case GemmTiles::k128x64Pipelined:
+          launch_gemm_tiles<T, kACols, 128, 64, 8, 4, TileLoads::kPipelined>(M, N, P, a, b, c,
+                                                                            epilogue, vec, stream);
+          return;
+        case GemmTiles::kAsync:
+          launch_gemm_tiles<T, kACols, 128, 64, 8, 4, kAsync>(M, N, P, a, b, c, epilogue, vec,
+                                                              stream);
+          return;
+        default:
+          launch_gemm_tiles<T, kACols, 128, 128, 8, 8>(M, N, P, a, b, c, epilogue, vec, stream);
+          return;
+      }
     }
   }
-  launch_gemm_tiles<T, kACols, 64, 64, 4, 4>(M, N, P, a, b, c, epilogue, vec, stream);
+  if (shape == GemmTiles::kAsync)
+    launch_gemm_tiles<T, kACols, 64, 64, 4, 4, kAsync>(M, N, P, a, b, c, epilogue, vec, stream);
+  else
+    launch_gemm_tiles<T, kACols, 64, 64, 4, 4>(M, N, P, a, b, c, epilogue, vec, stream);
 }
-
-}  // namespace cuda
-}  // namespace detlstm
-
-namespace detlstm {
-namespace cuda {
 
 // C = A . B (stored, no epilogue) split over chunks where whole-sum tiles would leave most of the
 // GPU idle: fewer output tiles than multiprocessors, more than one chunk, and a buffer that holds
-// one chunk's partials. Under GemmTiles::kAuto, k128x64 and k128x64Pipelined only (all split into
-// 128x128 tiles of 8x8: without a running fold they need no more registers; the last one
-// pipelined); otherwise, and under the other launch shapes, gemm_chain. Same bits either way.
+// one chunk's partials. Under GemmTiles::kAuto, k128x64, k128x64Pipelined and kAsync (all
+// split into 128x128 tiles of 8x8 for float: without a running fold they need no more registers;
+// loaded as the shape's whole-sum tiles are, except k128x64's, staged); otherwise, and under the
+// other launch shapes, gemm_chain. Same bits either way.
 template <typename T, bool kACols, class ARows, class BRows, class CRows>
 void gemm_chain_split(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows c,
                       SplitBuffer<T>& split, cudaStream_t stream) {
@@ -368,26 +368,19 @@ void gemm_chain_split(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows c
   const bool wide = sizeof(T) == 4 && M >= 128 && N >= 128;
   const int64_t tiles = wide ? ceil_div(M, 128) * ceil_div(N, 128) : ceil_div(M, 64) * ceil_div(N, 64);
   const GemmTiles shape = launch_shape().gemm;
-  const bool pipelined = shape == GemmTiles::k128x64Pipelined;
-  if ((shape != GemmTiles::kAuto && shape != GemmTiles::k128x64 && !pipelined) ||
-      P <= kSumChunk || split.elements < M * N || tiles >= multiprocessors()) {
+  const bool splits = shape == GemmTiles::kAuto || shape == GemmTiles::k128x64 ||
+                      shape == GemmTiles::k128x64Pipelined || shape == GemmTiles::kAsync;
+  if (!splits || P <= kSumChunk || split.elements < M * N || tiles >= multiprocessors()) {
     gemm_chain<T, kACols>(M, N, P, a, b, c, GemmEpilogue::kStore, static_cast<const T*>(nullptr),
                           stream);
     return;
   }
-  if constexpr (sizeof(T) == 4) {  // float64 never takes the 128x128 tiles (their registers)
-    if (wide) {
-      if (pipelined)
-        launch_gemm_split<T, kACols, 128, 128, 8, 8, true>(M, N, P, a, b, c, split, stream);
-      else
-        launch_gemm_split<T, kACols, 128, 128, 8, 8, false>(M, N, P, a, b, c, split, stream);
-      return;
-    }
-  }
-  if (pipelined)
-    launch_gemm_split<T, kACols, 64, 64, 4, 4, true>(M, N, P, a, b, c, split, stream);
+  if (shape == GemmTiles::k128x64Pipelined)
+    launch_split_tiles<T, kACols, TileLoads::kPipelined>(wide, M, N, P, a, b, c, split, stream);
+  else if (shape == GemmTiles::kAsync)
+    launch_split_tiles<T, kACols, TileLoads::kAsync>(wide, M, N, P, a, b, c, split, stream);
   else
-    launch_gemm_split<T, kACols, 64, 64, 4, 4, false>(M, N, P, a, b, c, split, stream);
+    launch_split_tiles<T, kACols, TileLoads::kStaged>(wide, M, N, P, a, b, c, split, stream);
 }
 
 }  // namespace cuda

@@ -165,6 +165,49 @@ __device__ __forceinline__ unsigned load_acquire(const unsigned* counter) {
 __device__ __forceinline__ void spin_pause() { __nanosleep(32); }
 #endif
 
+// Asynchronous copies of one value from global to shared memory (cp.async, sm_80 and later): the
+// copy proceeds while the thread goes on, without passing through its registers. async_commit closes
+// the group of the thread's copies issued since the last commit; async_wait<N>() returns once at
+// most the N latest committed groups are still in flight, and its memory clobber keeps the
+// compiler from moving shared-memory reads above it. A barrier orders only the copies waited for
+// before it. !valid stores a zero and reads nothing, but `global` must still be a mapped address.
+// Before sm_80 the copy is an ordinary load and store, and commit and wait do nothing.
+#if defined(DETLSTM_CUDA_EMULATION)
+template <typename T>
+inline void async_copy(T* shared, const T* global, bool valid) {
+  emulated_async_copy(shared, global, sizeof(T), valid);
+}
+inline void async_commit() { emulated_async_commit(); }
+template <int N>
+inline void async_wait() {
+  emulated_async_wait(N);
+}
+#else
+template <typename T>
+__device__ __forceinline__ void async_copy(T* shared, const T* global, bool valid) {
+  static_assert(sizeof(T) == 4 || sizeof(T) == 8, "one float or double per copy");
+#if __CUDA_ARCH__ >= 800
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(dst), "l"(global),
+               "n"(int(sizeof(T))), "r"(valid ? int(sizeof(T)) : 0)
+               : "memory");
+#else
+  *shared = valid ? *global : T(0);
+#endif
+}
+__device__ __forceinline__ void async_commit() {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void async_wait() {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+#endif
+
 // The barrier between steps of one direction's blocks in a persistent kernel, in two halves so that
 // a block can issue work that needs no other block's step between them. arrive: the block's writes
 // of the step (every thread's: the __syncthreads comes before thread 0's release) are released and

@@ -40,6 +40,9 @@ enum class GemmTiles {
   k128x64Pipelined,  // k128x64 with two shared stages, the next P-tile loaded during the current
   k32x32,   // 32x32 tiles of 4x4
   k64x32,   // 64 rows x 32 columns, tiles of 4x4
+  // as k128x64 (the split products in 128x128 tiles of 8x8), every P-tile copied into shared
+  // memory by asynchronous copies over 4 stages (gemm_tile_async.cuh)
+  kAsync,
 };
 
 struct LaunchShape {
@@ -63,6 +66,8 @@ struct LaunchShape {
 // accumulators (partial and running fold) and spills; 8x4 keeps 64. Shape 7 is shape 6 with every
 // GEMM (whole-sum and split) pipelined over two shared stages. Shape 8 is shape 0 with padded chunks
 // in the persistent kernels' shared memory (bank conflicts at small batch, bench/GPU_NOTES.md).
+// Shape 9 is shape 8 with every GEMM's tiles copied by cp.async over 4 stages, conflict-free shared
+// tiles (gemm_tile_async.cuh).
 constexpr LaunchShape kLaunchShapes[] = {
     {"persistent, else slice", StepKernel::kSlice, kSliceThreads, kSliceRowsPerThread,
      GemmTiles::kAuto, Recurrence::kPersistent},
@@ -82,6 +87,9 @@ constexpr LaunchShape kLaunchShapes[] = {
      kSliceRowsPerThread, GemmTiles::k128x64Pipelined, Recurrence::kPersistent},
     {"persistent with padded chunks, else slice", StepKernel::kSlice, kSliceThreads,
      kSliceRowsPerThread, GemmTiles::kAuto, Recurrence::kPersistent, true},
+    {"persistent with padded chunks, else slice; GEMM tiles by asynchronous copies",
+     StepKernel::kSlice, kSliceThreads, kSliceRowsPerThread, GemmTiles::kAsync,
+     Recurrence::kPersistent, true},
 };
 constexpr int kLaunchShapeCount = static_cast<int>(sizeof(kLaunchShapes) / sizeof(kLaunchShapes[0]));
 

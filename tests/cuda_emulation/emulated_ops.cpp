@@ -67,6 +67,28 @@ at::Tensor neighbour_read_probe(int64_t stamp, bool sync, bool diverge) {
   return out;
 }
 
+// The emulator's check of asynchronous copies: each thread copies in[t] into its slot of shared
+// memory (which holds -1) and reads the slot after waiting for the copy (`wait` true) or before it.
+// `leave_pending` returns without waiting, which the emulator must report.
+__global__ void async_copy_kernel(const int* in, int* out, bool wait, bool leave_pending) {
+  __shared__ int slots[32];
+  const unsigned t = threadIdx.x;
+  slots[t] = -1;
+  cuda::async_copy(&slots[t], &in[t], true);
+  cuda::async_commit();
+  if (wait) cuda::async_wait<0>();
+  out[t] = slots[t];
+  if (!leave_pending) cuda::async_wait<0>();
+}
+
+at::Tensor async_copy_probe(const at::Tensor& in, bool wait, bool leave_pending) {
+  TORCH_CHECK(in.dtype() == at::kInt && in.numel() == 32 && in.is_contiguous(), "in: 32 int32");
+  at::Tensor out = at::empty({32}, at::kInt);
+  cuda::launch_kernel("async_copy_kernel", async_copy_kernel, 1, 32, nullptr, in.data_ptr<int>(),
+                      out.data_ptr<int>(), wait, leave_pending);
+  return out;
+}
+
 // The emulator's check of cooperative launches: block b writes its stamp, meets the other blocks at
 // the persistent kernels' step barrier (or skips it), then reads block b + 1's stamp. With the
 // barrier every block reads this launch's stamps in any order; without it, the block that runs ahead
@@ -102,6 +124,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("launch_shape_count", [] { return detlstm::cuda::kLaunchShapeCount; });
   m.def("set_order", &detlstm_emulation::set_order,
         "bit 0: run the blocks last to first; bit 1: run a block's threads last to first");
+  m.def("set_async_landing", &detlstm_emulation::set_async_landing,
+        "asynchronous copies land as they are issued (True) or at their wait (False, the default)");
   m.def("set_grid_limit", [](int64_t x, int64_t y) {
     // the kernels' own limit and the emulator's check together: the kernels must keep under it
     detlstm::cuda::set_grid_limit({x, y});
@@ -120,4 +144,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "the emulated GPU: multiprocessors, shared memory per multiprocessor and per block (bytes)");
   m.def("neighbour_read_probe", &detlstm::neighbour_read_probe);
   m.def("neighbour_block_probe", &detlstm::neighbour_block_probe);
+  m.def("async_copy_probe", &detlstm::async_copy_probe);
 }

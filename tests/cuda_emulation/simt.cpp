@@ -30,12 +30,23 @@ constexpr int kStalledPasses = 3;
 
 enum class FiberState { kReady, kAtBarrier, kDone };
 
+// An asynchronous copy issued and not landed yet: group 0 until a commit closes its group.
+struct PendingCopy {
+  void* dst;
+  const void* src;
+  size_t bytes;
+  bool valid;
+  uint64_t group;
+};
+
 struct Fiber {
   ucontext_t context;
   std::unique_ptr<char[]> stack;
   FiberState state = FiberState::kDone;
   unsigned slot = 0;  // the resident block it belongs to
   uint3 thread{0, 0, 0};
+  std::vector<PendingCopy> copies;
+  uint64_t groups = 0;  // groups committed so far
 };
 
 struct BlockSlot {
@@ -64,6 +75,7 @@ struct Scheduler {
   bool progressed = false;
   cudaError_t error = cudaSuccess;
   unsigned max_grid_x = 2147483647u, max_grid_y = 65535u;
+  bool copies_land_early = false;
   Counts counts{0, 0, 0};
   Device device;
 };
@@ -97,6 +109,7 @@ void fiber_entry() {
   Fiber& f = s.fibers[s.current];
   BlockSlot& slot = s.slots[f.slot];
   f.state = FiberState::kDone;
+  if (!f.copies.empty()) fail(cudaErrorAsyncCopiesPending);
   slot.live -= 1;
   slot.returned += 1;
   if (slot.at_barrier != 0) fail(cudaErrorLaunchFailure);  // others wait at a barrier it skipped
@@ -130,6 +143,8 @@ void make_resident(const std::vector<uint64_t>& blocks, const dim3& grid, const 
       f.state = FiberState::kReady;
       f.slot = static_cast<unsigned>(b);
       f.thread = linear_to_index(i, block);
+      f.copies.clear();
+      f.groups = 0;
       getcontext(&f.context);
       f.context.uc_stack.ss_sp = f.stack.get();
       f.context.uc_stack.ss_size = kStackBytes;
@@ -195,6 +210,19 @@ void run_resident(unsigned nthreads) {
       return;
     }
   }
+}
+
+void land(const PendingCopy& c) {
+  if (c.valid)
+    std::memmove(c.dst, c.src, c.bytes);
+  else
+    std::memset(c.dst, 0, c.bytes);
+}
+
+Fiber& running_fiber(const char* what) {
+  Scheduler& s = scheduler();
+  if (s.current < 0) throw std::logic_error(std::string(what) + " outside an emulated kernel");
+  return s.fibers[s.current];
 }
 
 bool shape_is_valid(const dim3& grid, const dim3& block) {
@@ -268,6 +296,12 @@ int set_order(int order) {
   return previous;
 }
 
+bool set_async_landing(bool early) {
+  const bool previous = scheduler().copies_land_early;
+  scheduler().copies_land_early = early;
+  return previous;
+}
+
 void set_max_grid(unsigned x, unsigned y) {
   scheduler().max_grid_x = x;
   scheduler().max_grid_y = y;
@@ -300,6 +334,36 @@ unsigned char* emulated_dynamic_shared() {
   if (s.current < 0) throw std::logic_error("shared memory outside an emulated kernel");
   auto& shared = s.slots[s.fibers[s.current].slot].shared;
   return shared.empty() ? nullptr : shared.data();
+}
+
+void emulated_async_copy(void* dst, const void* src, size_t bytes, bool valid) {
+  auto& f = detlstm_emulation::running_fiber("an asynchronous copy");
+  const detlstm_emulation::PendingCopy copy{dst, src, bytes, valid, 0};
+  if (detlstm_emulation::scheduler().copies_land_early)
+    detlstm_emulation::land(copy);
+  else
+    f.copies.push_back(copy);
+}
+
+void emulated_async_commit() {
+  auto& f = detlstm_emulation::running_fiber("an asynchronous copies' commit");
+  f.groups += 1;
+  for (auto& c : f.copies)
+    if (c.group == 0) c.group = f.groups;
+}
+
+// Lands, in issue order, the copies of every committed group but the latest `pending`.
+void emulated_async_wait(int pending) {
+  auto& f = detlstm_emulation::running_fiber("a wait for asynchronous copies");
+  const uint64_t last = f.groups > uint64_t(pending) ? f.groups - pending : 0;
+  std::vector<detlstm_emulation::PendingCopy> left;
+  for (const auto& c : f.copies) {
+    if (c.group != 0 && c.group <= last)
+      detlstm_emulation::land(c);
+    else
+      left.push_back(c);
+  }
+  f.copies.swap(left);
 }
 
 int emulated_blocks_per_multiprocessor(int threads, size_t shared_bytes) {
@@ -351,6 +415,8 @@ const char* cudaGetErrorString(cudaError_t err) {
     case cudaErrorLaunchFailure: return "threads of one block met different barriers (emulated)";
     case cudaErrorCooperativeLaunchTooLarge:
       return "too many blocks in cooperative launch (emulated)";
+    case cudaErrorAsyncCopiesPending:
+      return "a thread returned with asynchronous copies not waited for (emulated)";
   }
   return "unknown error (emulated)";
 }

@@ -16,6 +16,13 @@
 //   cudaOccupancyMaxActiveBlocksPerMultiprocessor; the emulated device is set by set_device;
 // - integer atomics as the GCC builtins (one OS thread runs every fiber, so they are exact), and
 //   emulated_spin_pause() for a thread that waits on another block;
+// - asynchronous copies from global to shared memory (what cp.async does, csrc/cuda's async_copy,
+//   async_commit, async_wait): each thread's copies are grouped at each commit, and a copy lands
+//   either at the latest moment CUDA allows (the wait that leaves its group no longer pending: a
+//   read of shared memory before its wait sees the old contents) or at once (set_async_landing:
+//   a copy issued into memory other threads still read changes what they read); a thread that
+//   returns with copies pending is reported, as a kernel that leaves them would race with the next
+//   work its block's shared memory holds;
 // - cudaMemcpyAsync, cudaMemsetAsync (plain memmove / memset: host and device memory are one),
 //   cudaStreamSynchronize (counts calls), cudaStreamIsCapturing (never capturing); streams are opaque
 //   pointers.
@@ -75,6 +82,7 @@ enum cudaError_t {
   cudaErrorInvalidValue = 1,
   cudaErrorLaunchTimeout = 702,
   cudaErrorLaunchFailure = 719,
+  cudaErrorAsyncCopiesPending = 999,
   cudaErrorCooperativeLaunchTooLarge = 720
 };
 enum cudaMemcpyKind {
@@ -137,6 +145,13 @@ void emulated_spin_pause();
 // The running block's dynamic shared memory (cooperative launches), null in an ordinary launch.
 unsigned char* emulated_dynamic_shared();
 
+// The running thread's asynchronous copies (see the list at the top): `bytes` from src to dst, or
+// zeros where !valid (src is then not read); a commit closes the group of the copies issued since the
+// last; a wait leaves at most `pending` of the latest committed groups not landed.
+void emulated_async_copy(void* dst, const void* src, size_t bytes, bool valid);
+void emulated_async_commit();
+void emulated_async_wait(int pending);
+
 namespace detlstm_emulation {
 
 // Runs thread_body once per thread of the grid (see the top of this file). A barrier reached by some
@@ -154,6 +169,9 @@ void set_device(int multiprocessors, int shared_per_multiprocessor, int shared_p
 
 // Order of execution: bit 0 reverses the blocks, bit 1 reverses the threads within each block.
 int set_order(int order);  // returns the previous one
+
+// Where asynchronous copies land: at the latest (false, the default) or as they are issued (true).
+bool set_async_landing(bool early);  // returns the previous setting
 
 // The largest grid along x and y a launch may have; a larger one fails as on a GPU. The default is
 // CUDA's (2^31 - 1, 65535); tests lower it to check that kernels cover work beyond their grid.
