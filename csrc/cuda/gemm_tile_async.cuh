@@ -11,8 +11,10 @@
 // - A is stored transposed, value (p, m) at column m XOR 4 * (p mod 8) of row p: the row-mode copies
 //   of a warp then fall in 32 different banks, and 4 consecutive m stay 4 aligned consecutive words.
 // - A thread's TM x TN patch is TM / 4 x TN / 4 blocks of 4 x 4, the blocks BM / (TM / 4) rows (BN /
-//   (TN / 4) columns) apart: its values of one p load as 4-word vectors, and the 16 threads of a
-//   half warp read 16 consecutive vectors of B (no two in one bank per phase) and one vector of A.
+//   (TN / 4) columns) apart: its values of one p load as 4-value vectors, and the 16 threads of a
+//   half warp read 16 consecutive vectors of B and one vector of A. In float that is the fewest
+//   shared-memory wavefronts there can be; in double (two 16-byte loads per vector, 32 bytes
+//   apart) the B loads meet 2-way conflicts, left as they are: float64 is for gradcheck, not speed.
 #pragma once
 
 #include <type_traits>
