@@ -313,8 +313,7 @@ Counts counts() { return scheduler().counts; }
 
 void __syncthreads() {
   auto& s = detlstm_emulation::scheduler();
-  if (s.current < 0) throw std::logic_error("__syncthreads() outside an emulated kernel");
-  auto& f = s.fibers[s.current];
+  auto& f = detlstm_emulation::running_fiber("__syncthreads()");
   auto& slot = s.slots[f.slot];
   f.state = detlstm_emulation::FiberState::kAtBarrier;
   slot.at_barrier += 1;
@@ -324,15 +323,13 @@ void __syncthreads() {
 }
 
 void emulated_spin_pause() {
-  auto& s = detlstm_emulation::scheduler();
-  if (s.current < 0) throw std::logic_error("a spin wait outside an emulated kernel");
-  swapcontext(&s.fibers[s.current].context, &s.home);  // stays ready: resumed in the next pass
+  auto& f = detlstm_emulation::running_fiber("a spin wait");
+  swapcontext(&f.context, &detlstm_emulation::scheduler().home);  // stays ready: next pass resumes it
 }
 
 unsigned char* emulated_dynamic_shared() {
-  auto& s = detlstm_emulation::scheduler();
-  if (s.current < 0) throw std::logic_error("shared memory outside an emulated kernel");
-  auto& shared = s.slots[s.fibers[s.current].slot].shared;
+  auto& f = detlstm_emulation::running_fiber("shared memory");
+  auto& shared = detlstm_emulation::scheduler().slots[f.slot].shared;
   return shared.empty() ? nullptr : shared.data();
 }
 
