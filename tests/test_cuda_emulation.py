@@ -156,8 +156,8 @@ def test_gemm_tiles_by_asynchronous_copies_give_the_cpu_bits_wherever_copies_lan
         emulated.set_async_landing(previous)
 
 
-# More than 8 chunks of 64 valid rows (about 740 rows): the bias gradient folds its chunk partials
-# over several rounds, and the persistent kernels take a row tile of 20 rows.
+# 12 chunks of 64 valid rows (743 rows): the weight and bias gradients fold 12 chunk partials, and
+# the persistent kernels take a row tile of 20 rows.
 LONG = dict(steps=40, batch=20, inputs=3, hidden=6, lengths=tuple(40 - (b % 7) for b in range(20)))
 
 
@@ -178,14 +178,15 @@ def _launches_with_split_buffer(emulated, split_bytes):
         emulated.set_split_bytes(0)
 
 
-@pytest.mark.parametrize("split_bytes,extra_launches", [(0, 8), (4096, 28)])
+@pytest.mark.parametrize("split_bytes,extra_launches", [(0, 2), (4096, 34)])
 def test_weight_gradients_split_over_chunks_give_the_cpu_bits(emulated, split_bytes,
                                                                extra_launches):
-    """The weight gradients' few tiles and 12 chunks: split over chunks under launch shape 0, with
-    their partials folded in one pass (the default buffer: per direction and layer, dW_ih and dW_hh
-    each one partials and one fold launch instead of one GEMM: 8 more) or, with 4 KB, in passes of
-    14, 7 and 3 chunks (1 + 2 passes at layer 0, 4 + 2 at layer 1: 28 more). A 1-byte buffer holds
-    no chunk's partials: no product is split."""
+    """The weight and bias gradients' few tiles and 12 chunks: per layer one GEMM group (both
+    directions' dW_ih, dW_hh and bias sums), split over chunks under launch shape 0, with their
+    partials folded in one pass (the default buffer: one partials and one fold launch instead of one
+    GEMM launch per layer, 2 more) or, with 4 KB (1,024 values; a chunk's partials are 480 values at
+    layer 0, 912 at layer 1), in passes of 2 chunks at layer 0 and 1 at layer 1 (6 and 12 passes of
+    two launches: 11 + 23 more). A 1-byte buffer holds no chunk's partials: nothing is split."""
     unsplit = _launches_with_split_buffer(emulated, 1)
     assert _launches_with_split_buffer(emulated, split_bytes) - unsplit == extra_launches
 

@@ -16,6 +16,7 @@ struct CallDims {
   int64_t G;   // gate rows, 4H
   bool proj, bias;
 
+  CallDims() = default;  // for kernel parameter arrays filled later (the CUDA GEMM groups)
   DETLSTM_HD explicit CallDims(const ::detlstm::LstmShape& s)
       : T(s.steps), B(s.batch), I(s.input_size), H(s.hidden_size),
         RH(s.proj_size > 0 ? s.proj_size : s.hidden_size), L(s.num_layers), D(s.directions),

@@ -2,7 +2,7 @@
 // csrc/cpu/lstm_cpu_backward.h), the same sums as the CPU (ARITHMETIC.md rule 8): per layer, steps
 // in reverse processing order (one launch per step, both directions in grid z), each thread summing
 // over the gate rows of da(next step) . W_hh for its unit's dh and running the cell's backward; then
-// the initial-state, input, weight and bias gradients.
+// the initial-state and input gradients, and the weight and bias gradients in one grouped launch.
 #include "gemm_chain.cuh"
 #include "persistent.cuh"
 
@@ -396,43 +396,16 @@ struct HPrevRows {
   }
 };
 
-// db[n] = the chunked add-sum over the valid rows in storage order; b_ih and b_hh get the same. A
-// block takes kBiasCols gate rows with kBiasLanes threads each: round by round, lane l adds up chunk
-// (round * kBiasLanes + l) of its gate row (a chain from +0 over the chunk's rows in order), then
-// lane 0 folds the round's partials into the running total in chunk order. So the chunks' chains run
-// side by side instead of one chain over every row.
-constexpr int kBiasCols = 32;
-constexpr int kBiasLanes = 8;
+// The right factor of a weight gradient, row v of the valid rows: a gathered row of a matrix (the
+// layer's input for W_ih, the cell outputs for W_hr) or, for W_hh, h_prev. One type, so that every
+// weight gradient of a layer can run in one GEMM group.
 template <typename T>
-__global__ void __launch_bounds__(kBiasCols * kBiasLanes)
-    bias_grad_kernel(const T* da, const int64_t* valid, int64_t rows, int64_t G, T* db_ih,
-                     T* db_hh) {
-  __shared__ T partial_s[kBiasLanes][kBiasCols];
-  const int col = threadIdx.x % kBiasCols, lane = threadIdx.x / kBiasCols;
-  const int64_t chunks = ceil_div(rows, kSumChunk);
-  for (int64_t n0 = blockIdx.x * int64_t(kBiasCols); n0 < G; n0 += gridDim.x * int64_t(kBiasCols)) {
-    const int64_t n = n0 + col;
-    T total = T(0);
-    for (int64_t c0 = 0; c0 < chunks; c0 += kBiasLanes) {
-      const int64_t c = c0 + lane, v0 = c * kSumChunk;
-      if (c < chunks && n < G) {
-        const int64_t v1 = v0 + kSumChunk < rows ? v0 + kSumChunk : rows;
-        T acc = T(0);
-#pragma unroll 8
-        for (int64_t v = v0; v < v1; ++v) acc = acc + da[valid[v] * G + n];
-        partial_s[lane][col] = acc;
-      }
-      __syncthreads();
-      for (int l = 0; lane == 0 && n < G && l < kBiasLanes && c0 + l < chunks; ++l)
-        total = fold_chunk(total, partial_s[l][col], (c0 + l) * kSumChunk);
-      __syncthreads();  // the partials are folded before the next round overwrites them
-    }
-    if (lane == 0 && n < G) {
-      db_ih[n] = total;
-      db_hh[n] = total;
-    }
-  }
-}
+struct WeightGradRows {
+  Rows<const T> rows;
+  HPrevRows<T> h_prev;
+  bool is_h_prev;
+  __device__ const T* operator()(int64_t v) const { return is_h_prev ? h_prev(v) : rows(v); }
+};
 
 // m = o * tanh(c) of every valid (t, b), as the forward's cell computed it (for dW_hr).
 template <typename T>
@@ -588,62 +561,61 @@ template <typename T>
 T* input_gradient(const LstmBackwardArgs<T>& a, const CallDims& c, const DeviceSchedule& ds,
                   const BackwardLayer<T>& L, const BackwardScratch<T>& s, cudaStream_t stream) {
   T* dX = L.l == 0 ? a.dx : s.grad_buf[L.l % 2];
+  GemmGroup<T, Rows<const T>, Rows<const T>, Rows<T>, 2> group;  // both directions, one launch
+  group.P = c.G;
   for (int64_t d = 0; d < c.D; ++d)
-    gemm_chain<T, false>(ds.rows, L.K, c.G, Rows<const T>{s.da[d], ds.valid, c.G, 0},
-                         Rows<const T>{a.fwd.weights.w_ih[L.l * c.D + d], nullptr, L.K, 0},
-                         Rows<T>{d == 0 ? dX : s.dx_reverse, ds.valid, L.K, 0},
-                         GemmEpilogue::kStore, static_cast<const T*>(nullptr), stream);
+    group.add({ds.rows, L.K, Rows<const T>{s.da[d], ds.valid, c.G, 0},
+               Rows<const T>{a.fwd.weights.w_ih[L.l * c.D + d], nullptr, L.K, 0},
+               Rows<T>{d == 0 ? dX : s.dx_reverse, ds.valid, L.K, 0}, GemmEpilogue::kStore,
+               nullptr, {nullptr, nullptr}});
+  gemm_group<T, false>(group, stream);
   if (c.D == 2)
     launch_kernel("add_rows_kernel", add_rows_kernel<T>, stride_grid(ds.rows * L.K, 256), 256,
                   stream, dX, static_cast<const T*>(s.dx_reverse), L.K, ds.valid, ds.rows);
   return dX;
 }
 
-// Weight gradients (phases.h): chunked sums over the valid (t, b) in storage order, split over
-// their chunks where their few output tiles would leave the GPU idle (gemm_chain_split).
+// Weight and bias gradients (phases.h): chunked sums over the valid (t, b) in storage order, every
+// one of the layer in one GEMM group, split over chunks where their few output tiles would leave the
+// GPU idle (gemm_group_split). The bias gradients are the sums of dW_ih's left factor (da) over the
+// rows, computed by the same launch (GemmProblem::sums): b_ih and b_hh get the same values.
 template <typename T>
 void weight_gradients(const LstmBackwardArgs<T>& a, const CallDims& c, const DeviceSchedule& ds,
                       const BackwardLayer<T>& L, const BackwardScratch<T>& s,
                       SplitBuffer<T>& split, cudaStream_t stream) {
   const int64_t R = ds.rows;
+  GemmGroup<T, Rows<const T>, WeightGradRows<T>, Rows<T>, 6> group;
+  group.P = R;
+  const HPrevRows<T> no_h_prev{};
   for (int64_t d = 0; d < c.D; ++d) {
     const int64_t w = L.l * c.D + d;
-    gemm_chain_split<T, true>(c.G, L.K, R, Rows<const T>{s.da[d], ds.valid, c.G, 0},
-                              Rows<const T>{L.X, ds.valid, L.K, 0},
-                              Rows<T>{a.dw_ih[w], nullptr, L.K, 0}, split, stream);
-    gemm_chain_split<T, true>(c.G, c.RH, R, Rows<const T>{s.da[d], ds.valid, c.G, 0},
-                              HPrevRows<T>{c, a.fwd.h0, L.Y, ds.valid, ds.lengths, L.l, d},
-                              Rows<T>{a.dw_hh[w], nullptr, c.RH, 0}, split, stream);
+    const Rows<const T> da{s.da[d], ds.valid, c.G, 0};
+    group.add({c.G, L.K, da, {{L.X, ds.valid, L.K, 0}, no_h_prev, false},
+               {a.dw_ih[w], nullptr, L.K, 0}, GemmEpilogue::kStore, nullptr,
+               {c.bias ? a.db_ih[w] : nullptr, c.bias ? a.db_hh[w] : nullptr}});
+    group.add({c.G, c.RH, da,
+               {{}, HPrevRows<T>{c, a.fwd.h0, L.Y, ds.valid, ds.lengths, L.l, d}, true},
+               {a.dw_hh[w], nullptr, c.RH, 0}, GemmEpilogue::kStore, nullptr, {nullptr, nullptr}});
     if (!c.proj) continue;
     // dW_hr[q][k] = the chunked sum over the valid (t, b) in storage order of dh[q] * m[k].
     launch_kernel("cell_output_kernel", cell_output_kernel<T>, stride_grid(R * c.H, 256), 256,
                   stream, L.gates[d], L.cells[d], ds.valid, R, c.H, s.m_all[d]);
-    gemm_chain_split<T, true>(c.RH, c.H, R, Rows<const T>{s.dh_all[d], ds.valid, c.RH, 0},
-                              Rows<const T>{s.m_all[d], ds.valid, c.H, 0},
-                              Rows<T>{a.dw_hr[w], nullptr, c.H, 0}, split, stream);
+    group.add({c.RH, c.H, Rows<const T>{s.dh_all[d], ds.valid, c.RH, 0},
+               {{s.m_all[d], ds.valid, c.H, 0}, no_h_prev, false}, {a.dw_hr[w], nullptr, c.H, 0},
+               GemmEpilogue::kStore, nullptr, {nullptr, nullptr}});
   }
+  gemm_group_split<T, true>(group, split, stream);
 }
 
-// Bias gradients (phases.h): one chunked add-sum per gate row over the valid rows, for b_ih, b_hh,
-// its chunks computed side by side (bias_grad_kernel).
-template <typename T>
-void bias_gradients(const LstmBackwardArgs<T>& a, const CallDims& c, const DeviceSchedule& ds,
-                    const BackwardLayer<T>& L, const BackwardScratch<T>& s, cudaStream_t stream) {
-  if (!c.bias) return;
-  for (int64_t d = 0; d < c.D; ++d) {
-    const int64_t w = L.l * c.D + d;
-    launch_kernel("bias_grad_kernel", bias_grad_kernel<T>, capped_grid(ceil_div(c.G, kBiasCols)),
-                  kBiasCols * kBiasLanes, stream, s.da[d], ds.valid, ds.rows, c.G, a.db_ih[w],
-                  a.db_hh[w]);
-  }
-}
-
-// The split products' buffer: what the largest weight gradient (4H x max(I, D*RH), every chunk of the
-// valid rows) needs, at most the launch settings' split_bytes.
+// The split products' buffer: what the largest layer's weight and bias gradients (per direction 4H x
+// max(I, D*RH), 4H x RH, 4H and RH x H values, every chunk of the valid rows) need, at most the
+// launch settings' split_bytes.
 template <typename T>
 int64_t split_elements(const CallDims& c, int64_t rows) {
   const int64_t most = launch_settings().split_bytes / int64_t(sizeof(T));
-  const int64_t need = c.G * (c.I > c.DH ? c.I : c.DH) * ceil_div(rows, kSumChunk);
+  const int64_t per_direction = c.G * ((c.I > c.DH ? c.I : c.DH) + c.RH + (c.bias ? 1 : 0)) +
+                                (c.proj ? c.RH * c.H : 0);
+  const int64_t need = c.D * per_direction * ceil_div(rows, kSumChunk);
   return need < most ? need : most;
 }
 
@@ -667,7 +639,6 @@ void backward_impl(const LstmBackwardArgs<T>& a, const ScratchAlloc& scratch, cu
     initial_state_gradients(a, c, p, stream);
     T* dX = input_gradient(a, c, ds, L, s, stream);
     weight_gradients(a, c, ds, L, s, split, stream);
-    bias_gradients(a, c, ds, L, s, stream);
     // Through the dropout between layer l-1 and l: the forward's mask, regenerated.
     if (l > 0 && f.dropout.active) launch_apply_dropout(f.dropout, l - 1, dX, dX, c.DH, ds, c.B, stream);
     dY = dX;

@@ -439,12 +439,14 @@ void layer_weights(const LstmForwardArgs<T>& a, const CallDims& c, const Forward
 template <typename T>
 void input_projection(const CallDims& c, const DeviceSchedule& ds, const ForwardLayer<T>& L,
                       const ForwardScratch<T>& s, cudaStream_t stream) {
+  GemmGroup<T, Rows<const T>, Rows<const T>, Rows<T>, 2> group;  // both directions, one launch
+  group.P = L.K;
   for (int64_t d = 0; d < c.D; ++d)
-    gemm_chain<T, false>(ds.rows, c.G, L.K, Rows<const T>{L.X, ds.valid, L.K, 0},
-                         Rows<const T>{s.w[d].wt_ih, nullptr, c.G, 0},
-                         Rows<T>{L.gates[d], ds.valid, c.G, 0},
-                         c.bias ? GemmEpilogue::kAddVector : GemmEpilogue::kStore,
-                         static_cast<const T*>(s.w[d].bias), stream);
+    group.add({ds.rows, c.G, Rows<const T>{L.X, ds.valid, L.K, 0},
+               Rows<const T>{s.w[d].wt_ih, nullptr, c.G, 0}, Rows<T>{L.gates[d], ds.valid, c.G, 0},
+               c.bias ? GemmEpilogue::kAddVector : GemmEpilogue::kStore,
+               static_cast<const T*>(s.w[d].bias), {nullptr, nullptr}});
+  gemm_group<T, false>(group, stream);
 }
 
 // The recurrence (phases.h): one persistent launch for the layer where it fits (see above), else

@@ -156,10 +156,11 @@ __device__ __forceinline__ void multiply_stage(const T (&a_s)[kAsyncBK][BM],
 // Every thread of the block calls this (it holds barriers); it ends on a barrier, so the block can
 // go on with the same shared arrays, and with no copy in flight.
 template <typename T, bool kACols, int BM, int BN, int TM, int TN, class ARows, class BRows,
-          class OnChunk>
+          class OnStage, class OnChunk>
 __device__ void gemm_tile_chunks_async(int64_t M, int64_t N, int64_t P, const ARows& a,
                                        const BRows& b, int64_t m0, int64_t n0,
-                                       int64_t chunk_begin, int64_t chunk_end, OnChunk&& on_chunk) {
+                                       int64_t chunk_begin, int64_t chunk_end, OnStage&& on_stage,
+                                       OnChunk&& on_chunk) {
   static_assert(TM % 4 == 0 && TN % 4 == 0 && BM % 32 == 0, "4x4 blocks, 32-row swizzle groups");
   constexpr int kThreads = (BM / TM) * (BN / TN);
   __shared__ __align__(16) T As[kAsyncStages][kAsyncBK][BM];
@@ -203,6 +204,7 @@ __device__ void gemm_tile_chunks_async(int64_t M, int64_t N, int64_t P, const AR
     async_commit();
     const int64_t k0 = k_begin + t * int64_t(kAsyncBK);
     const int kmax = static_cast<int>(k_end - k0 < kAsyncBK ? k_end - k0 : kAsyncBK);
+    on_stage(kmax, [&](int k, int m) { return As[st][k][swizzled_column(k, m)]; });
     multiply_stage<T, BM, BN, TM, TN>(As[st], Bs[st], kmax, tx, ty, acc);
     hand_over_chunk(k0 + kmax - 1, P, acc, on_chunk);
   }

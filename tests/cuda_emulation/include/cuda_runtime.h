@@ -53,6 +53,8 @@
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
+// A kernel parameter read in place (CUDA: no per-thread copy); here parameters are the kernel's own.
+#define __grid_constant__
 #define __align__(n) __attribute__((aligned(n)))
 // The blocks of an ordinary launch never overlap in time here, so one static copy per kernel
 // instantiation is block-local (cooperative kernels use dynamic shared memory instead).
