@@ -340,6 +340,7 @@ void launch_gemm_tiles(Group group, cudaStream_t stream) {
 template <typename T, bool kACols, int BM, int BN, int TM, int TN, TileLoads kLoads, class Group>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN))
     gemm_chunk_partials_kernel(const __grid_constant__ Group group, int64_t first, T* partials) {
+  static_assert((BM / TM) * (BN / TN) >= BM, "a thread for every row's sum");
   const int64_t chunk = first + blockIdx.z;
   for (int64_t tile = blockIdx.x; tile < group.tiles(); tile += gridDim.x) {
     const GroupTile at = group_tile<BM, BN>(group, tile);
@@ -385,12 +386,12 @@ __global__ void fold_chunk_partials_kernel(const __grid_constant__ Group group, 
   }
 }
 
-// Device memory for the partials of split products, taken from the call's scratch on first use and
-// reused by every split product of the call (they run in stream order).
+// Device memory for the partials of split groups, taken from the call's scratch on first use and
+// reused by every split group of the call (they run in stream order).
 template <typename T>
 struct SplitBuffer {
   const ScratchAlloc* scratch;
-  int64_t elements;  // its size when taken: the most any split product of the call needs, capped
+  int64_t elements;  // its size when taken: the most any split group of the call needs, capped
   T* data = nullptr;
   T* get() {
     if (!data) data = scratch_array<T>(*scratch, elements);
@@ -503,6 +504,9 @@ void gemm_chain(int64_t M, int64_t N, int64_t P, ARows a, BRows b, CRows c, Gemm
 template <typename T, bool kACols, class Group>
 void gemm_group_split(Group group, SplitBuffer<T>& split, cudaStream_t stream) {
   if (group.count == 0) return;
+  for (int g = 0; g < group.count; ++g)  // the fold kernel stores the sums alone
+    if (group.problems[g].epilogue != GemmEpilogue::kStore)
+      throw std::logic_error("detlstm CUDA: a split GEMM group takes stored products only");
   const bool wide = wide_group<T>(group);
   group.set_tiles(wide ? 128 : 64, wide ? 128 : 64);
   group.set_partials();

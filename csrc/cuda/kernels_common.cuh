@@ -42,7 +42,7 @@ inline void check_launch(const char* kernel, cudaStream_t stream) {
     check_cuda(cudaStreamSynchronize(stream), kernel);  // faults while the kernel ran
 }
 
-// A grid of nx x ny x nz blocks of work, capped at the grid limit along x and y (nz is 1 or 2). No
+// A grid of nx x ny x nz blocks of work, capped at the grid limit along x and y (nz <= 65535). No
 // work gives an empty grid, which a launch rejects: callers launch only where there is work.
 inline dim3 capped_grid(int64_t nx, int64_t ny = 1, int64_t nz = 1) {
   const GridLimit limit = grid_limit();

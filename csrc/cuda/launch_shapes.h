@@ -35,7 +35,7 @@ enum class Recurrence {
 };
 
 enum class GemmTiles {
-  kAuto,    // float products of at least 128 x 128: 128x128 tiles of 8x8; else 64x64 tiles of 4x4
+  kAuto,    // groups of float products all at least 128 x 128: 128x128 tiles of 8x8; else 64x64 of 4x4
   k128x64,  // as kAuto, but 128x64 tiles of 8x4 where kAuto takes 128x128 (half the accumulators)
   k128x64Pipelined,  // k128x64 with two shared stages, the next P-tile loaded during the current
   k32x32,   // 32x32 tiles of 4x4
@@ -100,8 +100,8 @@ struct GridLimit {
 };
 constexpr GridLimit kCudaGridLimit{2147483647, 65535};
 
-// The most device memory a call holds for the partials of its split products (gemm_chain.cuh): a
-// product whose partials need more is split in several passes.
+// The most device memory a call holds for the partials of its split GEMM groups (gemm_chain.cuh): a
+// group whose partials need more is split in several passes.
 constexpr int64_t kSplitBytes = int64_t(32) << 20;
 
 // The process-wide launch settings: the shape in use (an index into kLaunchShapes), the grid limit
