@@ -377,12 +377,15 @@ __global__ void fold_chunk_partials_kernel(const __grid_constant__ Group group, 
     int64_t begin;
     const auto& p = group.problems[group.find(group.out_end, e, begin)];
     const int64_t o = e - begin;
-    T* out = o < p.M * p.N ? p.c(o / p.N) + o % p.N : p.sums[0] + (o - p.M * p.N);
+    const int64_t outputs = p.M * p.N;
+    T* out = o < outputs ? p.c(o / p.N) + o % p.N : p.sums[0] + (o - outputs);
     T total = first == 0 ? T(0) : *out;
     for (int64_t k = 0; k < count; ++k)
       total = fold_chunk(total, partials[k * values + e], (first + k) * kSumChunk);
-    *out = total;
-    if (o >= p.M * p.N && p.sums[1]) p.sums[1][o - p.M * p.N] = total;
+    if (o < outputs)
+      *out = total;
+    else
+      store_sum(p.sums, o - outputs, total);
   }
 }
 
