@@ -3,6 +3,7 @@
 // scratch memory, and the run templates that hand a view to a binding's kernels.
 #pragma once
 
+#include <ATen/EmptyTensor.h>
 #include <torch/extension.h>
 
 #include <cstdint>
@@ -64,23 +65,31 @@ LstmForwardArgs<T> lstm_forward_args(const LstmCall& call, const at::Tensor& inp
   return a;
 }
 
-// Fresh CPU outputs the kernels will write whole: see csrc/cpu/huge_pages.h.
-inline void advise_huge_pages(const at::Tensor& t) {
+// A large output the kernels will write whole: from `blocks` where the binding has one (the CPU
+// binding's block cache, csrc/cpu/block_cache.h), else torch's allocator on the options' device
+// (fresh CPU memory advised for huge pages: csrc/cpu/huge_pages.h).
+inline at::Tensor large_output(at::IntArrayRef sizes, const at::TensorOptions& opts,
+                               at::Allocator* blocks) {
+  if (blocks && opts.device().is_cpu())
+    return at::detail::empty_generic(sizes, blocks, c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                     opts.dtype().toScalarType(), std::nullopt);
+  at::Tensor t = at::empty(sizes, opts);
   if (t.is_cpu() && t.numel() > 0) cpu::advise_huge_pages_for_block(t.data_ptr(), t.nbytes());
+  return t;
 }
 
-inline LstmOutputs allocate_lstm_outputs(const LstmCall& c, const at::Tensor& input) {
+inline LstmOutputs allocate_lstm_outputs(const LstmCall& c, const at::Tensor& input,
+                                         at::Allocator* blocks) {
   const auto opts = input.options();
   const int64_t RH = c.proj_size > 0 ? c.proj_size : c.hidden_size;
   const int64_t LD = c.num_layers * c.directions, DH = c.directions * RH;
   LstmOutputs o;
-  o.output = at::empty({c.steps, c.batch, DH}, opts);
+  o.output = large_output({c.steps, c.batch, DH}, opts, blocks);
   o.h_n = at::empty({LD, c.batch, RH}, opts);
   o.c_n = at::empty({LD, c.batch, c.hidden_size}, opts);
-  o.layer_out = at::empty({c.num_layers - 1, c.steps, c.batch, DH}, opts);
-  o.gates = at::empty({c.num_layers, c.directions, c.steps, c.batch, 4 * c.hidden_size}, opts);
-  o.cells = at::empty({c.num_layers, c.directions, c.steps, c.batch, c.hidden_size}, opts);
-  for (at::Tensor* t : {&o.output, &o.layer_out, &o.gates, &o.cells}) advise_huge_pages(*t);
+  o.layer_out = large_output({c.num_layers - 1, c.steps, c.batch, DH}, opts, blocks);
+  o.gates = large_output({c.num_layers, c.directions, c.steps, c.batch, 4 * c.hidden_size}, opts, blocks);
+  o.cells = large_output({c.num_layers, c.directions, c.steps, c.batch, c.hidden_size}, opts, blocks);
   return o;
 }
 
@@ -115,10 +124,10 @@ LstmBackwardArgs<T> lstm_backward_args(const LstmForwardArgs<T>& fwd, const at::
 }
 
 inline LstmGrads allocate_lstm_grads(const at::Tensor& input, const at::Tensor& h0,
-                                     const at::Tensor& c0, const std::vector<at::Tensor>& weights) {
+                                     const at::Tensor& c0, const std::vector<at::Tensor>& weights,
+                                     at::Allocator* blocks) {
   LstmGrads g;
-  g.grad_input = at::empty_like(input, at::MemoryFormat::Contiguous);
-  advise_huge_pages(g.grad_input);
+  g.grad_input = large_output(input.sizes(), input.options(), blocks);
   g.grad_h0 = at::empty_like(h0, at::MemoryFormat::Contiguous);
   g.grad_c0 = at::empty_like(c0, at::MemoryFormat::Contiguous);
   for (const auto& w : weights) g.grad_weights.push_back(at::empty_like(w, at::MemoryFormat::Contiguous));
@@ -210,10 +219,11 @@ using ForwardResult =
 using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>>;
 
 // The rest of an operator once its call is prepared, the same for every binding: allocate the
-// outputs, hand the kernels' view (LstmForwardArgs<float> or <double>) to `run`, return the outputs.
+// outputs (the large ones from `blocks` where given, see large_output), hand the kernels' view
+// (LstmForwardArgs<float> or <double>) to `run`, return the outputs.
 template <class Run>
-ForwardResult run_lstm_forward(const PreparedCall& p, Run&& run) {
-  const LstmOutputs o = allocate_lstm_outputs(p.call, p.input);
+ForwardResult run_lstm_forward(const PreparedCall& p, Run&& run, at::Allocator* blocks = nullptr) {
+  const LstmOutputs o = allocate_lstm_outputs(p.call, p.input, blocks);
   if (p.call.batch == 0) return {o.output, o.h_n, o.c_n, o.layer_out, o.gates, o.cells};  // all empty
   if (p.input.scalar_type() == at::kFloat)
     run(forward_view<float>(p, o));
@@ -223,8 +233,8 @@ ForwardResult run_lstm_forward(const PreparedCall& p, Run&& run) {
 }
 
 template <class Run>
-BackwardResult run_lstm_backward(const PreparedCall& p, Run&& run) {
-  const LstmGrads g = allocate_lstm_grads(p.input, p.h0, p.c0, p.weights);
+BackwardResult run_lstm_backward(const PreparedCall& p, Run&& run, at::Allocator* blocks = nullptr) {
+  const LstmGrads g = allocate_lstm_grads(p.input, p.h0, p.c0, p.weights, blocks);
   if (p.call.batch == 0) {  // no sequences: the weights' gradients are sums over none of them
     for (const auto& w : g.grad_weights) w.zero_();
     return {g.grad_input, g.grad_h0, g.grad_c0, g.grad_weights};

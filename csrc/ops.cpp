@@ -62,6 +62,43 @@ std::string set_cpu_variant(const std::string& name) {
   return previous;
 }
 
+// The CPU binding's large outputs (the layer outputs, gates, cells and the input gradient) come from
+// the block cache (csrc/cpu/block_cache.h), as the kernels' own scratch does: requests under 2 MiB
+// go to torch's CPU allocator.
+class BlockCacheAllocator final : public at::Allocator {
+ public:
+  at::DataPtr allocate(size_t n) override {
+    if (n < cpu::kHugePageBytes) return at::getCPUAllocator()->allocate(n);
+    auto* held = new HeldBlock{nullptr, (n + cpu::kHugePageBytes - 1) / cpu::kHugePageBytes * cpu::kHugePageBytes};
+    try {
+      held->p = cpu::take_block(held->bytes);
+    } catch (...) {
+      delete held;
+      throw;
+    }
+    return {held->p, held, &give_back, at::Device(at::kCPU)};
+  }
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+
+ private:
+  struct HeldBlock {
+    void* p;
+    size_t bytes;
+  };
+  static void give_back(void* context) {
+    auto* held = static_cast<HeldBlock*>(context);
+    cpu::give_block(held->p, held->bytes);
+    delete held;
+  }
+};
+
+at::Allocator* block_cache_allocator() {
+  static BlockCacheAllocator allocator;
+  return &allocator;
+}
+
 const cpu::ParallelFor& torch_parallel_for() {
   static const cpu::ParallelFor pf = [](int64_t n, int64_t grain,
                                         const std::function<void(int64_t, int64_t)>& fn) {
@@ -83,7 +120,7 @@ ForwardResult lstm_forward_cpu(const at::Tensor& input, const at::Tensor& length
       kernels.forward_f32(view, torch_parallel_for());
     else
       kernels.forward_f64(view, torch_parallel_for());
-  });
+  }, block_cache_allocator());
 }
 
 BackwardResult lstm_backward_cpu(
@@ -102,7 +139,7 @@ BackwardResult lstm_backward_cpu(
       kernels.backward_f32(view, torch_parallel_for());
     else
       kernels.backward_f64(view, torch_parallel_for());
-  });
+  }, block_cache_allocator());
 }
 
 at::Tensor canonical_unary_cpu(const at::Tensor& x_, c10::string_view fn_name) {
@@ -182,4 +219,25 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         return out;
       },
       "{phase: (seconds, multiply-adds)} summed since the last call, which resets them.");
+  m.def("empty_cpu_cache", &detlstm::cpu::empty_block_cache,
+        "Release every block the CPU block cache holds.");
+  m.def("set_cpu_cache_limit", &detlstm::cpu::set_block_cache_limit,
+        "Set the CPU block cache's limit in bytes (0: keep nothing); a negative value only asks. Returns "
+        "the previous limit.",
+        pybind11::arg("limit_bytes") = -1);
+  m.def(
+      "cpu_cache_info",
+      [] {
+        const detlstm::cpu::BlockCacheInfo i = detlstm::cpu::block_cache_info();
+        pybind11::dict out;
+        out["hits"] = i.hits;
+        out["misses"] = i.misses;
+        out["cached_bytes"] = i.cached_bytes;
+        out["cached_blocks"] = i.cached_blocks;
+        out["limit_bytes"] = i.limit_bytes;
+        return out;
+      },
+      "The CPU block cache's counters: hits, misses, cached_bytes, cached_blocks, limit_bytes.");
+  m.def("set_cpu_cache_poison", &detlstm::cpu::set_block_cache_poison,
+        "Tests only: fill every block the CPU block cache keeps with 0xFF bytes (NaN).");
 }

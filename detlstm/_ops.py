@@ -76,6 +76,32 @@ def set_cpu_variant(name: str = "") -> str:
     return _C.set_cpu_variant(name)
 
 
+def empty_cpu_cache() -> None:
+    """Release the memory the CPU block cache holds (the large buffers earlier calls freed, kept for
+    the next call's use; see docs/DESIGN.md). Like torch.cuda.empty_cache: results never change."""
+    _C.empty_cpu_cache()
+
+
+def set_cpu_cache_limit(limit_bytes: int = -1) -> int:
+    """Set how many bytes of freed large CPU buffers detlstm keeps for the next call (default 1 GiB;
+    0 keeps none and releases what is held); a negative value only asks. Returns the previous limit."""
+    if isinstance(limit_bytes, bool) or not isinstance(limit_bytes, int):
+        raise TypeError(f"set_cpu_cache_limit: limit_bytes must be an int, got {type(limit_bytes).__name__}")
+    return _C.set_cpu_cache_limit(limit_bytes)
+
+
+def cpu_cache_info() -> dict:
+    """The CPU block cache's counters: hits and misses (large buffers served from the cache and
+    from fresh memory, since the process started), cached_bytes, cached_blocks and limit_bytes."""
+    return dict(_C.cpu_cache_info())
+
+
+def set_cpu_cache_poison(on: bool) -> None:
+    """Tests only: fill every block the CPU block cache keeps with 0xFF bytes (a NaN in float32 and
+    float64), so that a kernel reading memory it had not written shows it in its results."""
+    _C.set_cpu_cache_poison(bool(on))
+
+
 def set_cpu_phase_timing(on: bool) -> None:
     """Turn the CPU driver's per-phase clock on or off (off by default). bench/phases.py uses it."""
     _C.set_cpu_phase_timing(bool(on))

@@ -1,8 +1,9 @@
 // Large CPU buffers on transparent huge pages, where Linux grants them on request
 // (/sys/kernel/mm/transparent_hugepage/enabled = madvise, a common default). Why: the kernels write
-// buffers of tens of MiB (a layer's gate pre-activations, their gradients) that are fresh memory on
-// every call, and fresh memory costs a page fault and a page clear per 4 KiB: measured at ~15% of a
-// forward + backward at hidden 512 on the project's machine. One fault per 2 MiB removes most of it.
+// buffers of tens of MiB (a layer's gate pre-activations, their gradients), and fresh memory costs a
+// page fault and a page clear per 4 KiB: measured at ~15% of a forward + backward at hidden 512 on
+// the project's machine. One fault per 2 MiB removes most of it; the block cache (block_cache.h)
+// removes most of the rest by handing the next call the blocks the last one freed.
 // Only where the memory lives changes, never a value.
 #pragma once
 
@@ -11,6 +12,8 @@
 #include <memory>
 #include <new>
 #include <vector>
+
+#include "block_cache.h"
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
@@ -21,7 +24,7 @@ namespace cpu {
 constexpr size_t kHugePageBytes = size_t(2) << 20;
 
 // Asks for huge pages under the whole 2 MiB pages inside [p, p + bytes): a hint, its failure is
-// harmless. Callers pass memory that is its own mapping (see HugePageAllocator and
+// harmless. Callers pass memory that is its own mapping (map_block in block_cache.cpp,
 // advise_huge_pages_for_block), so no other allocation's pages are touched.
 inline void advise_huge_pages(void* p, size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
@@ -33,8 +36,8 @@ inline void advise_huge_pages(void* p, size_t bytes) {
 #endif
 }
 
-// std::allocator below 2 MiB; above, a private anonymous mapping of whole huge pages, advised. The
-// mapping is released whole on deallocation, like glibc's own large blocks.
+// std::allocator below 2 MiB; above, whole huge pages from the block cache (block_cache.h: a block
+// the last call returned, else a fresh advised mapping), returned to it on deallocation.
 template <typename T>
 struct HugePageAllocator {
   using value_type = T;
@@ -47,27 +50,13 @@ struct HugePageAllocator {
   }
   T* allocate(size_t n) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (n * sizeof(T) >= kHugePageBytes) {
-      // over-map by one huge page, then trim both ends so the block starts on a 2 MiB boundary
-      const size_t bytes = mapped_bytes(n), span = bytes + kHugePageBytes;
-      void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-      if (raw == MAP_FAILED) throw std::bad_alloc();
-      const uintptr_t base = reinterpret_cast<uintptr_t>(raw);
-      const uintptr_t start = (base + kHugePageBytes - 1) & ~(kHugePageBytes - 1);
-      if (start > base) munmap(raw, start - base);
-      if (base + span > start + bytes) munmap(reinterpret_cast<void*>(start + bytes), base + span - start - bytes);
-      advise_huge_pages(reinterpret_cast<void*>(start), bytes);
-      return reinterpret_cast<T*>(start);
-    }
+    if (n * sizeof(T) >= kHugePageBytes) return static_cast<T*>(take_block(mapped_bytes(n)));
 #endif
     return std::allocator<T>().allocate(n);
   }
   void deallocate(T* p, size_t n) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (n * sizeof(T) >= kHugePageBytes) {
-      munmap(p, mapped_bytes(n));
-      return;
-    }
+    if (n * sizeof(T) >= kHugePageBytes) return give_block(p, mapped_bytes(n));
 #endif
     std::allocator<T>().deallocate(p, n);
   }

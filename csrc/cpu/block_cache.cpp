@@ -1,0 +1,175 @@
+// The CPU block cache (block_cache.h): one per process, behind one mutex.
+#include "block_cache.h"
+
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <new>
+#include <vector>
+
+#include "huge_pages.h"
+
+#if defined(__linux__) || defined(__APPLE__)
+#include <pthread.h>
+#include <sys/mman.h>
+#define DETLSTM_HAVE_MMAP 1
+#else
+#define DETLSTM_HAVE_MMAP 0
+#endif
+
+namespace detlstm {
+namespace cpu {
+namespace {
+
+struct Block {
+  void* p;
+  size_t bytes;
+};
+
+struct BlockCache {
+  std::mutex mutex;
+  std::vector<Block> blocks;  // least recently returned first
+  BlockCacheInfo info;
+  bool poison = false;
+};
+
+void install_fork_handler();
+
+BlockCache& cache() {
+  // never destroyed: a tensor freed while the process exits may still return a block
+  static BlockCache* instance = [] {
+    auto* c = new BlockCache;
+    c->info.limit_bytes = kDefaultBlockCacheLimit;
+    return c;
+  }();
+  static const bool forks_handled = (install_fork_handler(), true);
+  (void)forks_handled;
+  return *instance;
+}
+
+#if DETLSTM_HAVE_MMAP
+// A child forked while another thread held the mutex would wait on it forever: the child starts
+// with a fresh one (its copy of the cached blocks is its own, copy-on-write).
+void install_fork_handler() {
+  pthread_atfork(nullptr, nullptr, [] { new (&cache().mutex) std::mutex(); });
+}
+
+// Over-maps by one huge page, then trims both ends so the block starts on a 2 MiB boundary.
+void* map_block(size_t bytes) {
+  const size_t span = bytes + kHugePageBytes;
+  void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) throw std::bad_alloc();
+  const uintptr_t base = reinterpret_cast<uintptr_t>(raw);
+  const uintptr_t start = (base + kHugePageBytes - 1) & ~(kHugePageBytes - 1);
+  if (start > base) munmap(raw, start - base);
+  if (base + span > start + bytes) munmap(reinterpret_cast<void*>(start + bytes), base + span - start - bytes);
+  advise_huge_pages(reinterpret_cast<void*>(start), bytes);
+  return reinterpret_cast<void*>(start);
+}
+void unmap_block(void* p, size_t bytes) { munmap(p, bytes); }
+// The first `bytes` of a larger block, the rest unmapped (whole huge pages: the cut is aligned).
+void trim_block(Block& b, size_t bytes) {
+  munmap(static_cast<char*>(b.p) + bytes, b.bytes - bytes);
+  b.bytes = bytes;
+}
+#else
+void install_fork_handler() {}
+void* map_block(size_t bytes) { return ::operator new(bytes, std::align_val_t(kHugePageBytes)); }
+void unmap_block(void* p, size_t) { ::operator delete(p, std::align_val_t(kHugePageBytes)); }
+void trim_block(Block&, size_t) {}  // find_block offers exact sizes only here
+#endif
+
+// Index of the cached block to serve `bytes` from (exact size, else the smallest larger one that
+// can be trimmed), or -1.
+int64_t find_block(const std::vector<Block>& blocks, size_t bytes) {
+  int64_t best = -1;
+  for (int64_t i = static_cast<int64_t>(blocks.size()) - 1; i >= 0; --i) {
+    if (blocks[i].bytes == bytes) return i;
+    if (DETLSTM_HAVE_MMAP && blocks[i].bytes > bytes && (best < 0 || blocks[i].bytes < blocks[best].bytes))
+      best = i;
+  }
+  return best;
+}
+
+// Evicts the least recently returned blocks until the cache fits its limit.
+void evict_to_limit(BlockCache& c) {
+  size_t drop = 0;
+  while (drop < c.blocks.size() && c.info.cached_bytes > c.info.limit_bytes) {
+    unmap_block(c.blocks[drop].p, c.blocks[drop].bytes);
+    c.info.cached_bytes -= static_cast<int64_t>(c.blocks[drop].bytes);
+    ++drop;
+  }
+  c.blocks.erase(c.blocks.begin(), c.blocks.begin() + static_cast<int64_t>(drop));
+  c.info.cached_blocks = static_cast<int64_t>(c.blocks.size());
+}
+
+}  // namespace
+
+void* take_block(size_t bytes) {
+  BlockCache& c = cache();
+  {
+    std::lock_guard<std::mutex> lock(c.mutex);
+    const int64_t i = find_block(c.blocks, bytes);
+    if (i >= 0) {
+      Block b = c.blocks[i];
+      c.blocks.erase(c.blocks.begin() + i);
+      c.info.cached_bytes -= static_cast<int64_t>(b.bytes);
+      c.info.cached_blocks = static_cast<int64_t>(c.blocks.size());
+      if (b.bytes != bytes) trim_block(b, bytes);
+      ++c.info.hits;
+      return b.p;
+    }
+    ++c.info.misses;
+  }
+  return map_block(bytes);
+}
+
+void give_block(void* p, size_t bytes) {
+  BlockCache& c = cache();
+  {
+    std::lock_guard<std::mutex> lock(c.mutex);
+    if (static_cast<int64_t>(bytes) <= c.info.limit_bytes) {
+      if (c.poison) std::memset(p, 0xFF, bytes);
+      c.blocks.push_back({p, bytes});
+      c.info.cached_bytes += static_cast<int64_t>(bytes);
+      evict_to_limit(c);
+      return;
+    }
+  }
+  unmap_block(p, bytes);
+}
+
+void empty_block_cache() {
+  BlockCache& c = cache();
+  std::lock_guard<std::mutex> lock(c.mutex);
+  for (const Block& b : c.blocks) unmap_block(b.p, b.bytes);
+  c.blocks.clear();
+  c.info.cached_bytes = 0;
+  c.info.cached_blocks = 0;
+}
+
+int64_t set_block_cache_limit(int64_t bytes) {
+  BlockCache& c = cache();
+  std::lock_guard<std::mutex> lock(c.mutex);
+  const int64_t previous = c.info.limit_bytes;
+  if (bytes >= 0) {
+    c.info.limit_bytes = bytes;
+    evict_to_limit(c);
+  }
+  return previous;
+}
+
+BlockCacheInfo block_cache_info() {
+  BlockCache& c = cache();
+  std::lock_guard<std::mutex> lock(c.mutex);
+  return c.info;
+}
+
+void set_block_cache_poison(bool on) {
+  BlockCache& c = cache();
+  std::lock_guard<std::mutex> lock(c.mutex);
+  c.poison = on;
+}
+
+}  // namespace cpu
+}  // namespace detlstm

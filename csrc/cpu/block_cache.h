@@ -1,0 +1,50 @@
+// Large CPU blocks kept for the next call instead of being handed back to the kernel. Why: a call's
+// big buffers (the gate pre-activations, cell states, outputs, packed weight panels and the
+// backward's gradients: tens of MiB at hidden 512) are fresh mappings every call, and the kernel
+// clears every page of a fresh mapping on first touch. Measured on the project's machine (2-core
+// EPYC, hidden 512, batch 64, 100 steps, forward): page faults and page clearing ~5% of the call at
+// two threads, the input projection 67 -> 62 ms once its output lands in reused memory. A training
+// loop asks for the same sizes every step, so a freed block usually fits the next call's request.
+//
+// Only where memory comes from changes, never a value: every buffer taken from here is either
+// written whole by the kernels before it is read (the outputs) or value-initialised by its
+// container (the kernels' scratch vectors), exactly as fresh memory was; the tests poison cached
+// blocks (set_block_cache_poison) and compare bits against the uncached run.
+//
+// The cache holds whole mappings (multiples of 2 MiB, huge-page aligned, see huge_pages.h) up to a
+// byte limit, evicting the least recently returned first; a request takes a cached block of its
+// exact size, else the smallest larger one with its tail unmapped. Its memory stays in the process
+// between calls, like torch's CUDA caching allocator: empty_block_cache() releases it,
+// set_block_cache_limit(0) turns it off.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace detlstm {
+namespace cpu {
+
+constexpr int64_t kDefaultBlockCacheLimit = int64_t(1) << 30;  // 1 GiB
+
+struct BlockCacheInfo {
+  int64_t hits = 0, misses = 0;  // requests served from the cache, and from fresh mappings
+  int64_t cached_bytes = 0, cached_blocks = 0, limit_bytes = 0;
+};
+
+// A mapping of `bytes` (a multiple of kHugePageBytes) aligned to 2 MiB and advised for huge pages:
+// from the cache where it holds one, else fresh (throws std::bad_alloc when the system has none).
+void* take_block(size_t bytes);
+// Returns a block take_block made; the cache keeps it if the limit allows, else it is unmapped.
+void give_block(void* p, size_t bytes);
+
+void empty_block_cache();
+// Sets the byte limit (0: keep nothing) and returns the previous one; a negative value only asks.
+// Lowering it evicts at once.
+int64_t set_block_cache_limit(int64_t bytes);
+BlockCacheInfo block_cache_info();
+// Tests only: fill every block the cache keeps with 0xFF bytes (a NaN in float and double), so a
+// kernel that read memory it had not written would show it in its results.
+void set_block_cache_poison(bool on);
+
+}  // namespace cpu
+}  // namespace detlstm
