@@ -64,13 +64,13 @@ struct BackwardOperands {
 
 template <typename T>
 BackwardOperands<T> backward_operands(const LstmForwardArgs<T>& f, const math::CallDims& c,
-                                      int64_t l) {
+                                      int64_t l, const ParallelFor& parallel_for) {
   BackwardOperands<T> ops;
   ops.hh_rows.resize(c.D * c.G);
   ops.hh_panels.resize(c.D);
   for (int64_t d = 0; d < c.D; ++d) {
     for (int64_t p = 0; p < c.G; ++p) ops.hh_rows[d * c.G + p] = f.weights.w_hh[l * c.D + d] + p * c.RH;
-    ops.hh_panels[d] = panels_for_vector_kernel(ops.hh_rows.data() + d * c.G, c.G, c.RH);
+    ops.hh_panels[d] = panels_for_vector_kernel(ops.hh_rows.data() + d * c.G, c.G, c.RH, parallel_for);
   }
   if (c.proj) {
     ops.hr_rows.resize(c.D * c.RH);
@@ -262,7 +262,7 @@ T* input_gradient(const LstmBackwardArgs<T>& a, const math::CallDims& c, const S
     for (int64_t v = 0; v < R; ++v) c_rows[v] = out + sched.valid[v] * K;
     for (int64_t v = 0; v < R; ++v) a_rows[v] = buf.da[d].data() + sched.valid[v] * c.G;
     for (int64_t p = 0; p < c.G; ++p) b_rows[p] = a.fwd.weights.w_ih[L.l * c.D + d] + p * K;
-    const Buffer<T> panels = panels_for_vector_kernel(b_rows.data(), c.G, K);
+    const Buffer<T> panels = panels_for_vector_kernel(b_rows.data(), c.G, K, parallel_for);
     const std::vector<GemmGroup<T>> groups{{R, a_rows.data(), b_rows.data(), c_rows.data(),
                                             GemmEpilogue::kStore, nullptr, panels_or_null(panels)}};
     gemm_chain<T, false>(groups, K, c.G, parallel_for);
@@ -309,7 +309,7 @@ void weight_gradient(const math::CallDims& c, int64_t R, const std::vector<const
   std::vector<GemmGroup<T>> groups;
   for (int64_t d = 0; d < c.D; ++d) {
     for (int64_t m = 0; m < M; ++m) c_rows[d][m] = out[d] + m * N;
-    if (d == 0 || b_step != 0) panels[d] = panels_for_vector_kernel(b_rows.data() + d * b_step, R, N);
+    if (d == 0 || b_step != 0) panels[d] = panels_for_vector_kernel(b_rows.data() + d * b_step, R, N, parallel_for);
     groups.push_back({M, a_rows.data() + d * R, b_rows.data() + d * b_step, c_rows[d].data(),
                       GemmEpilogue::kStore, nullptr, panels_or_null(panels[b_step != 0 ? d : 0])});
   }
@@ -393,7 +393,7 @@ void lstm_backward(const LstmBackwardArgs<T>& a, const ParallelFor& parallel_for
   for (int64_t l = c.L - 1; l >= 0; --l) {
     const BackwardLayer<T> L =
         backward_layer(f, c, l, dropped_layer_input(f, l, sched, buf.dropped, parallel_for), dY);
-    const BackwardOperands<T> ops = backward_operands(f, c, l);
+    const BackwardOperands<T> ops = backward_operands(f, c, l, parallel_for);
     // multiply-adds per phase, for the phase clock (lstm_cpu.h)
     const double R = static_cast<double>(sched.valid.size()), D = static_cast<double>(c.D);
     const double proj = c.proj ? R * D * c.H * c.RH : 0.0;

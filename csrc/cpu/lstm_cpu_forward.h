@@ -25,16 +25,16 @@ std::vector<const T*> weight_rows(const Buffer<T>& wt, int64_t P, int64_t N) {
 // W_ih^T and W_hh^T of one direction, as panels and, where the panels do not cover, as rows too.
 template <typename T>
 void transposed_weights(const LstmForwardArgs<T>& a, const math::CallDims& c, int64_t K, int64_t w,
-                        DirectionWeights<T>& dw) {
+                        DirectionWeights<T>& dw, const ParallelFor& parallel_for) {
   if (forward_panels_cover<T>(c.H)) {
-    dw.ih_panels = pack_transposed_panels(a.weights.w_ih[w], c.G, K);
-    dw.hh_panels = pack_transposed_panels(a.weights.w_hh[w], c.G, c.RH);
+    dw.ih_panels = pack_transposed_panels(a.weights.w_ih[w], c.G, K, parallel_for);
+    dw.hh_panels = pack_transposed_panels(a.weights.w_hh[w], c.G, c.RH, parallel_for);
     return;
   }
   dw.wt_ih = transposed(a.weights.w_ih[w], c.G, K);
   dw.wt_hh = transposed(a.weights.w_hh[w], c.G, c.RH);
-  dw.ih_panels = panels_for_vector_kernel(weight_rows(dw.wt_ih, K, c.G).data(), K, c.G);
-  dw.hh_panels = panels_for_vector_kernel(weight_rows(dw.wt_hh, c.RH, c.G).data(), c.RH, c.G);
+  dw.ih_panels = panels_for_vector_kernel(weight_rows(dw.wt_ih, K, c.G).data(), K, c.G, parallel_for);
+  dw.hh_panels = panels_for_vector_kernel(weight_rows(dw.wt_hh, c.RH, c.G).data(), c.RH, c.G, parallel_for);
 }
 
 // What the phases of one layer share.
@@ -49,12 +49,12 @@ struct ForwardLayer {
 
 template <typename T>
 ForwardLayer<T> forward_layer(const LstmForwardArgs<T>& a, const math::CallDims& c, int64_t l,
-                              const T* X) {
+                              const T* X, const ParallelFor& parallel_for) {
   ForwardLayer<T> L{l, c.layer_input(l), X, layer_output(a, l), {}, {}, {}};
   for (int64_t d = 0; d < c.D; ++d) {
     const int64_t w = l * c.D + d;
     DirectionWeights<T> dw;
-    transposed_weights(a, c, L.K, w, dw);
+    transposed_weights(a, c, L.K, w, dw, parallel_for);
     if (c.proj) dw.wt_hr = transposed(a.weights.w_hr[w], c.RH, c.H);
     if (c.bias) {
       DenormalGuard guard;  // this add runs on the calling thread: keep its subnormals too
@@ -259,7 +259,7 @@ void lstm_forward(const LstmForwardArgs<T>& a, const ParallelFor& parallel_for) 
   Buffer<T> dropped;
   for (int64_t l = 0; l < c.L; ++l) {
     const ForwardLayer<T> L =
-        forward_layer(a, c, l, dropped_layer_input(a, l, sched, dropped, parallel_for));
+        forward_layer(a, c, l, dropped_layer_input(a, l, sched, dropped, parallel_for), parallel_for);
     const double R = static_cast<double>(sched.valid.size()), D = static_cast<double>(c.D);
     timed(CpuPhase::kInputProjection, R * D * L.K * c.G,
           [&] { input_projection(c, sched, L, parallel_for); });
