@@ -63,13 +63,13 @@ std::string set_cpu_variant(const std::string& name) {
 }
 
 // The CPU binding's large outputs (the layer outputs, gates, cells and the input gradient) come from
-// the block cache (csrc/cpu/block_cache.h), as the kernels' own scratch does: requests under 2 MiB
-// go to torch's CPU allocator.
+// the block cache (csrc/cpu/block_cache.h), as the kernels' own scratch does: requests under
+// kSmallestCachedBytes go to torch's CPU allocator.
 class BlockCacheAllocator final : public at::Allocator {
  public:
   at::DataPtr allocate(size_t n) override {
-    if (n < cpu::kHugePageBytes) return at::getCPUAllocator()->allocate(n);
-    auto* held = new HeldBlock{nullptr, (n + cpu::kHugePageBytes - 1) / cpu::kHugePageBytes * cpu::kHugePageBytes};
+    if (n < cpu::kSmallestCachedBytes) return at::getCPUAllocator()->allocate(n);
+    auto* held = new HeldBlock{nullptr, cpu::block_bytes(n)};
     try {
       held->p = cpu::take_block(held->bytes);
     } catch (...) {

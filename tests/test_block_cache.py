@@ -26,7 +26,8 @@ def cache():
 
 
 # 64 steps x 33 rows: the layer output, layer_out, gates, cells and the input gradient are each
-# 2 MiB or more (the size the cache serves), with uneven lengths so that padding rows exist.
+# 2 MiB or more (the cache's huge class; the packed weights and much scratch are in its small class,
+# 64 KiB to 2 MiB), with uneven lengths so that padding rows exist.
 STEPS, BATCH, INPUTS = 64, 33, 256
 LENGTHS = [64] * 20 + [63, 50, 40, 33, 20, 17, 9, 8, 5, 3, 2, 1, 1]
 

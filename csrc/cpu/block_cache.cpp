@@ -47,6 +47,11 @@ BlockCache& cache() {
   return *instance;
 }
 
+// Small blocks come from the system allocator, as they did before the cache (glibc keeps them on
+// its heap or maps them as it sees fit; with the cache off nothing changes for them). Huge blocks
+// are mappings of their own: 2 MiB aligned, advised, trimmable.
+std::align_val_t small_alignment() { return std::align_val_t(64); }
+
 #if DETLSTM_HAVE_MMAP
 // A child forked while another thread held the mutex would wait on it forever: the child starts
 // with a fresh one (its copy of the cached blocks is its own, copy-on-write).
@@ -55,7 +60,7 @@ void install_fork_handler() {
 }
 
 // Over-maps by one huge page, then trims both ends so the block starts on a 2 MiB boundary.
-void* map_block(size_t bytes) {
+void* map_huge_block(size_t bytes) {
   const size_t span = bytes + kHugePageBytes;
   void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (raw == MAP_FAILED) throw std::bad_alloc();
@@ -66,27 +71,38 @@ void* map_block(size_t bytes) {
   advise_huge_pages(reinterpret_cast<void*>(start), bytes);
   return reinterpret_cast<void*>(start);
 }
-void unmap_block(void* p, size_t bytes) { munmap(p, bytes); }
-// The first `bytes` of a larger block, the rest unmapped (whole huge pages: the cut is aligned).
+void unmap_huge_block(void* p, size_t bytes) { munmap(p, bytes); }
+// The first `bytes` of a larger huge block, the rest unmapped (the cut is on a huge page).
 void trim_block(Block& b, size_t bytes) {
   munmap(static_cast<char*>(b.p) + bytes, b.bytes - bytes);
   b.bytes = bytes;
 }
+constexpr bool kTrimmable = true;
 #else
 void install_fork_handler() {}
-void* map_block(size_t bytes) { return ::operator new(bytes, std::align_val_t(kHugePageBytes)); }
-void unmap_block(void* p, size_t) { ::operator delete(p, std::align_val_t(kHugePageBytes)); }
-void trim_block(Block&, size_t) {}  // find_block offers exact sizes only here
+void* map_huge_block(size_t bytes) { return ::operator new(bytes, std::align_val_t(kHugePageBytes)); }
+void unmap_huge_block(void* p, size_t) { ::operator delete(p, std::align_val_t(kHugePageBytes)); }
+void trim_block(Block&, size_t) {}
+constexpr bool kTrimmable = false;
 #endif
 
-// Index of the cached block to serve `bytes` from (exact size, else the smallest larger one that
-// can be trimmed), or -1.
+void* map_block(size_t bytes) {
+  return bytes >= kHugePageBytes ? map_huge_block(bytes) : ::operator new(bytes, small_alignment());
+}
+void unmap_block(void* p, size_t bytes) {
+  if (bytes >= kHugePageBytes) return unmap_huge_block(p, bytes);
+  ::operator delete(p, small_alignment());
+}
+
+// Index of the cached block to serve `bytes` from (exact size, else, for a huge request, the
+// smallest larger huge block, to be trimmed), or -1.
 int64_t find_block(const std::vector<Block>& blocks, size_t bytes) {
+  const bool trim = kTrimmable && bytes >= kHugePageBytes;
   int64_t best = -1;
   for (int64_t i = static_cast<int64_t>(blocks.size()) - 1; i >= 0; --i) {
-    if (blocks[i].bytes == bytes) return i;
-    if (DETLSTM_HAVE_MMAP && blocks[i].bytes > bytes && (best < 0 || blocks[i].bytes < blocks[best].bytes))
-      best = i;
+    const size_t have = blocks[i].bytes;
+    if (have == bytes) return i;
+    if (trim && have > bytes && (best < 0 || have < blocks[best].bytes)) best = i;
   }
   return best;
 }

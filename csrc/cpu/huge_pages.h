@@ -21,8 +21,6 @@
 namespace detlstm {
 namespace cpu {
 
-constexpr size_t kHugePageBytes = size_t(2) << 20;
-
 // Asks for huge pages under the whole 2 MiB pages inside [p, p + bytes): a hint, its failure is
 // harmless. Callers pass memory that is its own mapping (map_block in block_cache.cpp,
 // advise_huge_pages_for_block), so no other allocation's pages are touched.
@@ -36,39 +34,33 @@ inline void advise_huge_pages(void* p, size_t bytes) {
 #endif
 }
 
-// std::allocator below 2 MiB; above, whole huge pages from the block cache (block_cache.h: a block
-// the last call returned, else a fresh advised mapping), returned to it on deallocation.
+// std::allocator below kSmallestCachedBytes; from there on, blocks of the block cache
+// (block_cache.h: a block an earlier call returned, else a fresh mapping, on huge pages from 2 MiB),
+// returned to it on deallocation.
 template <typename T>
-struct HugePageAllocator {
+struct BlockAllocator {
   using value_type = T;
-  HugePageAllocator() = default;
+  BlockAllocator() = default;
   template <class U>
-  HugePageAllocator(const HugePageAllocator<U>&) {}
+  BlockAllocator(const BlockAllocator<U>&) {}
 
-  static size_t mapped_bytes(size_t n) {
-    return (n * sizeof(T) + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
-  }
   T* allocate(size_t n) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (n * sizeof(T) >= kHugePageBytes) return static_cast<T*>(take_block(mapped_bytes(n)));
-#endif
+    if (n * sizeof(T) >= kSmallestCachedBytes) return static_cast<T*>(take_block(block_bytes(n * sizeof(T))));
     return std::allocator<T>().allocate(n);
   }
   void deallocate(T* p, size_t n) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (n * sizeof(T) >= kHugePageBytes) return give_block(p, mapped_bytes(n));
-#endif
+    if (n * sizeof(T) >= kSmallestCachedBytes) return give_block(p, block_bytes(n * sizeof(T)));
     std::allocator<T>().deallocate(p, n);
   }
 };
 template <class T, class U>
-bool operator==(const HugePageAllocator<T>&, const HugePageAllocator<U>&) { return true; }
+bool operator==(const BlockAllocator<T>&, const BlockAllocator<U>&) { return true; }
 template <class T, class U>
-bool operator!=(const HugePageAllocator<T>&, const HugePageAllocator<U>&) { return false; }
+bool operator!=(const BlockAllocator<T>&, const BlockAllocator<U>&) { return false; }
 
-// The CPU kernels' scratch: a std::vector on HugePageAllocator.
+// The CPU kernels' scratch: a std::vector on BlockAllocator.
 template <typename T>
-using Buffer = std::vector<T, HugePageAllocator<T>>;
+using Buffer = std::vector<T, BlockAllocator<T>>;
 
 // A tensor the C++ call allocated through torch: glibc maps blocks of 32 MiB and more on their own
 // (its mmap threshold never rises above that on 64-bit hosts), so only those are advised.
