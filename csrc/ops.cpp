@@ -95,8 +95,9 @@ class BlockCacheAllocator final : public at::Allocator {
 };
 
 at::Allocator* block_cache_allocator() {
-  static BlockCacheAllocator allocator;
-  return &allocator;
+  // never destroyed: storages made by it may outlive static destruction at exit
+  static BlockCacheAllocator* allocator = new BlockCacheAllocator;
+  return allocator;
 }
 
 const cpu::ParallelFor& torch_parallel_for() {

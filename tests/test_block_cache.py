@@ -25,9 +25,9 @@ def cache():
     detlstm.empty_cpu_cache()
 
 
-# 64 steps x 33 rows: the layer output, layer_out, gates, cells and the input gradient are each
-# 2 MiB or more (the cache's huge class; the packed weights and much scratch are in its small class,
-# 64 KiB to 2 MiB), with uneven lengths so that padding rows exist.
+# 64 steps x 33 rows, uneven lengths so that padding rows exist: every output the binding takes from
+# the cache (output, layer_out, gates, cells, the input gradient) is 64 KiB or more, most of them in
+# its huge class (2 MiB and more), the rest, the packed weights and much scratch in its small class.
 STEPS, BATCH, INPUTS = 64, 33, 256
 LENGTHS = [64] * 20 + [63, 50, 40, 33, 20, 17, 9, 8, 5, 3, 2, 1, 1]
 
@@ -56,9 +56,12 @@ def test_poisoned_cached_blocks_give_the_bits_of_fresh_memory(cache, hidden, bid
     detlstm.set_cpu_cache_limit(1 << 30)
     _ops.set_cpu_cache_poison(True)
     _results(model, x)  # fills the cache with blocks, each poisoned as it is returned
-    hits = detlstm.cpu_cache_info()["hits"]
+    before = detlstm.cpu_cache_info()
     reused = _results(model, x)
-    assert detlstm.cpu_cache_info()["hits"] - hits >= 8, "the second run took its large buffers fresh"
+    after = detlstm.cpu_cache_info()
+    # every buffer of 64 KiB or more, outputs included, came from the (poisoned) cache
+    assert after["misses"] == before["misses"], "the second run took some buffers fresh"
+    assert after["hits"] - before["hits"] >= 8
     assert_results_equal(reused, fresh, "poisoned cached blocks vs fresh memory")
 
 
@@ -73,12 +76,26 @@ def test_a_repeated_call_takes_its_large_buffers_from_the_cache(cache):
     second = detlstm.cpu_cache_info()
     requests = first["hits"] + first["misses"] - before["hits"] - before["misses"]
     assert first["misses"] > before["misses"]
-    assert first["cached_bytes"] >= first["cached_blocks"] * 2 * MIB > 0
+    assert first["cached_bytes"] >= first["cached_blocks"] * 64 * 1024 > 0
     assert second["misses"] == first["misses"], "the second call mapped fresh memory"
     assert second["hits"] - first["hits"] == requests
     assert second["cached_bytes"] == first["cached_bytes"]
     detlstm.empty_cpu_cache()
     assert detlstm.cpu_cache_info()["cached_bytes"] == detlstm.cpu_cache_info()["cached_blocks"] == 0
+
+
+def test_outputs_hold_cache_blocks_while_alive(cache):
+    model = _model(136, True, 0, torch.float32)
+    x = torch.randn(STEPS, BATCH, INPUTS)
+    with torch.no_grad():
+        model(x)
+        idle = detlstm.cpu_cache_info()["cached_bytes"]
+        out, _ = model(x)
+        held = idle - detlstm.cpu_cache_info()["cached_bytes"]
+    # the layer output (T, B, 2H) is a block of its own, out of the cache while the tensor lives
+    assert held >= out.numel() * out.element_size()
+    del out
+    assert detlstm.cpu_cache_info()["cached_bytes"] == idle
 
 
 def test_the_cache_keeps_to_its_limit(cache):

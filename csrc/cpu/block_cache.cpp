@@ -33,17 +33,16 @@ struct BlockCache {
   bool poison = false;
 };
 
-void install_fork_handler();
+void install_fork_handler(BlockCache* c);
 
 BlockCache& cache() {
   // never destroyed: a tensor freed while the process exits may still return a block
   static BlockCache* instance = [] {
     auto* c = new BlockCache;
     c->info.limit_bytes = kDefaultBlockCacheLimit;
+    install_fork_handler(c);
     return c;
   }();
-  static const bool forks_handled = (install_fork_handler(), true);
-  (void)forks_handled;
   return *instance;
 }
 
@@ -53,10 +52,13 @@ BlockCache& cache() {
 std::align_val_t small_alignment() { return std::align_val_t(64); }
 
 #if DETLSTM_HAVE_MMAP
-// A child forked while another thread held the mutex would wait on it forever: the child starts
-// with a fresh one (its copy of the cached blocks is its own, copy-on-write).
-void install_fork_handler() {
-  pthread_atfork(nullptr, nullptr, [] { new (&cache().mutex) std::mutex(); });
+// fork() waits until no thread is inside the cache (the parent holds its mutex across the fork), so
+// the child's copy is whole and its mutex free; the child's blocks are its own (copy-on-write).
+BlockCache* forking_cache = nullptr;
+void install_fork_handler(BlockCache* c) {
+  forking_cache = c;
+  pthread_atfork([] { forking_cache->mutex.lock(); }, [] { forking_cache->mutex.unlock(); },
+                 [] { forking_cache->mutex.unlock(); });
 }
 
 // Over-maps by one huge page, then trims both ends so the block starts on a 2 MiB boundary.
@@ -72,14 +74,14 @@ void* map_huge_block(size_t bytes) {
   return reinterpret_cast<void*>(start);
 }
 void unmap_huge_block(void* p, size_t bytes) { munmap(p, bytes); }
-// The first `bytes` of a larger huge block, the rest unmapped (the cut is on a huge page).
+// The first `bytes` of a larger huge block, the rest unmapped (the cut is on a granule).
 void trim_block(Block& b, size_t bytes) {
   munmap(static_cast<char*>(b.p) + bytes, b.bytes - bytes);
   b.bytes = bytes;
 }
 constexpr bool kTrimmable = true;
 #else
-void install_fork_handler() {}
+void install_fork_handler(BlockCache*) {}
 void* map_huge_block(size_t bytes) { return ::operator new(bytes, std::align_val_t(kHugePageBytes)); }
 void unmap_huge_block(void* p, size_t) { ::operator delete(p, std::align_val_t(kHugePageBytes)); }
 void trim_block(Block&, size_t) {}
@@ -145,8 +147,15 @@ void give_block(void* p, size_t bytes) {
   {
     std::lock_guard<std::mutex> lock(c.mutex);
     if (static_cast<int64_t>(bytes) <= c.info.limit_bytes) {
+      // called from deallocators, which must not throw: a block the list cannot take is released
+      try {
+        c.blocks.push_back({p, bytes});
+      } catch (const std::bad_alloc&) {
+        c.info.cached_blocks = static_cast<int64_t>(c.blocks.size());
+        unmap_block(p, bytes);
+        return;
+      }
       if (c.poison) std::memset(p, 0xFF, bytes);
-      c.blocks.push_back({p, bytes});
       c.info.cached_bytes += static_cast<int64_t>(bytes);
       evict_to_limit(c);
       return;

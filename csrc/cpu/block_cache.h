@@ -13,8 +13,8 @@
 // container (the kernels' scratch vectors), exactly as fresh memory was; the tests poison cached
 // blocks (set_block_cache_poison) and compare bits against the uncached run.
 //
-// Two size classes: from kSmallestCachedBytes up to 2 MiB, blocks of the system allocator in
-// kBlockGranule steps; from 2 MiB, mappings of whole huge pages, 2 MiB aligned and advised
+// Sizes in kBlockGranule steps, two classes: from kSmallestCachedBytes up to 2 MiB, blocks of the
+// system allocator; from 2 MiB, mappings of their own, 2 MiB aligned and advised for huge pages
 // (huge_pages.h). The cache holds blocks up to a byte limit, evicting the least recently returned
 // first; a request takes a cached block of its exact size, else (huge class) the smallest larger
 // huge block with its tail unmapped. Its memory
@@ -24,6 +24,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <new>
 
 namespace detlstm {
 namespace cpu {
@@ -34,10 +35,12 @@ constexpr size_t kHugePageBytes = size_t(2) << 20;
 constexpr size_t kSmallestCachedBytes = size_t(64) << 10;
 constexpr size_t kBlockGranule = size_t(64) << 10;  // small sizes in steps: more requests match
 
-// The size of the block that serves a request of n >= kSmallestCachedBytes bytes.
+// The size of the block that serves a request of n >= kSmallestCachedBytes bytes: n rounded up to a
+// granule (huge blocks too: only their start needs the 2 MiB alignment, and a returned tensor
+// should not hold up to 2 MiB it never uses).
 inline size_t block_bytes(size_t n) {
-  const size_t unit = n >= kHugePageBytes ? kHugePageBytes : kBlockGranule;
-  return (n + unit - 1) / unit * unit;
+  if (n > SIZE_MAX - kBlockGranule) throw std::bad_alloc();
+  return (n + kBlockGranule - 1) / kBlockGranule * kBlockGranule;
 }
 
 struct BlockCacheInfo {
@@ -45,8 +48,8 @@ struct BlockCacheInfo {
   int64_t cached_bytes = 0, cached_blocks = 0, limit_bytes = 0;
 };
 
-// A block of `bytes` (a block_bytes size; 64-byte aligned, and from 2 MiB on a mapping 2 MiB aligned
-// and advised for huge pages): from the cache where it holds one, else fresh (throws
+// A block of `bytes` (a block_bytes size; 64-byte aligned, and from 2 MiB on a mapping that starts
+// on a 2 MiB boundary, advised for huge pages): from the cache where it holds one, else fresh (throws
 // std::bad_alloc when the system has none).
 void* take_block(size_t bytes);
 // Returns a block take_block made; the cache keeps it if the limit allows, else it is unmapped.

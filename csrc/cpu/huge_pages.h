@@ -22,7 +22,7 @@ namespace detlstm {
 namespace cpu {
 
 // Asks for huge pages under the whole 2 MiB pages inside [p, p + bytes): a hint, its failure is
-// harmless. Callers pass memory that is its own mapping (map_block in block_cache.cpp,
+// harmless. Callers pass memory that is its own mapping (the block cache's huge blocks,
 // advise_huge_pages_for_block), so no other allocation's pages are touched.
 inline void advise_huge_pages(void* p, size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
@@ -35,8 +35,8 @@ inline void advise_huge_pages(void* p, size_t bytes) {
 }
 
 // std::allocator below kSmallestCachedBytes; from there on, blocks of the block cache
-// (block_cache.h: a block an earlier call returned, else a fresh mapping, on huge pages from 2 MiB),
-// returned to it on deallocation.
+// (block_cache.h: a block an earlier call returned, else a fresh one; from 2 MiB a mapping on huge
+// pages), returned to it on deallocation.
 template <typename T>
 struct BlockAllocator {
   using value_type = T;
