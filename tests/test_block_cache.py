@@ -121,3 +121,46 @@ def test_the_cache_keeps_to_its_limit(cache):
     assert detlstm.set_cpu_cache_limit(-1) == 2 * MIB  # a negative limit only asks
     with pytest.raises(TypeError, match="limit_bytes must be an int"):
         detlstm.set_cpu_cache_limit(1.5)
+
+
+def test_a_forked_child_uses_its_copy_of_the_cache(cache):
+    """A child forked with blocks in the cache takes them for its own calls and gets the parent's
+    bits (one thread in the child: GNU OpenMP's pool does not survive fork, docs/TROUBLESHOOTING.md)."""
+    import os
+    import select
+    import signal
+
+    from helpers import digest
+
+    model = _model(136, True, 0, torch.float32)
+    x = torch.randn(STEPS, BATCH, INPUTS)
+    def run():
+        with torch.no_grad():
+            out, (h, c) = model(x, dropout_seed=5)
+        return digest([out, h, c])
+
+    run()  # fills the cache
+    expected = run()
+    assert detlstm.cpu_cache_info()["cached_bytes"] > 0
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its digest and its cache misses, then leave at once
+        try:
+            torch.set_num_threads(1)
+            misses = detlstm.cpu_cache_info()["misses"]
+            got = run()
+            os.write(write_end, f"{got} {detlstm.cpu_cache_info()['misses'] - misses}".encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        ready, _, _ = select.select([read_end], [], [], 120)
+        assert ready, "the forked child did not answer within 120 s"
+        got, misses = os.read(read_end, 4096).decode().split()
+    finally:
+        os.close(read_end)
+        if not os.waitpid(pid, os.WNOHANG)[0]:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    assert got == expected
+    assert misses == "0", "the child mapped fresh memory where its copy of the cache had blocks"
