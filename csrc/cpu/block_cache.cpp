@@ -118,7 +118,6 @@ void evict_to_limit(BlockCache& c) {
     ++drop;
   }
   c.blocks.erase(c.blocks.begin(), c.blocks.begin() + static_cast<int64_t>(drop));
-  c.info.cached_blocks = static_cast<int64_t>(c.blocks.size());
 }
 
 }  // namespace
@@ -132,7 +131,6 @@ void* take_block(size_t bytes) {
       Block b = c.blocks[i];
       c.blocks.erase(c.blocks.begin() + i);
       c.info.cached_bytes -= static_cast<int64_t>(b.bytes);
-      c.info.cached_blocks = static_cast<int64_t>(c.blocks.size());
       if (b.bytes != bytes) trim_block(b, bytes);
       ++c.info.hits;
       return b.p;
@@ -151,7 +149,6 @@ void give_block(void* p, size_t bytes) {
       try {
         c.blocks.push_back({p, bytes});
       } catch (const std::bad_alloc&) {
-        c.info.cached_blocks = static_cast<int64_t>(c.blocks.size());
         unmap_block(p, bytes);
         return;
       }
@@ -170,7 +167,6 @@ void empty_block_cache() {
   for (const Block& b : c.blocks) unmap_block(b.p, b.bytes);
   c.blocks.clear();
   c.info.cached_bytes = 0;
-  c.info.cached_blocks = 0;
 }
 
 int64_t set_block_cache_limit(int64_t bytes) {
@@ -187,7 +183,9 @@ int64_t set_block_cache_limit(int64_t bytes) {
 BlockCacheInfo block_cache_info() {
   BlockCache& c = cache();
   std::lock_guard<std::mutex> lock(c.mutex);
-  return c.info;
+  BlockCacheInfo info = c.info;
+  info.cached_blocks = static_cast<int64_t>(c.blocks.size());
+  return info;
 }
 
 void set_block_cache_poison(bool on) {

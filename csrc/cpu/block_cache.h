@@ -17,9 +17,8 @@
 // system allocator; from 2 MiB, mappings of their own, 2 MiB aligned and advised for huge pages
 // (huge_pages.h). The cache holds blocks up to a byte limit, evicting the least recently returned
 // first; a request takes a cached block of its exact size, else (huge class) the smallest larger
-// huge block with its tail unmapped. Its memory
-// stays in the process between calls, like torch's CUDA caching allocator: empty_block_cache()
-// releases it, set_block_cache_limit(0) turns it off.
+// huge block with its tail unmapped. Its memory stays in the process between calls, like torch's
+// CUDA caching allocator: empty_block_cache() releases it, set_block_cache_limit(0) turns it off.
 #pragma once
 
 #include <cstddef>
@@ -45,7 +44,8 @@ inline size_t block_bytes(size_t n) {
 
 struct BlockCacheInfo {
   int64_t hits = 0, misses = 0;  // requests served from the cache, and from fresh mappings
-  int64_t cached_bytes = 0, cached_blocks = 0, limit_bytes = 0;
+  int64_t cached_bytes = 0, limit_bytes = 0;
+  int64_t cached_blocks = 0;  // filled in by block_cache_info from the list itself
 };
 
 // A block of `bytes` (a block_bytes size; 64-byte aligned, and from 2 MiB on a mapping that starts
