@@ -181,36 +181,45 @@ void store_slots(const CellVec<N>& v, Ptr ptr) {
 }
 
 // The cell forward's first half (lstm_cell_gates) on one vector or a pair: the activated gates
-// replace the pre-activations' input parts in g.
+// replace the pre-activations' input parts in g (the backward reads them there) and go to kept, slot
+// s's gate k at kept + (s * 4 + k) * lanes, where the second half reads them: g's rows are 4H apart
+// (a power of two at common sizes), so a unit block's rows share a few cache sets and a second pass
+// over them missed L1 (measured: the cell ~20% slower, see cell_forward_vectors).
+// flatten: the canonical functions are inlined here (GCC left exp a call that passed its two
+// vectors through memory; measured at hidden 512: the whole cell ~12% slower).
 template <int N>
-void cell_gates_vectors(const CellForwardAt<float>* at, int64_t H) {
+__attribute__((flatten)) void cell_gates_vectors(const CellForwardAt<float>* at, int64_t H,
+                                                 float* kept) {
+  constexpr int64_t W = math::kVecLanes;
   const auto in = [&](int64_t k) {
     return load_slots<N>([&](int s) { return at[s].g + k; }) +
            load_slots<N>([&](int s) { return at[s].r + k; });
   };
   const math::CellState<CellVec<N>> st = math::lstm_cell_gates(in(0), in(H), in(2 * H), in(3 * H));
-  store_slots<N>(st.i, [&](int s) { return at[s].g; });
-  store_slots<N>(st.f, [&](int s) { return at[s].g + H; });
-  store_slots<N>(st.g, [&](int s) { return at[s].g + 2 * H; });
-  store_slots<N>(st.o, [&](int s) { return at[s].g + 3 * H; });
+  const CellVec<N>* gates[4] = {&st.i, &st.f, &st.g, &st.o};
+  for (int k = 0; k < 4; ++k) {
+    store_slots<N>(*gates[k], [&](int s) { return at[s].g + k * H; });
+    store_slots<N>(*gates[k], [&](int s) { return kept + (s * 4 + k) * W; });
+  }
 }
 
-// Its second half (lstm_cell_state), from the gates cell_gates_vectors stored.
+// Its second half (lstm_cell_state), from the gates cell_gates_vectors kept.
 template <int N>
-void cell_state_vectors(const CellForwardAt<float>* at, int64_t H) {
-  const auto gate = [&](int64_t k) { return load_slots<N>([&](int s) { return at[s].g + k; }); };
+__attribute__((flatten)) void cell_state_vectors(const CellForwardAt<float>* at, const float* kept) {
+  constexpr int64_t W = math::kVecLanes;
+  const auto gate = [&](int64_t k) { return load_slots<N>([&](int s) { return kept + (s * 4 + k) * W; }); };
   math::CellState<CellVec<N>> st;
   st.i = gate(0);
-  st.f = gate(H);
-  st.g = gate(2 * H);
-  st.o = gate(3 * H);
+  st.f = gate(1);
+  st.g = gate(2);
+  st.o = gate(3);
   math::lstm_cell_state(st, load_slots<N>([&](int s) { return at[s].c_prev; }));
   store_slots<N>(st.c, [&](int s) { return at[s].c_out; });
   store_slots<N>(st.h, [&](int s) { return at[s].h_out; });
 }
 
 template <int N>
-void cell_backward_vectors(const CellBackwardAt<float>* at, int64_t H) {
+__attribute__((flatten)) void cell_backward_vectors(const CellBackwardAt<float>* at, int64_t H) {
   const auto ld = [&](auto member, int64_t k) {
     return load_slots<N>([&](int s) { return at[s].*member + k; });
   };
@@ -226,41 +235,59 @@ void cell_backward_vectors(const CellBackwardAt<float>* at, int64_t H) {
 }
 #endif
 
-// The cell forward of rows i0 .. i1-1, units j0 .. j1-1 (at: see for_cell_slots). The vector path
-// runs the gates of every slot, then every slot's cell state and h: each unit's cell is one long
-// dependent chain (exponential, divisions, then tanh of the new state), and a pass of independent
-// gate activations followed by a pass of short tanh chains lets the processor overlap slots that
-// a whole cell per slot kept apart (measured: see git log). Same operations per unit, same bits.
+#if DETLSTM_CPU_AVX2
+// Vector slots per run of the forward cell: a run's kept gates (kCellRun x 4 vectors, 8 KiB in the
+// AVX-512 build) stay in L1 between its two passes.
+constexpr int64_t kCellRun = 32;
+
+// The whole vectors of the cell forward of rows i0 .. i1-1, units j0 .. j1-1, in runs of kCellRun
+// slots (row-major: a row's vectors, then the next row's): the gates of every slot of the run, two
+// at a time, then every slot's cell state and h. Each unit's cell is one long dependent chain
+// (exponential, divisions, then tanh of the new state), and a pass of independent gate activations
+// followed by a pass of short tanh chains lets the processor overlap slots that a whole cell per
+// slot kept apart (measured: see git log). Returns the first unit of each row left to the scalar
+// path.
+template <class At>
+int64_t cell_forward_vectors(int64_t H, int64_t i0, int64_t i1, int64_t j0, int64_t j1, At at) {
+  constexpr int64_t W = math::kVecLanes;
+  const int64_t per_row = (j1 - j0) / W, n = (i1 - i0) * per_row;
+  alignas(64) float kept[kCellRun * 4 * W];
+  CellForwardAt<float> slot[kCellRun];
+  for (int64_t k0 = 0; k0 < n; k0 += kCellRun) {
+    const int64_t run = std::min(kCellRun, n - k0);
+    for (int64_t q = 0; q < run; ++q) slot[q] = at(i0 + (k0 + q) / per_row, j0 + (k0 + q) % per_row * W);
+    int64_t q = 0;
+    for (; q + 2 <= run; q += 2) cell_gates_vectors<2>(slot + q, H, kept + q * 4 * W);
+    if (q < run) cell_gates_vectors<1>(slot + q, H, kept + q * 4 * W);
+    for (q = 0; q + 2 <= run; q += 2) cell_state_vectors<2>(slot + q, kept + q * 4 * W);
+    if (q < run) cell_state_vectors<1>(slot + q, kept + q * 4 * W);
+  }
+  return j0 + per_row * W;
+}
+#endif
+
+// The cell forward of rows i0 .. i1-1, units j0 .. j1-1; at(i, j) gives row i's pointers at unit j.
+// The vector builds run whole vectors through cell_forward_vectors, and the units past a row's last
+// whole vector, like every unit elsewhere, one at a time here. Same operations per unit, same bits.
 template <typename T, class At>
 void cell_forward_rows(int64_t H, int64_t i0, int64_t i1, int64_t j0, int64_t j1, At at) {
-  for_cell_slots<T>(
-      i0, i1, j0, j1, at,
-      [&](auto n, const CellForwardAt<T>* slots) {
+  int64_t j_scalar = j0;
 #if DETLSTM_CPU_AVX2
-        if constexpr (std::is_same<T, float>::value) cell_gates_vectors<decltype(n)::value>(slots, H);
+  if constexpr (std::is_same<T, float>::value) j_scalar = cell_forward_vectors(H, i0, i1, j0, j1, at);
 #endif
-        (void)n, (void)slots;
-      },
-      [&](const CellForwardAt<T>& p) {
-        const math::CellState<T> st = math::lstm_cell_forward(
-            p.g[0] + p.r[0], p.g[H] + p.r[H], p.g[2 * H] + p.r[2 * H], p.g[3 * H] + p.r[3 * H],
-            p.c_prev[0]);
-        p.g[0] = st.i;
-        p.g[H] = st.f;
-        p.g[2 * H] = st.g;
-        p.g[3 * H] = st.o;
-        p.c_out[0] = st.c;
-        p.h_out[0] = st.h;
-      });
-  for_cell_slots<T>(
-      i0, i1, j0, j1, at,
-      [&](auto n, const CellForwardAt<T>* slots) {
-#if DETLSTM_CPU_AVX2
-        if constexpr (std::is_same<T, float>::value) cell_state_vectors<decltype(n)::value>(slots, H);
-#endif
-        (void)n, (void)slots;
-      },
-      [&](const CellForwardAt<T>&) {});  // the scalar units ran whole in the first pass
+  for (int64_t i = i0; i < i1; ++i)
+    for (int64_t j = j_scalar; j < j1; ++j) {
+      const CellForwardAt<T> p = at(i, j);
+      const math::CellState<T> st = math::lstm_cell_forward(
+          p.g[0] + p.r[0], p.g[H] + p.r[H], p.g[2 * H] + p.r[2 * H], p.g[3 * H] + p.r[3 * H],
+          p.c_prev[0]);
+      p.g[0] = st.i;
+      p.g[H] = st.f;
+      p.g[2 * H] = st.g;
+      p.g[3 * H] = st.o;
+      p.c_out[0] = st.c;
+      p.h_out[0] = st.h;
+    }
 }
 
 // The cell backward of rows i0 .. i1-1, units j0 .. j1-1 (at: see for_cell_slots).
