@@ -4,7 +4,8 @@
 // cut into chunks of kSumChunk; each chunk is one chain of fma from +0 in ascending p; the chunk
 // partials are left-folded, and the running fold is kept in C between chunks (a store and a reload
 // are exact). The epilogue stores S, or v[n] + S. Tiling only decides which (m, n) a thread computes
-// and when, and every reduction slice starts on a chunk boundary (kKC is a multiple of kSumChunk),
+// and when, and every reduction slice starts on a chunk boundary (kKCRows and kKCCols are multiples
+// of kSumChunk),
 // so the bits of C[m][n] depend on row m of A, column n of B and v alone: not on M (batch
 // invariance), not on the thread count, not on the tile sizes, and not on whether the vector or the
 // scalar micro-kernel ran.
@@ -29,8 +30,15 @@ struct GemmGroup {
 constexpr int kMR = DETLSTM_CPU_AVX512 ? 8 : 6;
 constexpr int kNR = 16;    // columns of C per micro-tile (two AVX2 vectors, one AVX-512 vector)
 constexpr int kNB = 512;   // columns of C per row-mode task (see gemm_chain)
-constexpr int kKC = 256;   // reduction block: the slice of B a task streams stays in L2
-static_assert(kKC % math::kSumChunk == 0, "a reduction slice must start on a chunk boundary");
+// Reduction slices (values of p per pass over a block's strips). Column mode packs A per slice
+// (kMBCols x kKCCols values, 256 KiB, in L2). Row mode reads A's kMR rows in place (8 x kKCRows
+// values, in L1) and a row-mode task is one tile, so a strip of B is read once per task whatever
+// the slice: a longer one only saves micro-kernel calls and the reload of C between slices
+// (input projection at hidden 512, two threads: 62.1 -> 60.6 ms, 256 -> 512).
+constexpr int kKCRows = 512;
+constexpr int kKCCols = 256;
+static_assert(kKCRows % math::kSumChunk == 0 && kKCCols % math::kSumChunk == 0,
+              "a reduction slice must start on a chunk boundary");
 
 // Sets the x86 control bits that would flush subnormals (FTZ, DAZ) to IEEE behaviour for the
 // current thread while a kernel runs, and restores the caller's bits after (ARITHMETIC.md rule 2).
@@ -299,13 +307,14 @@ const T* panels_or_null(const Buffer<T>& panels) {
 }
 
 // Rows m_begin .. m_end-1 and columns n_begin .. n_end-1 of C, the whole reduction, on the calling
-// thread. Loop order: a kKC slice of p, then each kNR-column strip of B, then every kMR-row tile of
-// the block over that strip, so the strip (kKC x kNR values) is read from L2 once and reused from L1
-// by all the block's tiles. Any order of these loops gives the same bits: each element's chunks
+// thread. Loop order: a slice of p (kKCRows or kKCCols), then each kNR-column strip of B, then every
+// kMR-row tile of the block over that strip, so the strip (slice x kNR values) is read from L2 once
+// and reused from L1 by all the block's tiles. Any order of these loops gives the same bits: each element's chunks
 // still run over p ascending and fold in order, carried through C between slices.
 template <typename T, bool kACols>
 void gemm_block(const GemmGroup<T>& g, int64_t P, int64_t m_begin, int64_t m_end, int64_t n_begin,
                 int64_t n_end) {
+  constexpr int64_t kSlice = kACols ? kKCCols : kKCRows;
 #if DETLSTM_CPU_AVX2
   // Column mode reads A(m, p) = a[p][m]: a new row, far from the last, for every p. Each tile's kMR
   // values of every p in the slice are copied once into a contiguous block that its strips stream.
@@ -313,12 +322,12 @@ void gemm_block(const GemmGroup<T>& g, int64_t P, int64_t m_begin, int64_t m_end
   float* apack = nullptr;
   if constexpr (std::is_same<T, float>::value && kACols) {
     thread_local std::vector<float> buffer;
-    buffer.resize(static_cast<size_t>((m_end - m_begin + kMR - 1) / kMR * kMR * kKC));
+    buffer.resize(static_cast<size_t>((m_end - m_begin + kMR - 1) / kMR * kMR * kSlice));
     apack = buffer.data();
   }
 #endif
-  for (int64_t p0 = 0; p0 < P; p0 += kKC) {
-    const int64_t kc = std::min<int64_t>(kKC, P - p0);
+  for (int64_t p0 = 0; p0 < P; p0 += kSlice) {
+    const int64_t kc = std::min<int64_t>(kSlice, P - p0);
 #if DETLSTM_CPU_AVX2
     if constexpr (std::is_same<T, float>::value && kACols) {
       if (n_end - n_begin >= kNR) {
@@ -326,7 +335,7 @@ void gemm_block(const GemmGroup<T>& g, int64_t P, int64_t m_begin, int64_t m_end
         for (int64_t tile = 0; tile < tiles; ++tile) {
           const int64_t m0 = m_begin + tile * kMR;
           const int mr = static_cast<int>(std::min<int64_t>(kMR, m_end - m0));
-          float* dst = apack + tile * kMR * kKC;
+          float* dst = apack + tile * kMR * kSlice;
           for (int64_t p = p0; p < p0 + kc; ++p) {
             if (mr == kMR) {  // a constant length: a vector move, not a memmove call per 32 bytes
               std::memcpy(dst + (p - p0) * kMR, g.a[p] + m0, sizeof(float) * kMR);
@@ -346,7 +355,7 @@ void gemm_block(const GemmGroup<T>& g, int64_t P, int64_t m_begin, int64_t m_end
 #if DETLSTM_CPU_AVX2
         if constexpr (std::is_same<T, float>::value) {
           if (nr == kNR) {
-            const float* tile_pack = kACols ? apack + ((m0 - m_begin) / kMR) * kMR * kKC : nullptr;
+            const float* tile_pack = kACols ? apack + ((m0 - m_begin) / kMR) * kMR * kSlice : nullptr;
             micro_vector<kACols>(g, mr, m0, n0, p0, kc, P, tile_pack);
             continue;
           }
@@ -376,12 +385,12 @@ void gemm_columns(const GemmGroup<T>& g, int64_t P, int64_t n0, int64_t n1) {
 
 // Rows per column-mode task: kMBCols / kMR packed tiles of A share each strip of B (the layer's
 // inputs, tens of MiB) from L1, so B is streamed from memory once per kMBCols rows of C. A's
-// packed slice is kMBCols x kKC values (256 KiB), in L2. Weight gradients at hidden 512, batch 64:
+// packed slice is kMBCols x kKCCols values (256 KiB), in L2. Weight gradients at hidden 512, batch 64:
 // 64 rows 301 ms, 128 rows 277, 256 rows 262-277, 512 rows 270 (one thread, best of 3 rounds).
 constexpr int64_t kMBCols = 32 * kMR;
 
 // Runs every group's product (all with the same N and P) as one parallel region. P >= 1.
-// A row-mode task is one tile of kMR rows by kNB columns: its rows of A (8 x kKC values, read from
+// A row-mode task is one tile of kMR rows by kNB columns: its rows of A (8 x kKCRows values, read from
 // kMR rows far apart) stay in L1 while the kNB / kNR strips of B stream from L2, one line per p.
 // Blocks of 8 tiles x 64 columns made every strip re-read A's 64 rows from L2, 8 streams at once:
 // measured 89-91 GFLOP/s against 103-105 for one tile x 512 columns (input projection at
