@@ -100,12 +100,13 @@ at::Allocator* block_cache_allocator() {
   return allocator;
 }
 
-const cpu::ParallelFor& torch_parallel_for() {
-  static const cpu::ParallelFor pf = [](int64_t n, int64_t grain,
-                                        const std::function<void(int64_t, int64_t)>& fn) {
-    at::parallel_for(0, n, grain, fn);
-  };
-  return pf;
+// torch's thread pool, and how many threads a call of it may use now (one inside another parallel
+// region, where at::parallel_for runs inline).
+cpu::ParallelFor torch_parallel_for() {
+  return {[](int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
+            at::parallel_for(0, n, grain, fn);
+          },
+          at::in_parallel_region() ? 1 : static_cast<int64_t>(at::get_num_threads())};
 }
 
 ForwardResult lstm_forward_cpu(const at::Tensor& input, const at::Tensor& lengths,
@@ -241,4 +242,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "The CPU block cache's counters: hits, misses, cached_bytes, cached_blocks, limit_bytes.");
   m.def("set_cpu_cache_poison", &detlstm::cpu::set_block_cache_poison,
         "Tests only: fill every block the CPU block cache keeps with 0xFF bytes (NaN).");
+  m.def(
+      "set_cpu_recurrence_split",
+      [](const std::string& name) {
+        using detlstm::cpu::RecurrenceSplit;
+        static const char* const names[] = {"auto", "units", "sequences"};
+        const RecurrenceSplit before = detlstm::cpu::recurrence_split_setting();
+        if (!name.empty()) {
+          int k = 0;
+          while (k < 3 && name != names[k]) ++k;
+          TORCH_CHECK(k < 3, "set_cpu_recurrence_split: name must be 'auto', 'units' or 'sequences'; got '",
+                      name, "'");
+          detlstm::cpu::set_recurrence_split(static_cast<RecurrenceSplit>(k));
+        }
+        return std::string(names[static_cast<int>(before)]);
+      },
+      "Tests only: how the CPU recurrences spread over threads ('auto', 'units', 'sequences'); '' only "
+      "queries. Returns the previous name.",
+      pybind11::arg("name") = "");
 }

@@ -38,7 +38,7 @@ BUILD_RECORD = "_build_record.json"
 def cpu_sources(csrc):
     """The CPU extension's sources (ops.cpp holds the schemas and the Python module), under csrc."""
     names = ["ops.cpp", os.path.join("cpu", "lstm_cpu_generic.cpp"), os.path.join("cpu", "phase_clock.cpp"),
-             os.path.join("cpu", "block_cache.cpp")]
+             os.path.join("cpu", "block_cache.cpp"), os.path.join("cpu", "recurrence_split.cpp")]
     if platform.machine().lower() in ("x86_64", "amd64"):
         names += [os.path.join("cpu", "lstm_cpu_avx2.cpp"), os.path.join("cpu", "lstm_cpu_avx512.cpp")]
     return [os.path.join(csrc, n) for n in names]

@@ -102,6 +102,14 @@ def set_cpu_cache_poison(on: bool) -> None:
     _C.set_cpu_cache_poison(bool(on))
 
 
+def set_cpu_recurrence_split(name: str = "") -> str:
+    """Tests only: how the CPU recurrences spread over threads: 'auto' (the default: chosen by thread
+    count and shape), 'units' (a parallel region per step over blocks of hidden units) or
+    'sequences' (each thread runs every step of its own group of sequences); '' only asks. Returns
+    the previous setting. Both splits give the same bits."""
+    return _C.set_cpu_recurrence_split(name)
+
+
 def set_cpu_phase_timing(on: bool) -> None:
     """Turn the CPU driver's per-phase clock on or off (off by default). bench/phases.py uses it."""
     _C.set_cpu_phase_timing(bool(on))

@@ -21,10 +21,22 @@ using ::detlstm::LstmForwardArgs;
 using ::detlstm::LstmShape;
 using ::detlstm::LstmWeights;
 
-// Runs fn(begin, end) over [0, n) in chunks of at least `grain` items, possibly on several threads.
-// The kernels only split work whose outputs are independent, so the split never changes a bit.
-using ParallelFor =
-    std::function<void(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn)>;
+// Runs fn(begin, end) over [0, n) in chunks of at least `grain` items, on at most `threads`
+// threads. The kernels only split work whose outputs are independent, so the split never changes
+// a bit; the recurrences choose how to split by the thread count (recurrence_split below).
+struct ParallelFor {
+  std::function<void(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn)> run;
+  int64_t threads = 1;
+  void operator()(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) const {
+    run(n, grain, fn);
+  }
+};
+
+// How the recurrences spread over threads (lstm_cpu_impl.h: recurrence_split). kAuto chooses by
+// the thread count and shape; the others force one split, for tests that compare their bits.
+enum class RecurrenceSplit : int { kAuto, kByUnits, kBySequences };
+void set_recurrence_split(RecurrenceSplit split);
+RecurrenceSplit recurrence_split_setting();
 
 using ::detlstm::UnaryFn;
 

@@ -95,24 +95,34 @@ struct BackwardStepRows {
 template <typename T>
 class BackwardStep {
  public:
+  // The step's rows: those of `rows` (direction rows.d, schedule positions rows.first, rows.first +
+  // rows.stride, ...) in each direction from rows.d to d_end - 1. The split by units takes every
+  // row of every direction ({0, 0, 1}, D); a group of the split by sequences its own.
   BackwardStep(const LstmBackwardArgs<T>& a, const math::CallDims& c, const StepSchedule& sched,
                const BackwardLayer<T>& L, BackwardBuffers<T>& buf, const BackwardOperands<T>& ops,
-               int64_t s)
-      : a_(a), c_(c), sched_(sched), L_(L), buf_(buf), ops_(ops), s_(s), n_(sched.active[s]),
-        n_next_(sched.active[s + 1]), rows_(c.D * c.B) {
-    for (int64_t d = 0; d < c.D; ++d) fill_rows(d);
+               int64_t s, const SequenceGroup& rows, int64_t d_end)
+      : a_(a), c_(c), sched_(sched), L_(L), buf_(buf), ops_(ops), s_(s), sel_(rows),
+        n_(rows.rows(sched.active[s])), n_next_(rows.rows(sched.active[s + 1])), rows_(c.D * c.B) {
+    for (int64_t d = rows.d; d < d_end; ++d) fill_rows(d);
   }
 
+  // The step of one group of the split by sequences (one direction), on the calling thread: dh of
+  // every unit (the product over all of W_hh's columns: each strip read once for every row tile),
+  // then the cells over whole rows.
+  void run_here() {
+    const int64_t d = sel_.d;
+    if (n_next_ > 0) gemm_block<T, false>(dh_product(d), c_.G, 0, n_next_, 0, c_.RH);
+    finish_dh(d, 0, c_.RH);
+    if (c_.proj) gemm_block<T, false>(dm_product(d), c_.RH, 0, n_, 0, c_.H);
+    cells_backward(d, 0, n_, 0, c_.H);
+  }
+
+  // The step split by units, every direction, as parallel regions.
   void run(const ParallelFor& parallel_for) {
     std::vector<GemmGroup<T>> groups, projections;
     for (int64_t d = 0; d < c_.D; ++d) {
-      const int64_t k = d * c_.B;
-      groups.push_back({n_next_, rows_.da_next.data() + k, ops_.hh_rows.data() + d * c_.G,
-                        rows_.dh.data() + k, GemmEpilogue::kStore, nullptr,
-                        panels_or_null(ops_.hh_panels[d])});
-      if (c_.proj)  // dm = W_hr^T dh: the chunked sum over q = 0 .. P-1
-        projections.push_back({n_, rows_.dh.data() + k, ops_.hr_rows.data() + d * c_.RH,
-                               rows_.dm.data() + k, GemmEpilogue::kStore, nullptr});
+      groups.push_back(dh_product(d));
+      if (c_.proj) projections.push_back(dm_product(d));
     }
     // Tasks take blocks of units, as in the forward: a unit's dh (its sum over da(next step) of its
     // row), and without projections its cell backward, need no other unit. With projections dm =
@@ -142,7 +152,20 @@ class BackwardStep {
   }
 
  private:
-  int64_t row_of(int64_t i) const { return sched_.order[i]; }
+  // S = da(next step) . W_hh of the rows that continue, into dh.
+  GemmGroup<T> dh_product(int64_t d) {
+    const int64_t k = d * c_.B;
+    return {n_next_, rows_.da_next.data() + k, ops_.hh_rows.data() + d * c_.G, rows_.dh.data() + k,
+            GemmEpilogue::kStore, nullptr, panels_or_null(ops_.hh_panels[d])};
+  }
+  // dm = W_hr^T dh: the chunked sum over q = 0 .. P-1.
+  GemmGroup<T> dm_product(int64_t d) {
+    const int64_t k = d * c_.B;
+    return {n_, rows_.dh.data() + k, ops_.hr_rows.data() + d * c_.RH, rows_.dm.data() + k,
+            GemmEpilogue::kStore, nullptr};
+  }
+
+  int64_t row_of(int64_t i) const { return sched_.order[sel_.first + i * sel_.stride]; }
   int64_t time_of(int64_t d, int64_t i) const {
     return math::step_time(d, s_, a_.fwd.lengths[row_of(i)]);
   }
@@ -207,19 +230,35 @@ class BackwardStep {
   const BackwardLayer<T>& L_;
   BackwardBuffers<T>& buf_;
   const BackwardOperands<T>& ops_;
-  const int64_t s_, n_, n_next_;
+  const int64_t s_;
+  const SequenceGroup sel_;
+  const int64_t n_, n_next_;  // the step's rows, and how many of them (the first) continue
   BackwardStepRows<T> rows_;
 };
 
-// Recurrence backward (phases.h): the steps in reverse processing order; steps no row reaches are
-// skipped.
+// Recurrence backward (phases.h): the steps in reverse processing order, split by units (a
+// parallel region per step) or by sequences (each group's steps on one thread; recurrence_split);
+// steps no row reaches are skipped.
 template <typename T>
 void recurrence_backward(const LstmBackwardArgs<T>& a, const math::CallDims& c,
                          const StepSchedule& sched, const BackwardLayer<T>& L,
                          BackwardBuffers<T>& buf, const BackwardOperands<T>& ops,
                          const ParallelFor& parallel_for) {
-  for (int64_t s = c.T - 1; s >= 0; --s)
-    if (sched.active[s] > 0) BackwardStep<T>(a, c, sched, L, buf, ops, s).run(parallel_for);
+  const int64_t per_direction = sequence_groups(c.D, c.T > 0 ? sched.active[0] : 0, parallel_for.threads);
+  if (per_direction == 0) {
+    for (int64_t s = c.T - 1; s >= 0; --s)
+      if (sched.active[s] > 0) BackwardStep<T>(a, c, sched, L, buf, ops, s, {0, 0, 1}, c.D).run(parallel_for);
+    return;
+  }
+  parallel_for(c.D * per_direction, 1, [&](int64_t begin, int64_t end) {
+    DenormalGuard guard;
+    for (int64_t g = begin; g < end; ++g) {
+      const SequenceGroup group{g / per_direction, g % per_direction, per_direction};
+      for (int64_t s = c.T - 1; s >= 0; --s)
+        if (group.rows(sched.active[s]) > 0)
+          BackwardStep<T>(a, c, sched, L, buf, ops, s, group, group.d + 1).run_here();
+    }
+  });
 }
 
 // Initial-state gradients (phases.h): dh0 = the chunked sum over the gate rows of da(first step) .

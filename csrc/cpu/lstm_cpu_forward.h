@@ -101,7 +101,8 @@ void input_projection(const math::CallDims& c, const StepSchedule& sched, const 
   gemm_chain<T, false>(groups, c.G, K, parallel_for);
 }
 
-// The row pointers of one step of the recurrence, per direction d at [d * B, d * B + active).
+// The row pointers of one step of the recurrence: split by units, direction d's rows at
+// [d * B, d * B + active); split by sequences, one group's rows from 0.
 template <typename T>
 struct StepRowsCpu {
   std::vector<const T*> h_prev, c_prev, m;  // m: the cell outputs with projections
@@ -110,22 +111,36 @@ struct StepRowsCpu {
       : h_prev(rows), c_prev(rows), m(rows), gates(rows), r(rows), h(rows), cell(rows), out(rows) {}
 };
 
-// The recurrence's fixed operands: W_hh^T and W_hr^T rows, W_hh^T's panels (per direction, in
-// DirectionWeights), and the step buffers.
+// The recurrence's fixed operands: W_hh^T and W_hr^T rows and W_hh^T's panels (per direction, in
+// DirectionWeights).
 template <typename T>
 struct RecurrenceOperands {
   std::vector<const T*> hh_rows, hr_rows;
   std::vector<const T*> hh_panels;
-  Buffer<T> r_buf;  // a step's recurrent parts R = h_prev . W_hh^T, D * B rows of r_stride<T>(c)
-  Buffer<T> m_buf;  // with projections the cell's output m = o * tanh(c), before h = W_hr m
 };
 
-// Row stride of r_buf: 4H plus one cache line. 4H floats is a power of two at common sizes, and a
-// unit block's cell reads its slice of every row: at 4H apart those slices share 2 of L1's 64 sets
-// and evict each other (with the kept gates, the cell ~28% faster in isolation at hidden 512).
+// A step's scratch rows: the recurrent parts R = h_prev . W_hh^T (rows r_stride apart) and, with
+// projections, the cell's output m = o * tanh(c) before h = W_hr m.
+template <typename T>
+struct StepBuffers {
+  Buffer<T> r, m;
+};
+
+// Row stride of StepBuffers::r: 4H plus one cache line. 4H floats is a power of two at common
+// sizes, and a unit block's cell reads its slice of every row: at 4H apart those slices share 2 of
+// L1's 64 sets and evict each other (with the kept gates, the cell ~28% faster in isolation at
+// hidden 512).
 template <typename T>
 int64_t r_stride(const math::CallDims& c) {
   return c.G + 64 / static_cast<int64_t>(sizeof(T));
+}
+
+template <typename T>
+StepBuffers<T> step_buffers(const math::CallDims& c, int64_t rows) {
+  StepBuffers<T> buf;
+  buf.r.resize(static_cast<size_t>(rows * r_stride<T>(c)));
+  if (c.proj) buf.m.resize(static_cast<size_t>(rows * c.H));
+  return buf;
 }
 
 template <typename T>
@@ -136,33 +151,43 @@ RecurrenceOperands<T> recurrence_operands(const math::CallDims& c, const Forward
     ops.hh_rows.insert(ops.hh_rows.end(), rows.begin(), rows.end());
     ops.hh_panels.push_back(panels_or_null(L.w[d].hh_panels));
   }
-  ops.r_buf.resize(static_cast<size_t>(c.D * c.B * r_stride<T>(c)));
   if (c.proj) {
     ops.hr_rows.resize(c.D * c.H);
     for (int64_t d = 0; d < c.D; ++d)
       for (int64_t p = 0; p < c.H; ++p) ops.hr_rows[d * c.H + p] = L.w[d].wt_hr.data() + p * c.RH;
-    ops.m_buf.resize(static_cast<size_t>(c.D * c.B * c.H));
   }
   return ops;
 }
 
-// Step s's rows (schedule order) in direction d: where h_prev, c_prev and the gates are.
+// Step s's rows of direction d at schedule positions first, first + stride, ... below active[s]
+// (the split by units takes all: first 0, stride 1): where h_prev, c_prev and the gates are, each
+// given slot k = slot0, slot0 + 1, ... and row k of buf. Returns how many.
 template <typename T>
-void fill_step_rows(const LstmForwardArgs<T>& a, const math::CallDims& c, const StepSchedule& sched,
-                    const ForwardLayer<T>& L, RecurrenceOperands<T>& ops, int64_t s, int64_t d,
-                    StepRowsCpu<T>& rows) {
-  for (int64_t i = 0; i < sched.active[s]; ++i) {
+int64_t fill_step_rows(const LstmForwardArgs<T>& a, const math::CallDims& c, const StepSchedule& sched,
+                       const ForwardLayer<T>& L, StepBuffers<T>& buf, int64_t s, int64_t d,
+                       int64_t first, int64_t stride, int64_t slot0, StepRowsCpu<T>& rows) {
+  int64_t k = slot0;
+  for (int64_t i = first; i < sched.active[s]; i += stride, ++k) {
     const int64_t b = sched.order[i], len = a.lengths[b], t = math::step_time(d, s, len);
-    const int64_t k = d * c.B + i;
     rows.h_prev[k] = math::h_prev_of(c, a.h0, static_cast<const T*>(L.Y), L.l, d, t, b, len);
     rows.c_prev[k] = math::c_prev_of(c, a.c0, static_cast<const T*>(L.cells[d]), L.l, d, t, b, len);
     rows.gates[k] = L.gates[d] + c.row(t, b) * c.G;
-    rows.r[k] = ops.r_buf.data() + k * r_stride<T>(c);
+    rows.r[k] = buf.r.data() + k * r_stride<T>(c);
     rows.cell[k] = L.cells[d] + c.row(t, b) * c.H;
     rows.h[k] = L.Y + c.out_offset(t, b, d);
-    rows.m[k] = c.proj ? ops.m_buf.data() + k * c.H : nullptr;
-    rows.out[k] = c.proj ? ops.m_buf.data() + k * c.H : rows.h[k];
+    rows.m[k] = c.proj ? buf.m.data() + k * c.H : nullptr;
+    rows.out[k] = c.proj ? buf.m.data() + k * c.H : rows.h[k];
   }
+  return k - slot0;
+}
+
+// Where the cell of row i, unit j reads and writes (cell_forward_rows).
+template <typename T>
+auto cell_forward_at(const StepRowsCpu<T>& rows) {
+  return [&rows](int64_t i, int64_t j) {
+    return CellForwardAt<T>{rows.gates[i] + j, rows.r[i] + j, rows.c_prev[i] + j, rows.cell[i] + j,
+                            rows.out[i] + j};
+  };
 }
 
 // The lines the cell of units u0 .. u1-1 of rows i0 .. i1-1 will touch (see prefetch_span): the
@@ -178,16 +203,16 @@ void prefetch_cell_rows(const StepRowsCpu<T>& rows, int64_t H, int64_t i0, int64
   }
 }
 
-// One step of the recurrence (phases.h): R = the chunked sum of h_prev . W_hh^T for every gate row,
-// then the cell on a = pre + R (rule 4). A hidden unit's four gates, its cell and its h depend on no other unit of the step, so
-// one task per (direction, block of kUnitBlock units) runs the recurrent product for the block's gate
-// columns over all rows, then their cells, reading its slice of W_hh^T once per step. A tile of
-// kMR rows runs all four gates' columns before the next tile: its h_prev rows stay in L1 while the
-// gates' panels stream from L2 (gate-major re-read every row tile from L2: ~6% slower at hidden
-// 512, batch 64, one thread). With
-// projections h = W_hr m needs every unit of a row: a second region, by row tiles.
-// The cell's inputs of this step were asked for a step ahead (next, with its n_next rows): memory
-// latency measured longer than one step's product at hidden 128.
+// One step of the recurrence split by units (phases.h): R = the chunked sum of h_prev . W_hh^T for
+// every gate row, then the cell on a = pre + R (rule 4). A hidden unit's four gates, its cell and
+// its h depend on no other unit of the step, so one task per (direction, block of kUnitBlock units)
+// runs the recurrent product for the block's gate columns over all rows, then their cells, reading
+// its slice of W_hh^T once per step. A tile of kMR rows runs all four gates' columns before the
+// next tile: its h_prev rows stay in L1 while the gates' panels stream from L2 (gate-major re-read
+// every row tile from L2: ~6% slower at hidden 512, batch 64, one thread). With projections h =
+// W_hr m needs every unit of a row: a second region, by row tiles. The cell's inputs of this step
+// were asked for a step ahead (next, with its n_next rows): memory latency measured longer than
+// one step's product at hidden 128.
 template <typename T>
 void recurrence_step(const math::CallDims& c, int64_t n, const RecurrenceOperands<T>& ops,
                      StepRowsCpu<T>& rows, const StepRowsCpu<T>& next, int64_t n_next,
@@ -212,10 +237,7 @@ void recurrence_step(const math::CallDims& c, int64_t n, const RecurrenceOperand
         for (int64_t gate = 0; gate < 4; ++gate)
           gemm_block<T, false>(groups[d], c.RH, m0, std::min<int64_t>(m0 + kMR, n), gate * c.H + u0,
                                gate * c.H + u1);
-      cell_forward_rows<T>(c.H, d * c.B, d * c.B + n, u0, u1, [&](int64_t i, int64_t j) {
-        return CellForwardAt<T>{rows.gates[i] + j, rows.r[i] + j, rows.c_prev[i] + j,
-                                rows.cell[i] + j, rows.out[i] + j};
-      });
+      cell_forward_rows<T>(c.H, d * c.B, d * c.B + n, u0, u1, cell_forward_at(rows));
     }
   });
   if (!c.proj) return;
@@ -227,23 +249,66 @@ void recurrence_step(const math::CallDims& c, int64_t n, const RecurrenceOperand
   });
 }
 
-// The recurrence (phases.h): the steps in order; steps no row reaches are skipped.
+// The recurrence split by units: the steps in order, each one parallel region (recurrence_step);
+// steps no row reaches are skipped.
 template <typename T>
-void recurrence(const LstmForwardArgs<T>& a, const math::CallDims& c, const StepSchedule& sched,
-                const ForwardLayer<T>& L, const ParallelFor& parallel_for) {
-  RecurrenceOperands<T> ops = recurrence_operands(c, L);
+void recurrence_by_units(const LstmForwardArgs<T>& a, const math::CallDims& c,
+                         const StepSchedule& sched, const ForwardLayer<T>& L,
+                         const RecurrenceOperands<T>& ops, const ParallelFor& parallel_for) {
+  StepBuffers<T> buf = step_buffers<T>(c, c.D * c.B);
   StepRowsCpu<T> rows[2] = {StepRowsCpu<T>(c.D * c.B), StepRowsCpu<T>(c.D * c.B)};
   const auto active = [&](int64_t s) { return s < c.T ? sched.active[s] : 0; };
-  for (int64_t d = 0; d < c.D; ++d) fill_step_rows(a, c, sched, L, ops, 0, d, rows[0]);
+  const auto fill = [&](int64_t s, StepRowsCpu<T>& into) {
+    for (int64_t d = 0; d < c.D; ++d) fill_step_rows(a, c, sched, L, buf, s, d, 0, 1, d * c.B, into);
+  };
+  fill(0, rows[0]);
   for (int64_t d = 0; d < c.D; ++d)  // the first step's inputs: no step before asked for them
     prefetch_cell_rows(rows[0], c.H, d * c.B, d * c.B + active(0), 0, c.H);
   for (int64_t s = 0; active(s) > 0; ++s) {
     StepRowsCpu<T>& now = rows[s % 2];
     StepRowsCpu<T>& next = rows[(s + 1) % 2];
-    if (active(s + 1) > 0)
-      for (int64_t d = 0; d < c.D; ++d) fill_step_rows(a, c, sched, L, ops, s + 1, d, next);
+    if (active(s + 1) > 0) fill(s + 1, next);
     recurrence_step(c, active(s), ops, now, next, active(s + 1), parallel_for);
   }
+}
+
+// Every step of one group of the split by sequences (recurrence_split): direction d's rows at
+// schedule positions first, first + stride, ..., on the calling thread. Per step the recurrent
+// product of the group's rows over every gate column (gemm_block: each strip of W_hh^T read once
+// and used by every row tile), the cell over whole rows, and with projections h = W_hr m.
+template <typename T>
+void sequence_group_steps(const LstmForwardArgs<T>& a, const math::CallDims& c,
+                          const StepSchedule& sched, const ForwardLayer<T>& L,
+                          const RecurrenceOperands<T>& ops, const SequenceGroup& group) {
+  const int64_t d = group.d, most = group.rows(sched.active[0]);
+  StepBuffers<T> buf = step_buffers<T>(c, most);
+  StepRowsCpu<T> rows(most);
+  for (int64_t s = 0; s < c.T; ++s) {
+    const int64_t n = fill_step_rows(a, c, sched, L, buf, s, d, group.first, group.stride, 0, rows);
+    if (n == 0) break;  // active[] never grows again
+    const GemmGroup<T> product{n, rows.h_prev.data(), ops.hh_rows.data() + d * c.RH, rows.r.data(),
+                               GemmEpilogue::kStore, nullptr, ops.hh_panels[d]};
+    gemm_block<T, false>(product, c.RH, 0, n, 0, c.G);
+    cell_forward_rows<T>(c.H, 0, n, 0, c.H, cell_forward_at(rows));
+    if (!c.proj) continue;
+    const GemmGroup<T> projection{n, rows.m.data(), ops.hr_rows.data() + d * c.H, rows.h.data(),
+                                  GemmEpilogue::kStore, nullptr};
+    gemm_block<T, false>(projection, c.H, 0, n, 0, c.RH);
+  }
+}
+
+// The recurrence (phases.h), split by units or by sequences (recurrence_split).
+template <typename T>
+void recurrence(const LstmForwardArgs<T>& a, const math::CallDims& c, const StepSchedule& sched,
+                const ForwardLayer<T>& L, const ParallelFor& parallel_for) {
+  const RecurrenceOperands<T> ops = recurrence_operands(c, L);
+  const int64_t per_direction = sequence_groups(c.D, c.T > 0 ? sched.active[0] : 0, parallel_for.threads);
+  if (per_direction == 0) return recurrence_by_units(a, c, sched, L, ops, parallel_for);
+  parallel_for(c.D * per_direction, 1, [&](int64_t begin, int64_t end) {
+    DenormalGuard guard;
+    for (int64_t g = begin; g < end; ++g)
+      sequence_group_steps(a, c, sched, L, ops, SequenceGroup{g / per_direction, g % per_direction, per_direction});
+  });
 }
 
 // Final states (phases.h): h_n and c_n, forward after step len-1, reverse after step 0.
