@@ -43,16 +43,17 @@ void timed(CpuPhase phase, double multiply_adds, Fn fn) {
 //   waits were ~3% of a two-thread forward at hidden 512 (a shared machine holds up one thread or
 //   the other), and a unit block's cell runs ~30% slower than a whole row's.
 // Returns the groups per direction of the split by sequences, or 0 for the split by units. Auto
-// takes sequences when at most two threads share a direction (more would each read the same W_hh
-// every step, where units give each a slice that may fit its L2: not measured here) and every
-// thread gets a group of at least kMR rows, or the rows are too few for any split (one thread).
+// takes sequences on one thread (its D groups one after the other), and else when at most two
+// threads share a direction (more would each read the same W_hh every step, where units give each
+// a slice that may fit its L2: not measured here) and the groups, of at least kMR rows each, are
+// exactly one per thread (at::parallel_for gives each thread ceil(groups / threads) of them).
 inline int64_t sequence_groups(int64_t D, int64_t rows, int64_t threads) {
   const RecurrenceSplit setting = recurrence_split_setting();
   if (setting == RecurrenceSplit::kByUnits || rows == 0) return 0;
   const int64_t per_direction = std::max<int64_t>(1, (threads + D - 1) / D);
   if (setting == RecurrenceSplit::kBySequences) return std::min(per_direction, rows);
   const int64_t groups = std::min(per_direction, std::max<int64_t>(1, rows / kMR));
-  return per_direction <= 2 && D * groups >= threads ? groups : 0;
+  return threads == 1 || (per_direction <= 2 && D * groups == threads) ? groups : 0;
 }
 
 // One group of the split by sequences: direction d's rows at schedule positions first, first +
