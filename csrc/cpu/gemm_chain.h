@@ -5,10 +5,9 @@
 // partials are left-folded, and the running fold is kept in C between chunks (a store and a reload
 // are exact). The epilogue stores S, or v[n] + S. Tiling only decides which (m, n) a thread computes
 // and when, and every reduction slice starts on a chunk boundary (kKCRows and kKCCols are multiples
-// of kSumChunk),
-// so the bits of C[m][n] depend on row m of A, column n of B and v alone: not on M (batch
-// invariance), not on the thread count, not on the tile sizes, and not on whether the vector or the
-// scalar micro-kernel ran.
+// of kSumChunk), so the bits of C[m][n] depend on row m of A, column n of B and v alone: not on M
+// (batch invariance), not on the thread count, not on the tile sizes, and not on whether the vector
+// or the scalar micro-kernel ran.
 //
 // Included by lstm_cpu_impl.h inside one instruction-set variant's namespace.
 
@@ -233,8 +232,9 @@ inline void micro_vector(const GemmGroup<float>& g, int mr, int64_t m0, int64_t 
 #endif
 
 // Panels are packed in parallel, a run of whole items (panels, or blocks of rows) per task: a task
-// of at least kPackGrain values, so that small operands stay on the calling thread. The weights alone (hidden 512) are 8
-// MiB a layer, packed on every call: 1.8 ms of a 136 ms forward on one thread of two.
+// of at least kPackGrain values, so that small operands stay on the calling thread. The weights
+// alone (hidden 512) are 8 MiB a layer, packed on every call: 1.8 ms of a 136 ms forward on one
+// thread of two.
 constexpr int64_t kPackGrain = int64_t(1) << 15;
 
 template <class Fn>
@@ -319,8 +319,8 @@ const T* panels_or_null(const Buffer<T>& panels) {
 // Rows m_begin .. m_end-1 and columns n_begin .. n_end-1 of C, the whole reduction, on the calling
 // thread. Loop order: a slice of p (kKCRows or kKCCols), then each kNR-column strip of B, then every
 // kMR-row tile of the block over that strip, so the strip (slice x kNR values) is read from L2 once
-// and reused from L1 by all the block's tiles. Any order of these loops gives the same bits: each element's chunks
-// still run over p ascending and fold in order, carried through C between slices.
+// and reused from L1 by all the block's tiles. Any order of these loops gives the same bits: each
+// element's chunks still run over p ascending and fold in order, carried through C between slices.
 template <typename T, bool kACols>
 void gemm_block(const GemmGroup<T>& g, int64_t P, int64_t m_begin, int64_t m_end, int64_t n_begin,
                 int64_t n_end) {
@@ -395,13 +395,13 @@ void gemm_columns(const GemmGroup<T>& g, int64_t P, int64_t n0, int64_t n1) {
 
 // Rows per column-mode task: kMBCols / kMR packed tiles of A share each strip of B (the layer's
 // inputs, tens of MiB) from L1, so B is streamed from memory once per kMBCols rows of C. A's
-// packed slice is kMBCols x kKCCols values (256 KiB), in L2. Weight gradients at hidden 512, batch 64:
-// 64 rows 301 ms, 128 rows 277, 256 rows 262-277, 512 rows 270 (one thread, best of 3 rounds).
+// packed slice is kMBCols x kKCCols values (256 KiB), in L2. Weight gradients at hidden 512, batch
+// 64: 64 rows 301 ms, 128 rows 277, 256 rows 262-277, 512 rows 270 (one thread, best of 3 rounds).
 constexpr int64_t kMBCols = 32 * kMR;
 
 // Runs every group's product (all with the same N and P) as one parallel region. P >= 1.
-// A row-mode task is one tile of kMR rows by kNB columns: its rows of A (8 x kKCRows values, read from
-// kMR rows far apart) stay in L1 while the kNB / kNR strips of B stream from L2, one line per p.
+// A row-mode task is one tile of kMR rows by kNB columns: its rows of A (8 x kKCRows values, read
+// from kMR rows far apart) stay in L1 while the kNB / kNR strips of B stream from L2, one line per p.
 // Blocks of 8 tiles x 64 columns made every strip re-read A's 64 rows from L2, 8 streams at once:
 // measured 89-91 GFLOP/s against 103-105 for one tile x 512 columns (input projection at
 // hidden 512, one thread, peak 116).

@@ -244,20 +244,16 @@ void recurrence_backward(const LstmBackwardArgs<T>& a, const math::CallDims& c,
                          const StepSchedule& sched, const BackwardLayer<T>& L,
                          BackwardBuffers<T>& buf, const BackwardOperands<T>& ops,
                          const ParallelFor& parallel_for) {
-  const int64_t per_direction = sequence_groups(c.D, c.T > 0 ? sched.active[0] : 0, parallel_for.threads);
+  const int64_t per_direction = sequence_groups(c, sched, parallel_for.threads);
   if (per_direction == 0) {
     for (int64_t s = c.T - 1; s >= 0; --s)
       if (sched.active[s] > 0) BackwardStep<T>(a, c, sched, L, buf, ops, s, {0, 0, 1}, c.D).run(parallel_for);
     return;
   }
-  parallel_for(c.D * per_direction, 1, [&](int64_t begin, int64_t end) {
-    DenormalGuard guard;
-    for (int64_t g = begin; g < end; ++g) {
-      const SequenceGroup group{g / per_direction, g % per_direction, per_direction};
-      for (int64_t s = c.T - 1; s >= 0; --s)
-        if (group.rows(sched.active[s]) > 0)
-          BackwardStep<T>(a, c, sched, L, buf, ops, s, group, group.d + 1).run_here();
-    }
+  for_sequence_groups(c.D, per_direction, parallel_for, [&](const SequenceGroup& group) {
+    for (int64_t s = c.T - 1; s >= 0; --s)
+      if (group.rows(sched.active[s]) > 0)
+        BackwardStep<T>(a, c, sched, L, buf, ops, s, group, group.d + 1).run_here();
   });
 }
 

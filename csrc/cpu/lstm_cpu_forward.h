@@ -302,13 +302,10 @@ template <typename T>
 void recurrence(const LstmForwardArgs<T>& a, const math::CallDims& c, const StepSchedule& sched,
                 const ForwardLayer<T>& L, const ParallelFor& parallel_for) {
   const RecurrenceOperands<T> ops = recurrence_operands(c, L);
-  const int64_t per_direction = sequence_groups(c.D, c.T > 0 ? sched.active[0] : 0, parallel_for.threads);
+  const int64_t per_direction = sequence_groups(c, sched, parallel_for.threads);
   if (per_direction == 0) return recurrence_by_units(a, c, sched, L, ops, parallel_for);
-  parallel_for(c.D * per_direction, 1, [&](int64_t begin, int64_t end) {
-    DenormalGuard guard;
-    for (int64_t g = begin; g < end; ++g)
-      sequence_group_steps(a, c, sched, L, ops, SequenceGroup{g / per_direction, g % per_direction, per_direction});
-  });
+  for_sequence_groups(c.D, per_direction, parallel_for,
+                      [&](const SequenceGroup& group) { sequence_group_steps(a, c, sched, L, ops, group); });
 }
 
 // Final states (phases.h): h_n and c_n, forward after step len-1, reverse after step 0.

@@ -47,7 +47,8 @@ void timed(CpuPhase phase, double multiply_adds, Fn fn) {
 // threads share a direction (more would each read the same W_hh every step, where units give each
 // a slice that may fit its L2: not measured here) and the groups, of at least kMR rows each, are
 // exactly one per thread (at::parallel_for gives each thread ceil(groups / threads) of them).
-inline int64_t sequence_groups(int64_t D, int64_t rows, int64_t threads) {
+inline int64_t sequence_groups(const math::CallDims& c, const StepSchedule& sched, int64_t threads) {
+  const int64_t D = c.D, rows = c.T > 0 ? sched.active[0] : 0;
   const RecurrenceSplit setting = recurrence_split_setting();
   if (setting == RecurrenceSplit::kByUnits || rows == 0) return 0;
   const int64_t per_direction = std::max<int64_t>(1, (threads + D - 1) / D);
@@ -62,6 +63,16 @@ struct SequenceGroup {
   int64_t d, first, stride;
   int64_t rows(int64_t active) const { return active > first ? (active - first + stride - 1) / stride : 0; }
 };
+
+// Runs fn(group) for each of the D * per_direction groups of the split by sequences, one parallel
+// region for the whole layer.
+template <class Fn>
+void for_sequence_groups(int64_t D, int64_t per_direction, const ParallelFor& parallel_for, Fn fn) {
+  parallel_for(D * per_direction, 1, [&](int64_t begin, int64_t end) {
+    DenormalGuard guard;
+    for (int64_t g = begin; g < end; ++g) fn(SequenceGroup{g / per_direction, g % per_direction, per_direction});
+  });
+}
 
 #include "cpu_rows.h"
 #include "lstm_cpu_forward.h"
