@@ -205,6 +205,37 @@ def test_jvp_and_forward_ad_match_nn_lstm(case):
         torch.testing.assert_close(fwAD.unpack_dual(out).tangent, want, rtol=1e-7, atol=1e-10)
 
 
+def test_no_grad_calls_the_operator_alone_yet_keeps_every_transform(monkeypatch):
+    """Under torch.no_grad the module calls the operator without LSTMFunction (a plain inference
+    call skips its apply), except where a derivative can still be asked of the call: a forward-mode
+    dual level, or a torch.func transform around it. Those must still get their tangents and
+    slices, and the plain call the same bits as with gradients on."""
+    ours, ref = _pair(2, True, 0)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    tangent = torch.randn_like(x)
+    want_tangent = jvp(lambda v: ref(v)[0], (x,), (tangent,))[1]
+    with_grad = ours(x)[0]
+    with torch.no_grad():
+        got_tangent = jvp(lambda v: ours(v)[0], (x,), (tangent,))[1]
+        with fwAD.dual_level():
+            dual_tangent = fwAD.unpack_dual(ours(fwAD.make_dual(x, tangent))[0]).tangent
+        sliced = vmap(lambda v: ours(v)[0])(torch.stack([x, 2 * x]))
+    for got in (got_tangent, dual_tangent):
+        torch.testing.assert_close(got, want_tangent, rtol=1e-7, atol=1e-10)
+    with torch.no_grad():
+        assert_bitwise_equal(sliced[1], ours(2 * x)[0], "vmap slice under no_grad")
+
+    def no_apply(*args):
+        raise AssertionError("LSTMFunction.apply called where no derivative can be asked")
+    monkeypatch.setattr(detlstm._autograd.LSTMFunction, "apply", no_apply)
+    with torch.no_grad():
+        plain = ours(x)[0]
+    assert plain.grad_fn is None
+    assert_bitwise_equal(plain, with_grad.detach(), "no_grad output")
+    with pytest.raises(AssertionError, match="no derivative"):
+        ours(x)  # gradients on: the autograd.Function is still the road
+
+
 def test_hessian_matches_nn_lstm():
     ours, ref = _pair(1, True, 0)
     x = torch.randn(2, 1, I, dtype=torch.float64)
