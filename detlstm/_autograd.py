@@ -156,8 +156,9 @@ class LSTMFunction(torch.autograd.Function):
     @staticmethod
     def forward(input, lengths, h0, c0, seed, has_biases, num_layers, bidirectional, dropout, train,
                 proj_size, *weights):
-        return ops.lstm_forward(input, lengths, h0, c0, list(weights), has_biases, num_layers,
-                                bidirectional, dropout, train, seed, proj_size)
+        return _without_autograd(ops.lstm_forward, input, lengths, h0, c0, list(weights),
+                                 has_biases, num_layers, bidirectional, dropout, train, seed,
+                                 proj_size)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -179,9 +180,14 @@ class LSTMFunction(torch.autograd.Function):
         input, h0, c0, out, layer_out, gates, cells, *weights = ctx.saved_tensors
         grad_output, grad_h_n, grad_c_n = _zeros_for_none((grad_output, grad_h_n, grad_c_n),
                                                           (out, h0, c0))
-        grad_input, grad_h0, grad_c0, *grad_weights = LSTMBackwardFunction.apply(
-            grad_output, grad_h_n, grad_c_n, input, ctx.lengths, h0, c0, out, layer_out, gates,
-            cells, ctx.seed, *ctx.config, ctx.proj_size, *weights)
+        if _no_derivative_possible():  # a plain backward (no create_graph): nothing to record
+            grad_input, grad_h0, grad_c0, grad_weights = _without_autograd(
+                _lstm_backward_op, grad_output, grad_h_n, grad_c_n, input, ctx.lengths, h0, c0,
+                weights, out, layer_out, gates, cells, *ctx.config, ctx.seed, ctx.proj_size)
+        else:
+            grad_input, grad_h0, grad_c0, *grad_weights = LSTMBackwardFunction.apply(
+                grad_output, grad_h_n, grad_c_n, input, ctx.lengths, h0, c0, out, layer_out,
+                gates, cells, ctx.seed, *ctx.config, ctx.proj_size, *weights)
         return (grad_input, None, grad_h0, grad_c0, *([None] * (_FORWARD_WEIGHTS - 4)),
                 *grad_weights)
 
@@ -196,7 +202,8 @@ class LSTMFunction(torch.autograd.Function):
 # torch.autograd.Function.apply binds its arguments to forward's signature on every call (for
 # setup_context), and inspect.signature builds that signature anew each time: ~20 us of a ~100 us
 # call at a small shape. A signature set on the function is read instead; it is the same signature.
-LSTMFunction.forward.__signature__ = inspect.signature(LSTMFunction.forward)
+for _function in (LSTMFunction, LSTMBackwardFunction):
+    _function.forward.__signature__ = inspect.signature(_function.forward)
 
 
 def _no_derivative_possible():
@@ -207,6 +214,16 @@ def _no_derivative_possible():
     return not torch.is_grad_enabled() and getattr(forward_ad, "_current_level", 0) < 0
 
 
+def _without_autograd(function, *args):
+    """function(*args) with the operators it calls dispatched past their Autograd kernels, for calls
+    _no_derivative_possible says nothing can differentiate: there the operators' registered
+    autograd (register_autograd below) would only find that out in Python and redispatch, ~5 us of
+    a ~45 us call at a small shape. Transforms and modes (vmap, fake tensors) sit outside Autograd
+    and still see the call."""
+    with torch._C._AutoDispatchBelowAutograd():
+        return function(*args)
+
+
 def lstm(input, lengths, h0, c0, weights, has_biases, num_layers, bidirectional, dropout, train,
          seed, proj_size):
     """detlstm::lstm_forward's (output, h_n, c_n), differentiable to any order and in forward mode.
@@ -214,11 +231,12 @@ def lstm(input, lengths, h0, c0, weights, has_biases, num_layers, bidirectional,
     autograd.Function with a custom jvp; a trace must record the operator to be saved and loaded):
     its registered autograd gives the same derivatives, forward mode aside. So is a call no derivative
     can be asked of (_no_derivative_possible): inference under torch.no_grad."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or _no_derivative_possible():
-        output, h_n, c_n, *_ = ops.lstm_forward(input, lengths, h0, c0, weights, has_biases,
-                                                num_layers, bidirectional, dropout, train, seed,
-                                                proj_size)
-        return output, h_n, c_n
+    operator_args = (input, lengths, h0, c0, weights, has_biases, num_layers, bidirectional,
+                     dropout, train, seed, proj_size)
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return ops.lstm_forward(*operator_args)[:3]
+    if _no_derivative_possible():
+        return _without_autograd(ops.lstm_forward, *operator_args)[:3]
     output, h_n, c_n, *_ = LSTMFunction.apply(input, lengths, h0, c0, seed, has_biases, num_layers,
                                               bidirectional, dropout, train, proj_size, *weights)
     return output, h_n, c_n

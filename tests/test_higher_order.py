@@ -108,6 +108,22 @@ def test_first_derivatives_keep_kernel_bits_under_create_graph():
         assert_bitwise_equal(a, b.detach(), "first derivative with create_graph")
 
 
+def test_plain_backward_calls_the_operator_alone(monkeypatch):
+    """A backward without create_graph calls detlstm::lstm_backward without LSTMBackwardFunction
+    (nothing can differentiate it); with create_graph the function is still the road, so the
+    gradients stay differentiable (the bits of both: the test above)."""
+    ours, _ = _pair(1, False, 0)
+    x = torch.randn(T, B, I, requires_grad=True, dtype=torch.float64)
+
+    def no_apply(*args):
+        raise AssertionError("LSTMBackwardFunction.apply called by a plain backward")
+    monkeypatch.setattr(detlstm._autograd.LSTMBackwardFunction, "apply", no_apply)
+    (gx,) = torch.autograd.grad(ours(x)[0].sum(), x)
+    assert not gx.requires_grad and gx.abs().max() > 0
+    with pytest.raises(AssertionError, match="plain backward"):
+        torch.autograd.grad(ours(x)[0].sum(), x, create_graph=True)
+
+
 @pytest.mark.parametrize("used", ["output", "h_n", "c_n"])
 @pytest.mark.parametrize("operator_level", [False, True])
 def test_unused_outputs_get_zero_gradients(used, operator_level):
