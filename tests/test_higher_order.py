@@ -108,6 +108,43 @@ def test_first_derivatives_keep_kernel_bits_under_create_graph():
         assert_bitwise_equal(a, b.detach(), "first derivative with create_graph")
 
 
+def test_inference_mode_gives_the_bits_of_a_call_with_gradients():
+    """torch.inference_mode takes the no-derivative road too: inference tensors out, the same bits,
+    PackedSequence input included."""
+    ours, _ = _pair(2, True, 0)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    packed = nn.utils.rnn.pack_padded_sequence(x, torch.tensor([3, 1]), enforce_sorted=False)
+    for given in (x, packed):
+        want_out, (want_h, want_c) = ours(given)
+        with torch.inference_mode():
+            out, (h, c) = ours(given)
+        got = out.data if isinstance(out, nn.utils.rnn.PackedSequence) else out
+        want = want_out.data if isinstance(want_out, nn.utils.rnn.PackedSequence) else want_out
+        assert got.is_inference() and not got.requires_grad
+        for a, b, what in ((got, want, "output"), (h, want_h, "h_n"), (c, want_c, "c_n")):
+            assert_bitwise_equal(a, b.detach(), f"inference_mode {what}")
+
+
+@pytest.mark.parametrize("use_reentrant", [True, False])
+def test_activation_checkpointing_gives_the_plain_gradients(use_reentrant):
+    """torch.utils.checkpoint runs the forward without recording (under no_grad when reentrant)
+    and again with gradients in the backward: the gradients are the plain call's, bit for bit."""
+    ours, _ = _pair(2, True, 0)
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    params = [x] + list(ours.parameters())
+
+    def gradients(run):
+        for p in params:
+            p.grad = None
+        run(x).square().sum().backward()  # reentrant checkpoints refuse autograd.grad
+        return [p.grad for p in params]
+    plain = gradients(lambda v: ours(v)[0])
+    checkpointed = gradients(lambda v: torch.utils.checkpoint.checkpoint(
+        lambda u: ours(u)[0], v, use_reentrant=use_reentrant))
+    for a, b in zip(plain, checkpointed):
+        assert_bitwise_equal(b, a, f"checkpointed gradient (use_reentrant={use_reentrant})")
+
+
 def test_plain_backward_calls_the_operator_alone(monkeypatch):
     """A backward without create_graph calls detlstm::lstm_backward without LSTMBackwardFunction
     (nothing can differentiate it); with create_graph the function is still the road, so the
