@@ -13,6 +13,7 @@ needs setup_context and jvp, which register_autograd cannot give), and the opera
 registrations for callers of torch.ops.detlstm.* directly (torch.compile's traced graphs, opcheck).
 """
 
+import contextlib
 import inspect
 
 import torch
@@ -219,9 +220,12 @@ def _without_autograd(function, *args):
     _no_derivative_possible says nothing can differentiate: there the operators' registered
     autograd (register_autograd below) would only find that out in Python and redispatch, ~5 us of
     a ~45 us call at a small shape. Transforms and modes (vmap, fake tensors) sit outside Autograd
-    and still see the call."""
-    with torch._C._AutoDispatchBelowAutograd():
+    and still see the call. A torch without the guard takes the registered road (same results)."""
+    with _BELOW_AUTOGRAD():
         return function(*args)
+
+
+_BELOW_AUTOGRAD = getattr(torch._C, "_AutoDispatchBelowAutograd", contextlib.nullcontext)
 
 
 def lstm(input, lengths, h0, c0, weights, has_biases, num_layers, bidirectional, dropout, train,

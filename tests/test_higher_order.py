@@ -3,6 +3,8 @@ forward-mode AD and batched gradients, each against nn.LSTM (the control) or aga
 derivatives. First derivatives stay our kernels' bits whatever the transform; second derivatives and
 tangents come from a differentiable model of the same LSTM (detlstm/_reference.py)."""
 
+import contextlib
+
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -106,6 +108,23 @@ def test_first_derivatives_keep_kernel_bits_under_create_graph():
     for a, b in zip(plain, graphed):
         assert b.requires_grad
         assert_bitwise_equal(a, b.detach(), "first derivative with create_graph")
+
+
+def test_without_the_below_autograd_guard_the_bits_stay(monkeypatch):
+    """On a torch without torch._C._AutoDispatchBelowAutograd the operators go through their
+    registered autograd instead: the same outputs and gradients."""
+    ours, _ = _pair(2, True, 0)
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+
+    def run():
+        with torch.no_grad():
+            inferred = ours(x)[0]
+        (gx,) = torch.autograd.grad(ours(x)[0].square().sum(), x)
+        return inferred, gx
+    want = run()
+    monkeypatch.setattr(detlstm._autograd, "_BELOW_AUTOGRAD", contextlib.nullcontext)
+    for got, expected, what in zip(run(), want, ("no_grad output", "input gradient")):
+        assert_bitwise_equal(got, expected, f"{what} without the guard")
 
 
 def test_inference_mode_gives_the_bits_of_a_call_with_gradients():
