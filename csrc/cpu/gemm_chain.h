@@ -22,6 +22,11 @@ struct GemmGroup {
   // Optional copy of B in panels of kNR columns (pack_b_panels): the vector kernel then streams
   // contiguous memory instead of following a row pointer per p. Same values, so the same bits.
   const T* b_panels = nullptr;
+  // Column mode: a further product over the same A (the same a pointers, M and P) with
+  // shared_a_N columns, run by the same calls of gemm_block on the same packed slices of A after
+  // this product's columns (dW_ih and dW_hh share da: packed once, not twice). It may link on.
+  const GemmGroup* shared_a = nullptr;
+  int64_t shared_a_N = 0;
 };
 
 // Rows of C per micro-tile: 6 x 2 AVX2 accumulators fill 12 of 16 registers; the AVX-512 build keeps
@@ -316,18 +321,45 @@ const T* panels_or_null(const Buffer<T>& panels) {
   return panels.empty() ? nullptr : panels.data();
 }
 
+#if DETLSTM_CPU_AVX2
+// Column mode reads A(m, p) = a[p][m]: a new row, far from the last, for every p. Each kMR-row
+// tile's values of every p in the slice [p0, p0 + kc) are copied once into a contiguous block of
+// apack (tile t at t * kMR * slice) that its strips stream.
+inline void pack_a_slice(const GemmGroup<float>& g, int64_t m_begin, int64_t m_end, int64_t p0,
+                         int64_t kc, int64_t slice, float* apack) {
+  const int64_t tiles = (m_end - m_begin + kMR - 1) / kMR;
+  for (int64_t tile = 0; tile < tiles; ++tile) {
+    const int64_t m0 = m_begin + tile * kMR;
+    const int mr = static_cast<int>(std::min<int64_t>(kMR, m_end - m0));
+    float* dst = apack + tile * kMR * slice;
+    for (int64_t p = p0; p < p0 + kc; ++p) {
+      if (mr == kMR) {  // a constant length: a vector move, not a memmove call per 32 bytes
+        std::memcpy(dst + (p - p0) * kMR, g.a[p] + m0, sizeof(float) * kMR);
+        continue;
+      }
+      float* out = std::copy(g.a[p] + m0, g.a[p] + m0 + mr, dst + (p - p0) * kMR);
+      std::fill(out, dst + (p - p0 + 1) * kMR, 0.0f);
+    }
+  }
+}
+#endif
+
 // Rows m_begin .. m_end-1 and columns n_begin .. n_end-1 of C, the whole reduction, on the calling
-// thread. Loop order: a slice of p (kKCRows or kKCCols), then each kNR-column strip of B, then every
-// kMR-row tile of the block over that strip, so the strip (slice x kNR values) is read from L2 once
-// and reused from L1 by all the block's tiles. Any order of these loops gives the same bits: each
-// element's chunks still run over p ascending and fold in order, carried through C between slices.
+// thread, then in column mode every column of each product linked by shared_a. Loop order: a slice
+// of p (kKCRows or kKCCols), then each kNR-column strip of B, then every kMR-row tile of the block
+// over that strip, so the strip (slice x kNR values) is read from L2 once and reused from L1 by all
+// the block's tiles. Any order of these loops gives the same bits: each element's chunks still run
+// over p ascending and fold in order, carried through C between slices.
 template <typename T, bool kACols>
 void gemm_block(const GemmGroup<T>& g, int64_t P, int64_t m_begin, int64_t m_end, int64_t n_begin,
                 int64_t n_end) {
   constexpr int64_t kSlice = kACols ? kKCCols : kKCRows;
+  // Whether any product of the call has a whole strip (only those read the packed A).
+  bool any_strip = n_end - n_begin >= kNR;
+  if constexpr (kACols)
+    for (const GemmGroup<T>* next = &g; next->shared_a; next = next->shared_a)
+      any_strip = any_strip || next->shared_a_N >= kNR;
 #if DETLSTM_CPU_AVX2
-  // Column mode reads A(m, p) = a[p][m]: a new row, far from the last, for every p. Each tile's kMR
-  // values of every p in the slice are copied once into a contiguous block that its strips stream.
   // Only column mode touches the thread's buffer: the row-mode steps call this in their hot loop.
   float* apack = nullptr;
   if constexpr (std::is_same<T, float>::value && kACols) {
@@ -339,41 +371,31 @@ void gemm_block(const GemmGroup<T>& g, int64_t P, int64_t m_begin, int64_t m_end
   for (int64_t p0 = 0; p0 < P; p0 += kSlice) {
     const int64_t kc = std::min<int64_t>(kSlice, P - p0);
 #if DETLSTM_CPU_AVX2
-    if constexpr (std::is_same<T, float>::value && kACols) {
-      if (n_end - n_begin >= kNR) {
-        const int64_t tiles = (m_end - m_begin + kMR - 1) / kMR;
-        for (int64_t tile = 0; tile < tiles; ++tile) {
-          const int64_t m0 = m_begin + tile * kMR;
+    if constexpr (std::is_same<T, float>::value && kACols)
+      if (any_strip) pack_a_slice(g, m_begin, m_end, p0, kc, kSlice, apack);
+#endif
+    const auto strips = [&](const GemmGroup<T>& product, int64_t n_first, int64_t n_last) {
+      for (int64_t n0 = n_first; n0 < n_last; n0 += kNR) {
+        const int nr = static_cast<int>(std::min<int64_t>(kNR, n_last - n0));
+        for (int64_t m0 = m_begin; m0 < m_end; m0 += kMR) {
           const int mr = static_cast<int>(std::min<int64_t>(kMR, m_end - m0));
-          float* dst = apack + tile * kMR * kSlice;
-          for (int64_t p = p0; p < p0 + kc; ++p) {
-            if (mr == kMR) {  // a constant length: a vector move, not a memmove call per 32 bytes
-              std::memcpy(dst + (p - p0) * kMR, g.a[p] + m0, sizeof(float) * kMR);
+#if DETLSTM_CPU_AVX2
+          if constexpr (std::is_same<T, float>::value) {
+            if (nr == kNR) {
+              const float* tile_pack = kACols ? apack + ((m0 - m_begin) / kMR) * kMR * kSlice : nullptr;
+              micro_vector<kACols>(product, mr, m0, n0, p0, kc, P, tile_pack);
               continue;
             }
-            float* out = std::copy(g.a[p] + m0, g.a[p] + m0 + mr, dst + (p - p0) * kMR);
-            std::fill(out, dst + (p - p0 + 1) * kMR, 0.0f);
           }
+#endif
+          micro_scalar<T, kACols>(product, mr, nr, m0, n0, p0, kc, P);
         }
       }
-    }
-#endif
-    for (int64_t n0 = n_begin; n0 < n_end; n0 += kNR) {
-      const int nr = static_cast<int>(std::min<int64_t>(kNR, n_end - n0));
-      for (int64_t m0 = m_begin; m0 < m_end; m0 += kMR) {
-        const int mr = static_cast<int>(std::min<int64_t>(kMR, m_end - m0));
-#if DETLSTM_CPU_AVX2
-        if constexpr (std::is_same<T, float>::value) {
-          if (nr == kNR) {
-            const float* tile_pack = kACols ? apack + ((m0 - m_begin) / kMR) * kMR * kSlice : nullptr;
-            micro_vector<kACols>(g, mr, m0, n0, p0, kc, P, tile_pack);
-            continue;
-          }
-        }
-#endif
-        micro_scalar<T, kACols>(g, mr, nr, m0, n0, p0, kc, P);
-      }
-    }
+    };
+    strips(g, n_begin, n_end);
+    if constexpr (kACols)
+      for (const GemmGroup<T>* next = &g; next->shared_a; next = next->shared_a)
+        strips(*next->shared_a, 0, next->shared_a_N);
   }
 }
 
