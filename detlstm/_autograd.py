@@ -205,6 +205,7 @@ class LSTMFunction(torch.autograd.Function):
 # call at a small shape. A signature set on the function is read instead; it is the same signature.
 for _function in (LSTMFunction, LSTMBackwardFunction):
     _function.forward.__signature__ = inspect.signature(_function.forward)
+del _function
 
 
 def _no_derivative_possible():

@@ -25,6 +25,8 @@ struct GemmGroup {
   // Column mode: a further product over the same A (the same a pointers, M and P) with
   // shared_a_N columns, run by the same calls of gemm_block on the same packed slices of A after
   // this product's columns (dW_ih and dW_hh share da: packed once, not twice). It may link on.
+  // Each gemm_block call runs the linked products whole, so only gemm_chain, whose column-mode
+  // tasks take every column of a block of rows, may be given one; row mode ignores the link.
   const GemmGroup* shared_a = nullptr;
   int64_t shared_a_N = 0;
 };
@@ -434,7 +436,8 @@ void gemm_chain(const std::vector<GemmGroup<T>>& groups, int64_t N, int64_t P,
                 const ParallelFor& parallel_for) {
   const int64_t cols_per_task = kACols ? std::max<int64_t>(N, 1) : kNB;
   const int64_t rows_per_task = kACols ? kMBCols : kMR;
-  const int64_t n_blocks = (N + cols_per_task - 1) / cols_per_task;
+  // Column mode: one block of every column, even none (a product linked by shared_a still runs).
+  const int64_t n_blocks = kACols ? 1 : (N + cols_per_task - 1) / cols_per_task;
   std::vector<int64_t> first_task(groups.size() + 1, 0);
   for (size_t k = 0; k < groups.size(); ++k) {
     const int64_t m_blocks = (groups[k].M + rows_per_task - 1) / rows_per_task;
