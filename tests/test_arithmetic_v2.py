@@ -245,6 +245,9 @@ CONFIGS = [
     # projection over H = 66 (two chunks); dh over 4H = 264 gate rows (five chunks, a 4-add fold)
     ("uni-wideproj-f32", 2, 2, 3, 66, 1, False, True, 2, [2, 1], torch.float32, 0.0),
     ("bi-wideproj-f64", 2, 2, 3, 66, 1, True, False, 2, [2, 2], torch.float64, 0.0),
+    # dX 520 wide: the CPU's input gradient takes it in two column blocks (kNB = 512), each task
+    # adding its tile of the reverse part to the forward part's
+    ("bi-wideinput-f32", 2, 3, 520, 2, 1, True, True, 0, [2, 1, 2], torch.float32, 0.0),
 ]
 
 

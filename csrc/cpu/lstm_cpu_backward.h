@@ -7,30 +7,31 @@
 template <typename T>
 struct BackwardBuffers {
   Buffer<T> dropped;                 // a layer's input after dropout
-  Buffer<T> grad_buf[2];             // gradient w.r.t. a layer's output, built by the layer above
+  Buffer<T> grad_buf;                // gradient w.r.t. a layer's output, built by the layer above
   std::vector<Buffer<T>> da;         // per direction: gate pre-activation gradients (T, B, 4H)
-  std::vector<Buffer<T>> dh;         // per direction: dh of every (t, b) (T, B, RH), for dW_hr
+  std::vector<Buffer<T>> dh;         // per direction: dh of a step's rows (B, RH; dh_row), or
+                                     // with projections of every (t, b) (T, B, RH), for dW_hr
   Buffer<T> dc;                      // (D, B, H): the gradient reaching c, carried between steps
   Buffer<T> dm;                      // with projections: dm = W_hr^T dh of a step's rows
   std::vector<Buffer<T>> m_all;      // with projections: the cell outputs m of every (t, b)
-  Buffer<T> dx_reverse;              // bidirectional: the reverse direction's part of dX
 
   explicit BackwardBuffers(const math::CallDims& c) {
     const size_t rows = static_cast<size_t>(c.T * c.B);
-    if (c.L > 1)
-      for (auto& buf : grad_buf) buf.assign(rows * c.DH, T(0));
+    // One buffer for every layer's gradient: a layer's dY is read by its recurrence backward only,
+    // so its input gradient writes dX, the next layer down's dY, over it (input_gradient).
+    if (c.L > 1) grad_buf.assign(rows * c.DH, T(0));
     // One zeroed buffer per direction, built in place: assign(D, prototype) would zero a prototype
     // and then copy it (tens of MiB written twice and twice the page faults).
+    const size_t dh_rows = c.proj ? rows : static_cast<size_t>(c.B);
     for (int64_t d = 0; d < c.D; ++d) {
       da.emplace_back(rows * c.G, T(0));
-      dh.emplace_back(rows * c.RH, T(0));
+      dh.emplace_back(dh_rows * c.RH, T(0));
     }
     dc.resize(static_cast<size_t>(c.D * c.B * c.H));
     if (c.proj) {
       dm.resize(static_cast<size_t>(c.D * c.B * c.H));
       for (int64_t d = 0; d < c.D; ++d) m_all.emplace_back(rows * c.H, T(0));
     }
-    if (c.D == 2) dx_reverse.resize(rows * static_cast<size_t>(std::max(c.I, c.DH)));
   }
 };
 
@@ -166,6 +167,10 @@ class BackwardStep {
   }
 
   int64_t row_of(int64_t i) const { return sched_.order[sel_.first + i * sel_.stride]; }
+  // Where (t, b)'s dh lives in BackwardBuffers::dh: only dW_hr reads it after its step, so without
+  // projections each sequence's row is reused by its every step (a step's rows are distinct
+  // sequences, and a sequence's steps run in order on one thread or in successive regions).
+  int64_t dh_row(int64_t t, int64_t b) const { return c_.proj ? c_.row(t, b) : b; }
   int64_t time_of(int64_t d, int64_t i) const {
     return math::step_time(d, s_, a_.fwd.lengths[row_of(i)]);
   }
@@ -173,7 +178,7 @@ class BackwardStep {
   void fill_rows(int64_t d) {
     for (int64_t i = 0; i < n_; ++i) {
       const int64_t b = row_of(i), t = time_of(d, i), k = d * c_.B + i;
-      rows_.dh[k] = buf_.dh[d].data() + c_.row(t, b) * c_.RH;
+      rows_.dh[k] = buf_.dh[d].data() + dh_row(t, b) * c_.RH;
       if (i < n_next_) {
         const int64_t t_next = math::step_time(d, s_ + 1, a_.fwd.lengths[b]);
         rows_.da_next[k] = buf_.da[d].data() + c_.row(t_next, b) * c_.G;
@@ -282,35 +287,81 @@ void initial_state_gradients(const LstmBackwardArgs<T>& a, const math::CallDims&
               a.dc0 + c.state_row(L.l, d, 0) * c.H);
 }
 
+// One direction's product of the input gradient: the chunked sums over its gate rows of da . W_ih
+// for every valid (t, b), into c_rows, with W_ih's panels it owns.
+template <typename T>
+struct InputGradientProduct {
+  std::vector<const T*> a_rows, b_rows;
+  Buffer<T> panels;
+  GemmGroup<T> group;
+};
+
+template <typename T>
+void input_gradient_product(const LstmBackwardArgs<T>& a, const math::CallDims& c,
+                            const StepSchedule& sched, const BackwardLayer<T>& L,
+                            const BackwardBuffers<T>& buf, int64_t d, const std::vector<T*>& c_rows,
+                            const ParallelFor& parallel_for, InputGradientProduct<T>& out) {
+  const int64_t R = static_cast<int64_t>(sched.valid.size()), K = L.K;
+  out.a_rows.resize(R);
+  out.b_rows.resize(c.G);
+  for (int64_t v = 0; v < R; ++v) out.a_rows[v] = buf.da[d].data() + sched.valid[v] * c.G;
+  for (int64_t p = 0; p < c.G; ++p) out.b_rows[p] = a.fwd.weights.w_ih[L.l * c.D + d] + p * K;
+  out.panels = panels_for_vector_kernel(out.b_rows.data(), c.G, K, parallel_for);
+  out.group = {R, out.a_rows.data(), out.b_rows.data(), c_rows.data(),
+               GemmEpilogue::kStore, nullptr, panels_or_null(out.panels)};
+}
+
+// dX = S_forward + S_reverse by the row-mode tiles of gemm_chain (kMR rows by kNB columns): a task
+// stores its tile of S_forward in dX, computes the same tile of S_reverse into its thread's own
+// rows and adds it while both are in cache. No (T, B, K) buffer holds the reverse part, and no
+// second pass reads dX.
+template <typename T>
+void input_gradient_both_directions(const GemmGroup<T>& forward, const GemmGroup<T>& reverse,
+                                    int64_t K, int64_t P, const ParallelFor& parallel_for) {
+  const int64_t m_blocks = (forward.M + kMR - 1) / kMR, n_blocks = (K + kNB - 1) / kNB;
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / (2 * kMR * kNB * P));
+  parallel_for(m_blocks * n_blocks, grain, [&](int64_t begin, int64_t end) {
+    DenormalGuard guard;
+    thread_local std::vector<T> tile;         // kMR rows of K: S_reverse of a task's tile
+    thread_local std::vector<T*> tile_rows;   // row m of the reverse product -> its row of tile
+    tile.resize(static_cast<size_t>(kMR * K));
+    tile_rows.resize(static_cast<size_t>(forward.M));
+    GemmGroup<T> into_tile = reverse;
+    into_tile.c = tile_rows.data();
+    for (int64_t task = begin; task < end; ++task) {
+      // m fastest, as gemm_chain: consecutive tasks reuse the same columns of W_ih from cache
+      const int64_t m0 = (task % m_blocks) * kMR, n0 = (task / m_blocks) * kNB;
+      const int64_t m1 = std::min(m0 + kMR, forward.M), n1 = std::min(n0 + kNB, K);
+      for (int64_t m = m0; m < m1; ++m) tile_rows[m] = tile.data() + (m - m0) * K;
+      gemm_block<T, false>(forward, P, m0, m1, n0, n1);
+      gemm_block<T, false>(into_tile, P, m0, m1, n0, n1);
+      for (int64_t m = m0; m < m1; ++m) {
+        T* row = forward.c[m];
+        const T* part = tile_rows[m];
+        for (int64_t n = n0; n < n1; ++n) row[n] = row[n] + part[n];
+      }
+    }
+  });
+}
+
 // Input gradient (phases.h): dX = S_forward (+ S_reverse), each the chunked sum over its
-// direction's gate rows of da . W_ih. Returns where it went: dx for layer 0, else a buffer.
+// direction's gate rows of da . W_ih. Returns where it went: dx for layer 0, else the gradient
+// buffer, over this layer's dY (its recurrence backward was its only reader).
 template <typename T>
 T* input_gradient(const LstmBackwardArgs<T>& a, const math::CallDims& c, const StepSchedule& sched,
                   const BackwardLayer<T>& L, BackwardBuffers<T>& buf,
                   const ParallelFor& parallel_for) {
-  const int64_t R = static_cast<int64_t>(sched.valid.size()), K = L.K;
-  T* dX = L.l == 0 ? a.dx : buf.grad_buf[L.l % 2].data();
-  std::vector<const T*> a_rows(R), b_rows(c.G);
+  const int64_t R = static_cast<int64_t>(sched.valid.size());
+  T* dX = L.l == 0 ? a.dx : buf.grad_buf.data();
   std::vector<T*> c_rows(R);
-  for (int64_t d = 0; d < c.D; ++d) {
-    T* out = d == 0 ? dX : buf.dx_reverse.data();  // the reverse part first apart, then added
-    for (int64_t v = 0; v < R; ++v) c_rows[v] = out + sched.valid[v] * K;
-    for (int64_t v = 0; v < R; ++v) a_rows[v] = buf.da[d].data() + sched.valid[v] * c.G;
-    for (int64_t p = 0; p < c.G; ++p) b_rows[p] = a.fwd.weights.w_ih[L.l * c.D + d] + p * K;
-    const Buffer<T> panels = panels_for_vector_kernel(b_rows.data(), c.G, K, parallel_for);
-    const std::vector<GemmGroup<T>> groups{{R, a_rows.data(), b_rows.data(), c_rows.data(),
-                                            GemmEpilogue::kStore, nullptr, panels_or_null(panels)}};
-    gemm_chain<T, false>(groups, K, c.G, parallel_for);
-  }
-  if (c.D == 2)
-    parallel_for(R, std::max<int64_t>(1, 4096 / K), [&](int64_t begin, int64_t end) {
-      DenormalGuard guard;
-      for (int64_t v = begin; v < end; ++v) {
-        T* row = dX + sched.valid[v] * K;
-        const T* rev = buf.dx_reverse.data() + sched.valid[v] * K;
-        for (int64_t k = 0; k < K; ++k) row[k] = row[k] + rev[k];
-      }
-    });
+  for (int64_t v = 0; v < R; ++v) c_rows[v] = dX + sched.valid[v] * L.K;
+  InputGradientProduct<T> product[2];
+  for (int64_t d = 0; d < c.D; ++d)
+    input_gradient_product(a, c, sched, L, buf, d, c_rows, parallel_for, product[d]);
+  if (c.D == 1)
+    gemm_chain<T, false>({product[0].group}, L.K, c.G, parallel_for);
+  else
+    input_gradient_both_directions(product[0].group, product[1].group, L.K, c.G, parallel_for);
   return dX;
 }
 
