@@ -421,7 +421,7 @@ __global__ void cell_output_kernel(const T* gates, const T* cells, const int64_t
 template <typename T>
 struct BackwardScratch {
   T* dropped;      // a layer's input after dropout
-  T* grad_buf[2];  // gradient w.r.t. a layer's output, built by the layer above
+  T* grad_buf;     // gradient w.r.t. a layer's output, built by the layer above (one for all)
   T* da[2];        // per direction: gate pre-activation gradients (T, B, 4H)
   T* dc;           // (D, B, H): the gradient reaching c, carried between steps
   T* dh_all[2];    // with projections: dh of every (t, b) (T, B, RH)
@@ -435,8 +435,9 @@ BackwardScratch<T> backward_scratch(const CallDims& c, const ScratchAlloc& scrat
   BackwardScratch<T> s{};
   const int64_t rows = c.T * c.B;
   s.dropped = dropout && c.L > 1 ? scratch_array<T>(scratch, rows * c.DH) : nullptr;
-  if (c.L > 1)
-    for (auto& buf : s.grad_buf) buf = scratch_array<T>(scratch, rows * c.DH);
+  // A layer's dY is read by its recurrence backward only, so its input gradient writes dX, the next
+  // layer down's dY, over it (input_gradient): one buffer serves every layer.
+  if (c.L > 1) s.grad_buf = scratch_array<T>(scratch, rows * c.DH);
   for (int64_t d = 0; d < c.D; ++d) s.da[d] = scratch_array<T>(scratch, rows * c.G);
   s.dc = scratch_array<T>(scratch, c.D * c.B * c.H);
   s.dx_reverse = c.D == 2 ? scratch_array<T>(scratch, rows * (c.I > c.DH ? c.I : c.DH)) : nullptr;
@@ -560,7 +561,7 @@ __global__ void add_rows_kernel(T* dst, const T* src, int64_t width, const int64
 template <typename T>
 T* input_gradient(const LstmBackwardArgs<T>& a, const CallDims& c, const DeviceSchedule& ds,
                   const BackwardLayer<T>& L, const BackwardScratch<T>& s, cudaStream_t stream) {
-  T* dX = L.l == 0 ? a.dx : s.grad_buf[L.l % 2];
+  T* dX = L.l == 0 ? a.dx : s.grad_buf;  // over this layer's dY, if there: read no more
   GemmGroup<T, Rows<const T>, Rows<const T>, Rows<T>, 2> group;  // both directions, one launch
   group.P = c.G;
   for (int64_t d = 0; d < c.D; ++d)
