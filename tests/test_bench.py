@@ -80,6 +80,34 @@ def test_floors_count_the_work():
     assert fl["latency"] == 1e3 * 10 * (4 + 16) * 4 / 1e3
 
 
+def test_gpu_memory_replays_the_trace_to_its_peak():
+    from bench.gpu_memory import by_label, frame_label, live_at_peak
+
+    events = [("alloc", 1, 100, "weights"), ("alloc", 2, 50, "scratch"), ("free_requested", 2, 50, ""),
+              ("alloc", 3, 30, "scratch"),  # 2 is still live until its free completes: 180
+              ("free_completed", 2, 50, ""), ("alloc", 4, 60, "grads"),  # 190, the peak
+              ("free_completed", 4, 60, ""), ("alloc", 5, 20, "late"), ("free_completed", 7, 9, "")]
+    peak, blocks = live_at_peak(events)
+    assert peak == 190 and sorted(blocks) == [1, 3, 4]
+    assert by_label(blocks) == [("weights", 100, 1), ("grads", 60, 1), ("scratch", 30, 1)]
+    frames = [{"name": "at::empty", "filename": "/x/torch/a.cpp", "line": 3},
+              {"name": "detlstm::cuda::backward_scratch<float>", "filename": "/y/backward.cu", "line": 9},
+              {"name": "step", "filename": "/r/bench/core.py", "line": 117}]
+    assert frame_label(frames) == "detlstm::cuda::backward_scratch<float> (backward.cu:9)"
+    assert frame_label(frames[2:]) == "step (core.py:117)"
+    assert frame_label([]) == "(no frames)"
+
+
+def test_gpu_memory_says_it_needs_a_gpu(monkeypatch):
+    import torch
+
+    from bench import gpu_memory
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="needs a CUDA device"):
+        gpu_memory.main(["--shapes", "large"])
+
+
 TINY = "6,3,5,8,2,1,0.3,uniform:2"
 
 
