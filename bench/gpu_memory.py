@@ -4,8 +4,9 @@ Issue 13 asks for a training call's peak at most 1.2x cuDNN's at the large shape
 the two totals (torch.cuda.max_memory_allocated over one forward + backward) and nothing about their
 parts. This records the CUDA caching allocator's history over the bench's own step (same model,
 same inputs, after one warm-up call), replays the allocations and frees to their highest total, and
-lists the blocks live there, grouped by where they were allocated, largest first. The operators'
-scratch shows as the C++ function that asked for it where torch can symbolise C++ frames.
+lists the blocks live there by size and by the frame that allocated them, largest total first (an
+operator's scratch shows as the operator's call, or with --stacks all as the C++ function that
+asked for it).
 
     python -m bench.gpu_memory --shapes large --competitors detlstm,cudnn-fp32 >> report.md
 """
@@ -40,12 +41,12 @@ def live_at_peak(events):
 
 
 def by_label(blocks):
-    """[(label, bytes, count)], largest first, of the blocks {addr: (size, label)}."""
-    sums, counts = collections.Counter(), collections.Counter()
-    for size, label in blocks.values():
-        sums[label] += size
-        counts[label] += 1
-    return [(label, sums[label], counts[label]) for label, _ in sums.most_common()]
+    """[(label, block size, count)], largest total first, of the blocks {addr: (size, label)}:
+    blocks of one size from one place together (with Python frames alone, every buffer an operator
+    allocates has the operator's call as its place, and its size tells them apart)."""
+    counts = collections.Counter((label, size) for size, label in blocks.values())
+    return [(label, size, n) for (label, size), n in
+            sorted(counts.items(), key=lambda item: -item[0][1] * item[1])]
 
 
 def frame_label(frames):
@@ -61,15 +62,16 @@ def frame_label(frames):
     return text(frames[0]) if frames else "(no frames)"
 
 
-def record_step(step, inputs):
-    """(peak bytes from the replay, max_memory_allocated - base, [(label, bytes, count)]) of one call
-    of step(*inputs), recorded after a warm-up call."""
+def record_step(step, inputs, stacks):
+    """(peak bytes from the replay, max_memory_allocated - base, by_label's list) of one call of
+    step(*inputs), recorded after a warm-up call; stacks: "python", or "all" for C++ frames too
+    (symbolising them can take minutes)."""
     step(*inputs)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     try:
-        torch.cuda.memory._record_memory_history(enabled="all", context="alloc", stacks="all")
+        torch.cuda.memory._record_memory_history(enabled="all", context="alloc", stacks=stacks)
     except TypeError:  # older keyword set
         torch.cuda.memory._record_memory_history(True)
     step(*inputs)
@@ -83,23 +85,25 @@ def record_step(step, inputs):
     return peak, torch.cuda.max_memory_allocated() - base, by_label(blocks)
 
 
-def report(shape, competitor_name, rows=15):
+def report(shape, competitor_name, stacks="python", rows=15):
     spec = SHAPES[shape]
     competitor = next(c for c in all_competitors("cuda") if c.name == competitor_name)
     with competitor.context():
         model = competitor.build(spec, "cuda", torch.float32)
         model.train()
         inputs = user_form(make_inputs(spec, "cuda", torch.float32, 1))[0]
-        peak, allocated, groups = record_step(step_fn(competitor, model, "forward+backward"), inputs)
+        peak, allocated, groups = record_step(step_fn(competitor, model, "forward+backward"), inputs,
+                                              stacks)
     mib = 2.0 ** 20
     lines = [f"### {shape}, {competitor_name}: {peak / mib:,.1f} MiB live at the peak "
              f"(max_memory_allocated - base: {allocated / mib:,.1f} MiB)", "",
-             "| MiB | blocks | allocated in |", "|---:|---:|---|"]
-    lines += [f"| {size / mib:,.1f} | {count} | {label} |" for label, size, count in groups[:rows]]
+             "| MiB | blocks x MiB each | allocated in |", "|---:|---|---|"]
+    lines += [f"| {size * n / mib:,.1f} | {n} x {size / mib:,.2f} | {label} |"
+              for label, size, n in groups[:rows]]
     rest = groups[rows:]
     if rest:
-        lines.append(f"| {sum(s for _, s, _ in rest) / mib:,.1f} | {sum(c for _, _, c in rest)} | "
-                     f"{len(rest)} other places |")
+        lines.append(f"| {sum(s * n for _, s, n in rest) / mib:,.1f} | {sum(n for _, _, n in rest)} "
+                     f"blocks | {len(rest)} other sizes and places |")
     return "\n".join(lines) + "\n"
 
 
@@ -107,13 +111,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", default="large")
     parser.add_argument("--competitors", default="detlstm,cudnn-fp32")
+    parser.add_argument("--stacks", default="python", choices=["python", "all"],
+                        help="frames kept per allocation; all adds C++ (slow to symbolise)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("bench.gpu_memory: needs a CUDA device (torch.cuda.is_available() is False)")
     print("## Peak memory of a training call, by where it was allocated (bench.gpu_memory)\n")
     for shape in args.shapes.split(","):
         for name in args.competitors.split(","):
-            print(report(shape, name))
+            print(report(shape, name, args.stacks))
 
 
 if __name__ == "__main__":

@@ -90,6 +90,8 @@ def test_gpu_memory_replays_the_trace_to_its_peak():
     peak, blocks = live_at_peak(events)
     assert peak == 190 and sorted(blocks) == [1, 3, 4]
     assert by_label(blocks) == [("weights", 100, 1), ("grads", 60, 1), ("scratch", 30, 1)]
+    same = {1: (50, "op"), 2: (50, "op"), 3: (70, "op"), 4: (80, "other")}
+    assert by_label(same) == [("op", 50, 2), ("other", 80, 1), ("op", 70, 1)]
     frames = [{"name": "at::empty", "filename": "/x/torch/a.cpp", "line": 3},
               {"name": "detlstm::cuda::backward_scratch<float>", "filename": "/y/backward.cu", "line": 9},
               {"name": "step", "filename": "/r/bench/core.py", "line": 117}]
