@@ -322,22 +322,24 @@ void input_gradient_both_directions(const GemmGroup<T>& forward, const GemmGroup
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / (2 * kMR * kNB * P));
   parallel_for(m_blocks * n_blocks, grain, [&](int64_t begin, int64_t end) {
     DenormalGuard guard;
-    thread_local std::vector<T> tile;         // kMR rows of K: S_reverse of a task's tile
-    thread_local std::vector<T*> tile_rows;   // row m of the reverse product -> its row of tile
+    thread_local std::vector<T> tile;  // kMR rows of K: a task's tile of S_reverse
     tile.resize(static_cast<size_t>(kMR * K));
-    tile_rows.resize(static_cast<size_t>(forward.M));
-    GemmGroup<T> into_tile = reverse;
-    into_tile.c = tile_rows.data();
+    T* tile_rows[kMR];
+    for (int64_t i = 0; i < kMR; ++i) tile_rows[i] = tile.data() + i * K;
     for (int64_t task = begin; task < end; ++task) {
       // m fastest, as gemm_chain: consecutive tasks reuse the same columns of W_ih from cache
       const int64_t m0 = (task % m_blocks) * kMR, n0 = (task / m_blocks) * kNB;
       const int64_t m1 = std::min(m0 + kMR, forward.M), n1 = std::min(n0 + kNB, K);
-      for (int64_t m = m0; m < m1; ++m) tile_rows[m] = tile.data() + (m - m0) * K;
       gemm_block<T, false>(forward, P, m0, m1, n0, n1);
-      gemm_block<T, false>(into_tile, P, m0, m1, n0, n1);
+      // the reverse product's rows m0 .. m1-1, as rows 0 .. of a product whose C is the tile
+      GemmGroup<T> into_tile = reverse;
+      into_tile.M = m1 - m0;
+      into_tile.a = reverse.a + m0;
+      into_tile.c = tile_rows;
+      gemm_block<T, false>(into_tile, P, 0, m1 - m0, n0, n1);
       for (int64_t m = m0; m < m1; ++m) {
         T* row = forward.c[m];
-        const T* part = tile_rows[m];
+        const T* part = tile_rows[m - m0];
         for (int64_t n = n0; n < n1; ++n) row[n] = row[n] + part[n];
       }
     }
