@@ -57,7 +57,8 @@ def frame_label(frames):
 
     for wanted in ("detlstm", "bench"):
         for f in frames:
-            if wanted in f.get("name", "") or f"/{wanted}/" in f.get("filename", ""):
+            in_torch = "/torch/" in f.get("filename", "")  # a checkout named detlstm holds torch too
+            if wanted in f.get("name", "") or (f"/{wanted}/" in f.get("filename", "") and not in_torch):
                 return text(f)
     return text(frames[0]) if frames else "(no frames)"
 

@@ -3,9 +3,9 @@
 # and the CUDA kernels against the exact reference of the arithmetic, tests/test_arithmetic_v2.py)
 # with every kernel checked as it finishes (DETLSTM_CUDA_SYNC=1); the exhaustive canonical-function test; one small
 # forward + backward under compute-sanitizer (memcheck, racecheck); cuDNN's own reproducibility;
-# detlstm against cuDNN (tagger, large, stream); where a training call's memory goes at its peak
-# at large, detlstm and cuDNN (bench.gpu_memory, appended to the bench's report); device time per
-# kernel in the launch variants not timed yet and the default (PROFILE_VARIANTS).
+# detlstm against cuDNN (tagger, large, stream); device time per kernel in the launch variants not
+# timed yet and the default (PROFILE_VARIANTS); where a training call's memory goes at its peak at
+# large, detlstm and cuDNN (bench.gpu_memory, appended to the bench's report).
 # A short table last; at most eight files under $OUT (what the device tool brings back):
 #   summary.txt gpu_tests.log canonical.log sanitizer.log cudnn_repro.json profile.md
 #   bench/report_cuda.md bench/results_cuda.json        (build.log only when the build fails)
@@ -15,7 +15,7 @@
 # the whole stays under BUDGET seconds (default 570): a phase that no longer fits is skipped, and
 # says so in the table.
 set -uo pipefail
-PHASES=${PHASES:-build tests canonical sanitizer repro bench memory profile}
+PHASES=${PHASES:-build tests canonical sanitizer repro bench profile memory}
 BUDGET=${BUDGET:-570}
 want() { [[ " $PHASES " == *" $1 "* ]]; }
 OUT=${OUT:-/tmp/detlstm_gpu}
@@ -97,15 +97,6 @@ if want bench; then
   [ -s "$OUT/bench/report_cuda.md" ] || tail -15 /tmp/detlstm_bench.log
 fi
 
-if want memory; then
-  mkdir -p "$OUT/bench"
-  phase memory 60 $PY -m bench.gpu_memory --shapes large --competitors detlstm,cudnn-fp32 \
-    >> "$OUT/bench/report_cuda.md" 2> /tmp/detlstm_memory.err
-  rc=$?
-  [ $rc -ne 0 ] && tail -5 /tmp/detlstm_memory.err
-  status "memory at large (${PHASE_SECONDS:-0} s)" "$([ $rc -eq 0 ] && grep -E '^### ' "$OUT/bench/report_cuda.md" | sed 's/^### //' | tr '\n' ';' || echo "FAILED rc=$rc $PHASE_NOTE")"
-fi
-
 if want profile; then
   # the shapes not timed yet, against the default; 1-3 (per-step, measured at first light) left out
   phase profile 120 $PY -m bench.gpu_profile --shapes tagger,large,stream --out "$OUT/profile.md" \
@@ -114,6 +105,16 @@ if want profile; then
   rc=$?
   [ $rc -ne 0 ] && tail -5 /tmp/detlstm_profile.err >> "$OUT/profile.md"
   status "profile (${PHASE_SECONDS:-0} s)" "$([ $rc -eq 0 ] && echo ok || echo "FAILED rc=$rc $PHASE_NOTE")"
+fi
+
+# after the profile, which the budget must not starve; PHASES="build memory" runs it alone
+if want memory; then
+  mkdir -p "$OUT/bench"
+  phase memory 60 $PY -m bench.gpu_memory --shapes large --competitors detlstm,cudnn-fp32 \
+    >> "$OUT/bench/report_cuda.md" 2> /tmp/detlstm_memory.err
+  rc=$?
+  [ $rc -ne 0 ] && tail -5 /tmp/detlstm_memory.err
+  status "memory at large (${PHASE_SECONDS:-0} s)" "$([ $rc -eq 0 ] && grep -E '^### ' "$OUT/bench/report_cuda.md" | sed 's/^### //' | tr '\n' ';' || echo "FAILED rc=$rc $PHASE_NOTE")"
 fi
 
 echo

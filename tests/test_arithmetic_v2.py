@@ -248,6 +248,9 @@ CONFIGS = [
     # dX 520 wide: the CPU's input gradient takes it in two column blocks (kNB = 512), each task
     # adding its tile of the reverse part to the forward part's
     ("bi-wideinput-f32", 2, 3, 520, 2, 1, True, True, 0, [2, 1, 2], torch.float32, 0.0),
+    # three layers: the middle layer's input gradient goes over its own dY, in the one buffer
+    ("bi3-dropout-f32", 4, 3, 3, 3, 3, True, True, 0, [4, 1, 3], torch.float32, 0.5),
+    ("uni3-proj-f64", 3, 2, 2, 4, 3, False, True, 2, [3, 2], torch.float64, 0.2),
 ]
 
 

@@ -97,6 +97,8 @@ def test_gpu_memory_replays_the_trace_to_its_peak():
               {"name": "step", "filename": "/r/bench/core.py", "line": 117}]
     assert frame_label(frames) == "detlstm::cuda::backward_scratch<float> (backward.cu:9)"
     assert frame_label(frames[2:]) == "step (core.py:117)"
+    in_venv = [{"name": "empty", "filename": "/w/detlstm/.venv/lib/torch/x.py", "line": 1}] + frames[2:]
+    assert frame_label(in_venv) == "step (core.py:117)"
     assert frame_label([]) == "(no frames)"
 
 
