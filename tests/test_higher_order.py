@@ -209,6 +209,42 @@ def test_unused_outputs_get_zero_gradients(used, operator_level):
         assert_bitwise_equal(a, b, f"gradient with only {used} used")
 
 
+@pytest.mark.parametrize("operator_level", [False, True])
+def test_no_tensor_made_for_saved_activations_gradients(operator_level):
+    """The saved activations (layer_out, gates, cells) are outputs nobody differentiates: a backward
+    must not make a tensor of their size (materialized zero gradients were 550 MiB of a training
+    call's peak at the bench's large shape). Every aten op the backward runs is recorded."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class OutputShapes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.made = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            result = func(*args, **(kwargs or {}))
+            for r in (result if isinstance(result, (tuple, list)) else [result]):
+                if isinstance(r, torch.Tensor):
+                    self.made.append((str(func), tuple(r.shape)))
+            return result
+
+    ours, _ = _pair(2, True, 0)
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    weights = list(ours.parameters())
+    h0 = torch.zeros(4, B, H, dtype=torch.float64)
+    outs = ops.lstm_forward(x, torch.full((B,), T), h0, h0, weights, True, 2, True, 0.0, True,
+                            torch.tensor(0), 0)
+    activation_shapes = {tuple(a.shape) for a in outs[3:]}
+    loss = outs[0].sum() if operator_level else ours(x)[0].sum()
+    recorder = OutputShapes()
+    with recorder:
+        loss.backward()
+    assert any("lstm_backward" in f for f, _ in recorder.made), "the backward was not recorded"
+    assert x.grad.abs().sum() > 0
+    made = [(f, s) for f, s in recorder.made if s in activation_shapes]
+    assert not made, f"the backward made tensors shaped like the saved activations: {made}"
+
+
 def test_operator_level_double_backward():
     """torch.ops.detlstm.lstm_forward called directly: its registered backward is differentiable."""
     ours, ref = _pair(1, True, 0)
