@@ -423,6 +423,34 @@ void gemm_columns(const GemmGroup<T>& g, int64_t P, int64_t n0, int64_t n1) {
 // 64: 64 rows 301 ms, 128 rows 277, 256 rows 262-277, 512 rows 270 (one thread, best of 3 rounds).
 constexpr int64_t kMBCols = 32 * kMR;
 
+// How a product's (M, N) outputs are cut into tasks: blocks of `rows` x `cols`, m fastest, so
+// consecutive tasks reuse the same columns of B from cache. gemm_chain and the bidirectional input
+// gradient (lstm_cpu_backward.h) cut the same way.
+struct TaskTiles {
+  int64_t M, N, rows, cols, n_blocks;
+  struct Tile {
+    int64_t m0, m1, n0, n1;
+  };
+  int64_t m_blocks() const { return (M + rows - 1) / rows; }
+  int64_t count() const { return m_blocks() * n_blocks; }
+  Tile tile(int64_t task) const {
+    const int64_t m0 = (task % m_blocks()) * rows, n0 = (task / m_blocks()) * cols;
+    return {m0, std::min(m0 + rows, M), n0, std::min(n0 + cols, N)};
+  }
+  // Tasks per claim of the thread pool: about 2^16 multiply-adds, `work` per output.
+  int64_t grain(int64_t work) const {
+    return std::max<int64_t>(1, (int64_t(1) << 16) / (rows * cols * work));
+  }
+};
+
+// Row mode: tiles of kMR rows by kNB columns.
+inline TaskTiles row_mode_tiles(int64_t M, int64_t N) { return {M, N, kMR, kNB, (N + kNB - 1) / kNB}; }
+// Column mode: kMBCols rows by every column, one block even of none (a product linked by shared_a
+// still runs).
+inline TaskTiles column_mode_tiles(int64_t M, int64_t N) {
+  return {M, N, kMBCols, std::max<int64_t>(N, 1), 1};
+}
+
 // Runs every group's product (all with the same N and P) as one parallel region. P >= 1.
 // A row-mode task is one tile of kMR rows by kNB columns: its rows of A (8 x kKCRows values, read
 // from kMR rows far apart) stay in L1 while the kNB / kNR strips of B stream from L2, one line per p.
@@ -434,32 +462,23 @@ constexpr int64_t kMBCols = 32 * kMR;
 template <typename T, bool kACols>
 void gemm_chain(const std::vector<GemmGroup<T>>& groups, int64_t N, int64_t P,
                 const ParallelFor& parallel_for) {
-  const int64_t cols_per_task = kACols ? std::max<int64_t>(N, 1) : kNB;
-  const int64_t rows_per_task = kACols ? kMBCols : kMR;
-  // Column mode: one block of every column, even none (a product linked by shared_a still runs).
-  const int64_t n_blocks = kACols ? 1 : (N + cols_per_task - 1) / cols_per_task;
+  const auto tiles_of = [&](const GemmGroup<T>& g) {
+    return kACols ? column_mode_tiles(g.M, N) : row_mode_tiles(g.M, N);
+  };
   std::vector<int64_t> first_task(groups.size() + 1, 0);
-  for (size_t k = 0; k < groups.size(); ++k) {
-    const int64_t m_blocks = (groups[k].M + rows_per_task - 1) / rows_per_task;
-    first_task[k + 1] = first_task[k] + m_blocks * n_blocks;
-  }
+  for (size_t k = 0; k < groups.size(); ++k)
+    first_task[k + 1] = first_task[k] + tiles_of(groups[k]).count();
   const int64_t tasks = first_task.back();
   if (tasks == 0) return;
-  const int64_t grain =
-      std::max<int64_t>(1, (int64_t(1) << 16) / (rows_per_task * cols_per_task * P));
+  const int64_t grain = tiles_of(groups[0]).grain(P);
   parallel_for(tasks, grain, [&](int64_t begin, int64_t end) {
     DenormalGuard guard;
     size_t k = 0;
     for (int64_t task = begin; task < end; ++task) {
       while (task >= first_task[k + 1]) ++k;
       const GemmGroup<T>& g = groups[k];
-      const int64_t m_blocks = (g.M + rows_per_task - 1) / rows_per_task;
-      const int64_t local = task - first_task[k];
-      // m fastest: consecutive tasks of a chunk reuse the same columns of B from cache
-      const int64_t m0 = (local % m_blocks) * rows_per_task;
-      const int64_t n0 = (local / m_blocks) * cols_per_task;
-      gemm_block<T, kACols>(g, P, m0, std::min(m0 + rows_per_task, g.M), n0,
-                            std::min(n0 + cols_per_task, N));
+      const TaskTiles::Tile t = tiles_of(g).tile(task - first_task[k]);
+      gemm_block<T, kACols>(g, P, t.m0, t.m1, t.n0, t.n1);
     }
   });
 }

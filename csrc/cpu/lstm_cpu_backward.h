@@ -318,18 +318,15 @@ void input_gradient_product(const LstmBackwardArgs<T>& a, const math::CallDims& 
 template <typename T>
 void input_gradient_both_directions(const GemmGroup<T>& forward, const GemmGroup<T>& reverse,
                                     int64_t K, int64_t P, const ParallelFor& parallel_for) {
-  const int64_t m_blocks = (forward.M + kMR - 1) / kMR, n_blocks = (K + kNB - 1) / kNB;
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / (2 * kMR * kNB * P));
-  parallel_for(m_blocks * n_blocks, grain, [&](int64_t begin, int64_t end) {
+  const TaskTiles tiles = row_mode_tiles(forward.M, K);
+  parallel_for(tiles.count(), tiles.grain(2 * P), [&](int64_t begin, int64_t end) {
     DenormalGuard guard;
     thread_local std::vector<T> tile;  // kMR rows of K: a task's tile of S_reverse
     tile.resize(static_cast<size_t>(kMR * K));
     T* tile_rows[kMR];
     for (int64_t i = 0; i < kMR; ++i) tile_rows[i] = tile.data() + i * K;
     for (int64_t task = begin; task < end; ++task) {
-      // m fastest, as gemm_chain: consecutive tasks reuse the same columns of W_ih from cache
-      const int64_t m0 = (task % m_blocks) * kMR, n0 = (task / m_blocks) * kNB;
-      const int64_t m1 = std::min(m0 + kMR, forward.M), n1 = std::min(n0 + kNB, K);
+      const auto [m0, m1, n0, n1] = tiles.tile(task);
       gemm_block<T, false>(forward, P, m0, m1, n0, n1);
       // the reverse product's rows m0 .. m1-1, as rows 0 .. of a product whose C is the tile
       GemmGroup<T> into_tile = reverse;
