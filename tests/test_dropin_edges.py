@@ -115,10 +115,24 @@ def _subnormal_case(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_flush_denormal_changes_no_bit(dtype):
+@pytest.mark.parametrize("variant", ["generic", "avx2", "avx512"])
+def test_flush_denormal_changes_no_bit(dtype, variant):
+    """Each CPU kernel build clears flush-to-zero for its own threads (every build has its own
+    DenormalGuard and its own vector code)."""
+    from detlstm._info import cpu_variants
+    if variant not in cpu_variants()[2]:
+        pytest.skip(f"this CPU cannot run the {variant} build")
     if not torch.set_flush_denormal(True):
         pytest.skip("this CPU has no flush-to-zero mode")
     torch.set_flush_denormal(False)
+    before = detlstm.set_cpu_variant(variant)
+    try:
+        _flush_denormal_case_keeps_bits(dtype)
+    finally:
+        detlstm.set_cpu_variant(before)
+
+
+def _flush_denormal_case_keeps_bits(dtype):
     model, x = _subnormal_case(dtype)
 
     def run():

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch import nn
-from torch.func import functional_call, grad, hessian, jacfwd, jacrev, jvp, vmap
+from torch.func import functional_call, grad, hessian, jacfwd, jacrev, jvp, vjp, vmap
 
 import detlstm
 from detlstm._ops import ops
@@ -273,6 +273,27 @@ def test_func_grad_is_the_kernel_gradient():
     for name, p in ours.named_parameters():
         assert_bitwise_equal(got[name], p.grad, f"torch.func.grad {name}")
 
+
+def test_func_vjp_is_the_kernel_gradient():
+    """torch.func.vjp with a cotangent for every output: the bits of autograd.grad with the same
+    cotangents, for the input and every parameter."""
+    ours, _ = _pair(2, True, 0)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    params = {k: v.detach() for k, v in ours.named_parameters()}
+
+    def run(p, inp):
+        out, (h_n, c_n) = functional_call(ours, p, (inp,))
+        return out, h_n, c_n
+    outs, pullback = vjp(run, params, x)
+    cotangents = tuple(torch.randn_like(o) for o in outs)
+    got_params, got_x = pullback(cotangents)
+    xr = x.clone().requires_grad_()
+    want = torch.autograd.grad(run(dict(ours.named_parameters()), xr), [xr, *ours.parameters()],
+                               grad_outputs=cotangents)
+    assert_bitwise_equal(got_x, want[0], "torch.func.vjp input")
+    for (name, _), w in zip(ours.named_parameters(), want[1:]):
+        assert_bitwise_equal(got_params[name], w, f"torch.func.vjp {name}")
+    assert got_x.abs().sum() > 0
 
 def test_vmap_gives_each_slice_its_own_bits():
     ours, _ = _pair(2, True, 0)
