@@ -78,18 +78,21 @@ inline at::Tensor large_output(at::IntArrayRef sizes, const at::TensorOptions& o
   return t;
 }
 
-inline LstmOutputs allocate_lstm_outputs(const LstmCall& c, const at::Tensor& input,
-                                         at::Allocator* blocks) {
+// The forward's outputs; where `shape` keeps one layer (a forward nothing will differentiate),
+// layer_out, gates and cells are the smaller buffers the kernels reuse (lstm_args.h).
+inline LstmOutputs allocate_lstm_outputs(const LstmCall& c, const LstmShape& shape,
+                                         const at::Tensor& input, at::Allocator* blocks) {
   const auto opts = input.options();
   const int64_t RH = c.proj_size > 0 ? c.proj_size : c.hidden_size;
   const int64_t LD = c.num_layers * c.directions, DH = c.directions * RH;
+  const int64_t KL = kept_layers(shape);
   LstmOutputs o;
   o.output = large_output({c.steps, c.batch, DH}, opts, blocks);
   o.h_n = at::empty({LD, c.batch, RH}, opts);
   o.c_n = at::empty({LD, c.batch, c.hidden_size}, opts);
-  o.layer_out = large_output({c.num_layers - 1, c.steps, c.batch, DH}, opts, blocks);
-  o.gates = large_output({c.num_layers, c.directions, c.steps, c.batch, 4 * c.hidden_size}, opts, blocks);
-  o.cells = large_output({c.num_layers, c.directions, c.steps, c.batch, c.hidden_size}, opts, blocks);
+  o.layer_out = large_output({layer_out_slices(shape), c.steps, c.batch, DH}, opts, blocks);
+  o.gates = large_output({KL, c.directions, c.steps, c.batch, 4 * c.hidden_size}, opts, blocks);
+  o.cells = large_output({KL, c.directions, c.steps, c.batch, c.hidden_size}, opts, blocks);
   return o;
 }
 
@@ -138,6 +141,9 @@ inline LstmGrads allocate_lstm_grads(const at::Tensor& input, const at::Tensor& 
 // CPU and CUDA bindings both start from. The backward's extra tensors stay undefined for a forward.
 struct PreparedCall {
   LstmCall call;
+  // false for a forward nothing will differentiate: the kernels keep one layer's activations
+  // (LstmShape::keeps_every_layer) and the binding returns output, h_n and c_n alone.
+  bool keeps_every_layer = true;
   at::Tensor input, lengths, h0, c0;
   std::vector<at::Tensor> weights;
   at::Tensor grad_output, grad_h_n, grad_c_n, output, layer_out, gates, cells;
@@ -182,9 +188,17 @@ inline PreparedCall prepare_backward(
 // The kernels' views of a prepared call: the forward writing into `out`, the backward into `grads`.
 template <typename T>
 LstmForwardArgs<T> forward_view(const PreparedCall& p, const LstmOutputs& out) {
-  return lstm_forward_args<T>(p.call, p.input, p.lengths, p.h0, p.c0, p.weights,
-                              out.output.data_ptr<T>(), out.h_n.data_ptr<T>(), out.c_n.data_ptr<T>(),
-                              out.layer_out, out.gates, out.cells);
+  LstmForwardArgs<T> a = lstm_forward_args<T>(
+      p.call, p.input, p.lengths, p.h0, p.c0, p.weights, out.output.data_ptr<T>(),
+      out.h_n.data_ptr<T>(), out.c_n.data_ptr<T>(), out.layer_out, out.gates, out.cells);
+  a.shape.keeps_every_layer = p.keeps_every_layer;
+  return a;
+}
+
+inline LstmShape prepared_shape(const PreparedCall& p) {
+  LstmShape s = lstm_shape(p.call);
+  s.keeps_every_layer = p.keeps_every_layer;
+  return s;
 }
 
 template <typename T>
@@ -216,6 +230,7 @@ class ScratchPool {
 
 using ForwardResult =
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using InferenceResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>>;
 
 // The rest of an operator once its call is prepared, the same for every binding: allocate the
@@ -223,13 +238,22 @@ using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vecto
 // (LstmForwardArgs<float> or <double>) to `run`, return the outputs.
 template <class Run>
 ForwardResult run_lstm_forward(const PreparedCall& p, Run&& run, at::Allocator* blocks = nullptr) {
-  const LstmOutputs o = allocate_lstm_outputs(p.call, p.input, blocks);
+  const LstmOutputs o = allocate_lstm_outputs(p.call, prepared_shape(p), p.input, blocks);
   if (p.call.batch == 0) return {o.output, o.h_n, o.c_n, o.layer_out, o.gates, o.cells};  // all empty
   if (p.input.scalar_type() == at::kFloat)
     run(forward_view<float>(p, o));
   else
     run(forward_view<double>(p, o));
   return {o.output, o.h_n, o.c_n, o.layer_out, o.gates, o.cells};
+}
+
+// The forward nothing will differentiate (the lstm_inference operator): output, h_n and c_n, from
+// buffers that held one layer's activations at a time, released on return.
+template <class Run>
+InferenceResult run_lstm_inference(PreparedCall p, Run&& run, at::Allocator* blocks = nullptr) {
+  p.keeps_every_layer = false;
+  const ForwardResult r = run_lstm_forward(p, std::forward<Run>(run), blocks);
+  return {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
 }
 
 template <class Run>

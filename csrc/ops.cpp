@@ -109,6 +109,16 @@ cpu::ParallelFor torch_parallel_for() {
           at::in_parallel_region() ? 1 : static_cast<int64_t>(at::get_num_threads())};
 }
 
+// The CPU forward kernels of the selected build, for run_lstm_forward and run_lstm_inference.
+auto cpu_forward_kernels() {
+  return [&kernels = *current_variant()](const auto& view) {
+    if constexpr (std::is_same_v<std::decay_t<decltype(view)>, LstmForwardArgs<float>>)
+      kernels.forward_f32(view, torch_parallel_for());
+    else
+      kernels.forward_f64(view, torch_parallel_for());
+  };
+}
+
 ForwardResult lstm_forward_cpu(const at::Tensor& input, const at::Tensor& lengths,
                                const at::Tensor& h0, const at::Tensor& c0, at::TensorList weights,
                                bool has_biases, int64_t num_layers, bool bidirectional,
@@ -116,13 +126,17 @@ ForwardResult lstm_forward_cpu(const at::Tensor& input, const at::Tensor& length
                                int64_t proj_size) {
   const PreparedCall p = prepare_forward(input, lengths, h0, c0, weights, has_biases, num_layers,
                                          bidirectional, dropout, train, seed, proj_size);
-  const KernelVariant& kernels = *current_variant();
-  return run_lstm_forward(p, [&](const auto& view) {
-    if constexpr (std::is_same_v<std::decay_t<decltype(view)>, LstmForwardArgs<float>>)
-      kernels.forward_f32(view, torch_parallel_for());
-    else
-      kernels.forward_f64(view, torch_parallel_for());
-  }, block_cache_allocator());
+  return run_lstm_forward(p, cpu_forward_kernels(), block_cache_allocator());
+}
+
+InferenceResult lstm_inference_cpu(const at::Tensor& input, const at::Tensor& lengths,
+                                   const at::Tensor& h0, const at::Tensor& c0,
+                                   at::TensorList weights, bool has_biases, int64_t num_layers,
+                                   bool bidirectional, double dropout, bool train,
+                                   const at::Tensor& seed, int64_t proj_size) {
+  return run_lstm_inference(prepare_forward(input, lengths, h0, c0, weights, has_biases, num_layers,
+                                            bidirectional, dropout, train, seed, proj_size),
+                            cpu_forward_kernels(), block_cache_allocator());
 }
 
 BackwardResult lstm_backward_cpu(
@@ -184,6 +198,13 @@ TORCH_LIBRARY(detlstm, m) {
       "bool has_biases, int num_layers, bool bidirectional, float dropout, bool train, "
       "Tensor seed, int proj_size) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor layer_out, "
       "Tensor gates, Tensor cells)");
+  // lstm_forward's results alone, for a call nothing will differentiate (inference; dropout still
+  // applies where train is true): no activations are kept for a backward, so a multi-layer call
+  // holds one layer's gates and cells at a time. The same bits as lstm_forward's first three.
+  m.def(
+      "lstm_inference(Tensor input, Tensor lengths, Tensor h0, Tensor c0, Tensor[] weights, "
+      "bool has_biases, int num_layers, bool bidirectional, float dropout, bool train, "
+      "Tensor seed, int proj_size) -> (Tensor output, Tensor h_n, Tensor c_n)");
   m.def(
       "lstm_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, "
       "Tensor lengths, Tensor h0, Tensor c0, Tensor[] weights, Tensor output, Tensor layer_out, "
@@ -196,6 +217,7 @@ TORCH_LIBRARY(detlstm, m) {
 
 TORCH_LIBRARY_IMPL(detlstm, CPU, m) {
   m.impl("lstm_forward", &lstm_forward_cpu);
+  m.impl("lstm_inference", &lstm_inference_cpu);
   m.impl("lstm_backward", &lstm_backward_cpu);
   m.impl("canonical_unary", &canonical_unary_cpu);
   m.impl("philox4x32_10", &philox4x32_10_cpu);

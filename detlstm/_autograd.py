@@ -234,14 +234,15 @@ def lstm(input, lengths, h0, c0, weights, has_biases, num_layers, bidirectional,
     """detlstm::lstm_forward's (output, h_n, c_n), differentiable to any order and in forward mode.
     Under torch.compile and torch.jit.trace the operator is called directly (dynamo cannot trace an
     autograd.Function with a custom jvp; a trace must record the operator to be saved and loaded):
-    its registered autograd gives the same derivatives, forward mode aside. So is a call no derivative
-    can be asked of (_no_derivative_possible): inference under torch.no_grad."""
+    its registered autograd gives the same derivatives, forward mode aside. A call no derivative can
+    be asked of (_no_derivative_possible: inference under torch.no_grad) runs lstm_inference, which
+    keeps no activations for a backward: the same bits in less memory."""
     operator_args = (input, lengths, h0, c0, weights, has_biases, num_layers, bidirectional,
                      dropout, train, seed, proj_size)
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return ops.lstm_forward(*operator_args)[:3]
     if _no_derivative_possible():
-        return _without_autograd(ops.lstm_forward, *operator_args)[:3]
+        return _without_autograd(ops.lstm_inference, *operator_args)
     output, h_n, c_n, *_ = LSTMFunction.apply(input, lengths, h0, c0, seed, has_biases, num_layers,
                                               bidirectional, dropout, train, proj_size, *weights)
     return output, h_n, c_n
@@ -300,6 +301,17 @@ torch.library.register_autograd("detlstm::lstm_backward", _backward_backward,
                                 setup_context=_backward_setup_context)
 
 
+def _inference_backward(ctx, *grads):
+    raise RuntimeError(
+        "detlstm::lstm_inference keeps no activations and has no derivative: call "
+        "torch.ops.detlstm.lstm_forward (or detlstm.LSTM, which picks it) for a call to differentiate")
+
+
+# Called directly with tensors that require grad, lstm_inference refuses a backward with a clear
+# error instead of torch's warning that no autograd kernel is registered.
+torch.library.register_autograd("detlstm::lstm_inference", _inference_backward)
+
+
 def _slice(value, dim, index):
     if dim is None:
         return value
@@ -329,4 +341,5 @@ def _vmap_by_loop(op):
 
 
 torch.library.register_vmap("detlstm::lstm_forward", _vmap_by_loop(ops.lstm_forward))
+torch.library.register_vmap("detlstm::lstm_inference", _vmap_by_loop(ops.lstm_inference))
 torch.library.register_vmap("detlstm::lstm_backward", _vmap_by_loop(ops.lstm_backward))

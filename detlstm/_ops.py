@@ -28,6 +28,13 @@ def _lstm_forward_fake(input, lengths, h0, c0, weights, has_biases, num_layers, 
     )
 
 
+@torch.library.register_fake("detlstm::lstm_inference")
+def _lstm_inference_fake(input, lengths, h0, c0, weights, has_biases, num_layers, bidirectional,
+                         dropout, train, seed, proj_size):
+    return _lstm_forward_fake(input, lengths, h0, c0, weights, has_biases, num_layers,
+                              bidirectional, dropout, train, seed, proj_size)[:3]
+
+
 @torch.library.register_fake("detlstm::lstm_backward")
 def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, input, lengths, h0, c0, weights, output,
                         layer_out, gates, cells, has_biases, num_layers, bidirectional, dropout,

@@ -201,6 +201,25 @@ def test_opcheck_on_cuda():
             [w.detach().cuda().requires_grad_() for w in model._flat_weights], True, 2, True, 0.5,
             True, torch.tensor(5), 0)
     torch.library.opcheck(torch.ops.detlstm.lstm_forward.default, args)
+    plain = [a.detach() if isinstance(a, torch.Tensor) else
+             [w.detach() for w in a] if isinstance(a, list) else a for a in args]
+    torch.library.opcheck(torch.ops.detlstm.lstm_inference.default, tuple(plain))
+
+
+@pytest.mark.parametrize("layers,proj", [(3, 0), (4, 3)])
+def test_inference_on_gpu_gives_the_cpu_forwards_bits(layers, proj):
+    _, model = make_pair(5, 7, num_layers=layers, bidirectional=True, proj_size=proj, dropout=0.5)
+    g = torch.Generator().manual_seed(1)
+    x, lengths = torch.randn(T, B, 5, generator=g), torch.tensor(LENGTHS)
+    weights = [w.detach() for w in model._flat_weights]
+    h0 = torch.zeros(2 * layers, B, proj or 7)
+    c0 = torch.zeros(2 * layers, B, 7)
+    args = (x, lengths, h0, c0, weights, True, layers, True, 0.5, True, torch.tensor(9), proj)
+    cpu = torch.ops.detlstm.lstm_forward(*args)[:3]
+    cuda_args = (x.cuda(), lengths, h0.cuda(), c0.cuda(), [w.cuda() for w in weights], *args[5:])
+    gpu = torch.ops.detlstm.lstm_inference(*cuda_args)
+    for name, a, b in zip(("output", "h_n", "c_n"), cpu, gpu):
+        assert_bitwise_equal(a, b.cpu(), f"lstm_inference on the GPU: {name}")
 
 
 @pytest.mark.parametrize("layers,bidir,form,dropout",

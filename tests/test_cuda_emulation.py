@@ -400,3 +400,19 @@ def test_kernels_stay_inside_their_buffers_and_write_every_output():
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     # 8 cases x every launch shape x dropout on and off x float32 and float64
     assert run.stdout.strip().splitlines()[-1] == f"ok {8 * len(SHAPES) * 4}"
+
+
+# The forward nothing will differentiate (lstm_inference): one layer's gates and cells and two
+# layer-output slices reused; four layers take each slice twice. Persistent (0) and per-step (4).
+@pytest.mark.parametrize("layers,bidir,proj", [(3, True, 0), (4, False, 0), (4, True, 3)])
+@pytest.mark.parametrize("variant", [0, 4])
+def test_inference_gives_the_cpu_forwards_bits(emulated, layers, bidir, proj, variant):
+    fwd_args, _ = _call(layers, bidir, True, proj, 0.5, torch.float32, seed=4)
+    cpu = ops.lstm_forward(*fwd_args)[:3]
+    emulated.set_launch_variant(variant)
+    try:
+        emu = emulated.lstm_inference(*fwd_args)
+    finally:
+        emulated.set_launch_variant(0)
+    for name, a, b in zip(("output", "h_n", "c_n"), cpu, emu):
+        assert_bitwise_equal(a, b, f"emulated lstm_inference {name}, launch variant {variant}")

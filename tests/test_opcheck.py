@@ -25,6 +25,13 @@ def test_opcheck_lstm_forward_with_dropout():
     torch.library.opcheck(torch.ops.detlstm.lstm_forward.default, args)
 
 
+@pytest.mark.parametrize("layers,bidir,dropout", [(1, False, 0.0), (3, True, 0.5)])
+def test_opcheck_lstm_inference(layers, bidir, dropout):
+    args, _ = _forward_args(layers, bidir, True, torch.float32, dropout=dropout, train=dropout > 0,
+                            requires_grad=False)
+    torch.library.opcheck(torch.ops.detlstm.lstm_inference.default, args)
+
+
 def test_opcheck_lstm_backward():
     args, grads = _forward_args(2, True, True, torch.float64, dropout=0.3, train=True, requires_grad=False)
     out = torch.ops.detlstm.lstm_forward(*args)

@@ -14,13 +14,15 @@ struct CallDims {
   int64_t T, B, I, H, RH, L, D;
   int64_t DH;  // width of a layer's output, D * RH
   int64_t G;   // gate rows, 4H
+  int64_t KL;  // layers whose gates and cells the buffers hold (kept_layers: L or 1)
   bool proj, bias;
 
   CallDims() = default;  // for kernel parameter arrays filled later (the CUDA GEMM groups)
   DETLSTM_HD explicit CallDims(const ::detlstm::LstmShape& s)
       : T(s.steps), B(s.batch), I(s.input_size), H(s.hidden_size),
         RH(s.proj_size > 0 ? s.proj_size : s.hidden_size), L(s.num_layers), D(s.directions),
-        DH(s.directions * RH), G(4 * s.hidden_size), proj(s.proj_size > 0), bias(s.has_bias) {}
+        DH(s.directions * RH), G(4 * s.hidden_size), KL(s.keeps_every_layer ? s.num_layers : 1),
+        proj(s.proj_size > 0), bias(s.has_bias) {}
 
   // Width of layer l's input.
   DETLSTM_HD int64_t layer_input(int64_t l) const { return l == 0 ? I : DH; }
@@ -33,9 +35,9 @@ struct CallDims {
   DETLSTM_HD int64_t out_offset(int64_t t, int64_t b, int64_t d) const {
     return row(t, b) * DH + d * RH;
   }
-  // Where (layer, direction)'s block starts in gates (L, D, T, B, 4H) or cells (L, D, T, B, H), in
-  // rows of (t, b).
-  DETLSTM_HD int64_t saved_rows(int64_t l, int64_t d) const { return (l * D + d) * T * B; }
+  // Where (layer, direction)'s block starts in gates (KL, D, T, B, 4H) or cells (KL, D, T, B, H), in
+  // rows of (t, b). With one layer kept, every layer's block is the same.
+  DETLSTM_HD int64_t saved_rows(int64_t l, int64_t d) const { return ((l % KL) * D + d) * T * B; }
 };
 
 // Time index of processing step s of a row of this length: forward runs t = s, reverse t = len-1-s.

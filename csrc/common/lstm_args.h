@@ -29,7 +29,23 @@ struct LstmShape {
   int64_t num_layers;   // L
   int64_t directions;   // D, 1 or 2
   bool has_bias;
+  // true: the forward keeps every layer's gates, cells and outputs for a backward. false (a forward
+  // nothing will differentiate): the buffers hold one layer's gates and cells and two layers'
+  // outputs, reused layer after layer (kept_layers, layer_out_slices); the results are the same.
+  bool keeps_every_layer = true;
 };
+
+// Layers whose gates and cells the buffers hold: every layer, or the one being computed.
+inline int64_t kept_layers(const LstmShape& s) { return s.keeps_every_layer ? s.num_layers : 1; }
+
+// Slices of layer_out: one per layer below the last, or at most two taken in turn: layer l reads
+// layer l-1's slice and writes the other, which held layer l-2's output, read no more. (One slice
+// would do while a layer's input projection ends before its recurrence writes, as it does on both
+// sides now; two keep a layer's input intact for as long as the layer runs.)
+inline int64_t layer_out_slices(const LstmShape& s) {
+  const int64_t below_last = s.num_layers - 1;
+  return s.keeps_every_layer || below_last < 2 ? below_last : 2;
+}
 
 // Weights of one (layer, direction), indexed layer * D + direction, nn.LSTM layouts:
 // w_ih (4H, K), w_hh (4H, R), b_ih and b_hh (4H) or null without bias, w_hr (P, H) or null without
@@ -41,7 +57,9 @@ struct LstmWeights {
 
 // Tensors are contiguous and time-major: x (T, B, I); y (T, B, D*R); h0, h_n (L*D, B, R);
 // c0, c_n (L*D, B, H); layer_out (L-1, T, B, D*R): outputs of the layers below the last, before dropout;
-// gates (L, D, T, B, 4H): activated gates i, f, g, o; cells (L, D, T, B, H).
+// gates (L, D, T, B, 4H): activated gates i, f, g, o; cells (L, D, T, B, H). Where the shape keeps one
+// layer (LstmShape::keeps_every_layer false): layer_out (layer_out_slices, T, B, D*R), gates and
+// cells (1, D, T, B, *).
 // lengths: B values in [1, T]. Padding rows of y, layer_out, gates and cells are written as 0.
 template <typename T>
 struct LstmForwardArgs {
@@ -84,7 +102,8 @@ template <typename T>
 T* layer_output(const LstmForwardArgs<T>& a, int64_t layer) {
   const LstmShape& s = a.shape;
   if (layer == s.num_layers - 1) return a.y;
-  return a.layer_out + layer * s.steps * s.batch * s.directions * real_hidden_size(s);
+  const int64_t slice = s.keeps_every_layer ? layer : layer % 2;
+  return a.layer_out + slice * s.steps * s.batch * s.directions * real_hidden_size(s);
 }
 
 // Layer l's input before dropout: x for layer 0, the output of the layer below otherwise.

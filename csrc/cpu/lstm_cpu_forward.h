@@ -72,9 +72,9 @@ ForwardLayer<T> forward_layer(const LstmForwardArgs<T>& a, const math::CallDims&
 template <typename T>
 void zero_forward_padding(const LstmForwardArgs<T>& a, const math::CallDims& c) {
   zero_padding(a.y, c.DH, a.lengths, c.T, c.B);
-  for (int64_t l = 0; l + 1 < c.L; ++l)
+  for (int64_t l = 0; l < layer_out_slices(a.shape); ++l)
     zero_padding(a.layer_out + l * c.T * c.B * c.DH, c.DH, a.lengths, c.T, c.B);
-  for (int64_t ld = 0; ld < c.L * c.D; ++ld) {
+  for (int64_t ld = 0; ld < c.KL * c.D; ++ld) {
     zero_padding(a.gates + ld * c.T * c.B * c.G, c.G, a.lengths, c.T, c.B);
     zero_padding(a.cells + ld * c.T * c.B * c.H, c.H, a.lengths, c.T, c.B);
   }

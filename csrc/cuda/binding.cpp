@@ -27,6 +27,20 @@ ForwardResult lstm_forward_cuda(const at::Tensor& input, const at::Tensor& lengt
       p, [&](const auto& view) { cuda::lstm_forward(view, pool.allocator(), stream); });
 }
 
+InferenceResult lstm_inference_cuda(const at::Tensor& input, const at::Tensor& lengths,
+                                    const at::Tensor& h0, const at::Tensor& c0,
+                                    at::TensorList weights, bool has_biases, int64_t num_layers,
+                                    bool bidirectional, double dropout, bool train,
+                                    const at::Tensor& seed, int64_t proj_size) {
+  const PreparedCall p = prepare_forward(input, lengths, h0, c0, weights, has_biases, num_layers,
+                                         bidirectional, dropout, train, seed, proj_size);
+  const c10::cuda::CUDAGuard guard(p.input.device());
+  ScratchPool pool(p.input);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  return run_lstm_inference(
+      p, [&](const auto& view) { cuda::lstm_forward(view, pool.allocator(), stream); });
+}
+
 BackwardResult lstm_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
     const at::Tensor& input, const at::Tensor& lengths, const at::Tensor& h0, const at::Tensor& c0,
@@ -71,6 +85,7 @@ at::Tensor canonical_unary_bits_cuda(const std::string& fn_name, int64_t first, 
 
 TORCH_LIBRARY_IMPL(detlstm, CUDA, m) {
   m.impl("lstm_forward", &lstm_forward_cuda);
+  m.impl("lstm_inference", &lstm_inference_cuda);
   m.impl("lstm_backward", &lstm_backward_cuda);
   m.impl("canonical_unary", &canonical_unary_cuda);
 }

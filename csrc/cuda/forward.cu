@@ -411,9 +411,9 @@ template <typename T>
 void zero_forward_padding(const LstmForwardArgs<T>& a, const CallDims& c, const DeviceSchedule& ds,
                           cudaStream_t stream) {
   launch_zero_padding(a.y, c.DH, ds.lengths, c.T, c.B, stream);
-  for (int64_t l = 0; l + 1 < c.L; ++l)
+  for (int64_t l = 0; l < layer_out_slices(a.shape); ++l)
     launch_zero_padding(a.layer_out + l * c.T * c.B * c.DH, c.DH, ds.lengths, c.T, c.B, stream);
-  for (int64_t ld = 0; ld < c.L * c.D; ++ld) {
+  for (int64_t ld = 0; ld < c.KL * c.D; ++ld) {
     launch_zero_padding(a.gates + ld * c.T * c.B * c.G, c.G, ds.lengths, c.T, c.B, stream);
     launch_zero_padding(a.cells + ld * c.T * c.B * c.H, c.H, ds.lengths, c.T, c.B, stream);
   }

@@ -22,6 +22,19 @@ ForwardResult lstm_forward_emulated(const at::Tensor& input, const at::Tensor& l
       p, [&](const auto& view) { cuda::lstm_forward(view, pool.allocator(), nullptr); });
 }
 
+InferenceResult lstm_inference_emulated(const at::Tensor& input, const at::Tensor& lengths,
+                                        const at::Tensor& h0, const at::Tensor& c0,
+                                        std::vector<at::Tensor> weights, bool has_biases,
+                                        int64_t num_layers, bool bidirectional, double dropout,
+                                        bool train, const at::Tensor& seed, int64_t proj_size) {
+  const PreparedCall p = prepare_forward(input, lengths, h0, c0, weights, has_biases, num_layers,
+                                         bidirectional, dropout, train, seed, proj_size);
+  TORCH_CHECK(p.input.device().is_cpu(), "the emulated CUDA kernels take CPU tensors");
+  ScratchPool pool(p.input);
+  return run_lstm_inference(
+      p, [&](const auto& view) { cuda::lstm_forward(view, pool.allocator(), nullptr); });
+}
+
 BackwardResult lstm_backward_emulated(
     const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
     const at::Tensor& input, const at::Tensor& lengths, const at::Tensor& h0, const at::Tensor& c0,
@@ -118,6 +131,7 @@ at::Tensor neighbour_block_probe(const at::Tensor& slots, int64_t stamp, bool wa
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lstm_forward", &detlstm::lstm_forward_emulated);
+  m.def("lstm_inference", &detlstm::lstm_inference_emulated);
   m.def("lstm_backward", &detlstm::lstm_backward_emulated);
   m.def("canonical_unary_bits", &detlstm::canonical_unary_bits_emulated);
   m.def("set_launch_variant", &detlstm::cuda::set_launch_shape);

@@ -1,0 +1,85 @@
+"""detlstm::lstm_inference, the forward of a call nothing will differentiate: the same bits as
+lstm_forward's output, h_n and c_n, from buffers that hold one layer's gates and cells and two
+layers' outputs in turn; detlstm.LSTM takes it under torch.no_grad."""
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import detlstm
+from detlstm._ops import ops
+from helpers import SMALL, assert_bitwise_equal, forward_args
+
+# (layers, bidirectional, bias, proj_size, dropout in training): four layers reuse each layer-output
+# slice twice, three take both, two take one.
+CASES = [(1, False, True, 0, 0.0), (2, True, True, 0, 0.5), (3, False, False, 0, 0.3),
+         (4, True, True, 0, 0.4), (3, True, True, 3, 0.2), (4, False, True, 2, 0.0)]
+
+
+@pytest.mark.parametrize("layers,bidir,bias,proj,dropout", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_inference_is_the_forwards_results(layers, bidir, bias, proj, dropout, dtype):
+    args, _ = forward_args(layers, bidir, bias, proj, dtype, shape=SMALL, dropout=dropout,
+                           train=dropout > 0)
+    want = ops.lstm_forward(*args)[:3]
+    got = ops.lstm_inference(*args)
+    for name, a, b in zip(("output", "h_n", "c_n"), got, want):
+        assert_bitwise_equal(a, b, f"lstm_inference {name}")
+    assert got[0].abs().sum() > 0
+
+
+def test_inference_refuses_a_backward():
+    args, _ = forward_args(2, True, True, 0, torch.float64, requires_grad=True)
+    out = ops.lstm_inference(*args)[0]
+    with pytest.raises(RuntimeError, match="keeps no activations"):
+        out.sum().backward()
+
+
+class _Operators(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.called = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.called.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_module_under_no_grad_runs_inference(train):
+    """Under no_grad the module calls lstm_inference (dropout too, in training mode), and gets the
+    bits of a call with gradients on."""
+    torch.manual_seed(0)
+    model = detlstm.LSTM(5, 7, num_layers=3, bidirectional=True, dropout=0.4).train(train)
+    x = torch.randn(6, 4, 5)
+    with_grad = model(x, lengths=[6, 2, 5, 3], dropout_seed=11)
+    recorder = _Operators()
+    with torch.no_grad(), recorder:
+        without = model(x, lengths=[6, 2, 5, 3], dropout_seed=11)
+    assert "detlstm.lstm_inference.default" in recorder.called
+    assert "detlstm.lstm_forward.default" not in recorder.called
+    assert_bitwise_equal(without[0], with_grad[0], "output")
+    for a, b in zip(without[1], with_grad[1]):
+        assert_bitwise_equal(a, b, "state")
+
+
+def _large_bytes_of_one_call(run):
+    """What one call allocates in large CPU buffers: the block cache, emptied first, holds every
+    large block the call freed (its returned tensors dropped at once)."""
+    detlstm.empty_cpu_cache()
+    run()
+    return detlstm.cpu_cache_info()["cached_bytes"]
+
+
+def test_inference_keeps_one_layers_activations():
+    """A 3-layer bidirectional call under no_grad allocates at least two layers' gates and cells
+    (and a layer output) less than the same call with gradients on."""
+    torch.manual_seed(0)
+    T, B, H, L, D = 40, 16, 64, 3, 2
+    model = detlstm.LSTM(H, H, num_layers=L, bidirectional=True).eval()
+    x = torch.randn(T, B, H)
+    with torch.no_grad():
+        lean = _large_bytes_of_one_call(lambda: model(x))
+    full = _large_bytes_of_one_call(lambda: model(x))
+    per_layer = D * T * B * (4 * H + H) * 4  # gates and cells, float32
+    assert full - lean >= 0.95 * (L - 1) * per_layer, (full, lean)
