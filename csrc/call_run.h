@@ -60,8 +60,8 @@ LstmForwardArgs<T> lstm_forward_args(const LstmCall& call, const at::Tensor& inp
   a.h_n = h_n;
   a.c_n = c_n;
   a.layer_out = layer_out.numel() ? layer_out.data_ptr<T>() : nullptr;
-  a.gates = gates.data_ptr<T>();
-  a.cells = cells.data_ptr<T>();
+  a.gates = gates.numel() ? gates.data_ptr<T>() : nullptr;  // none: the kernels keep their own
+  a.cells = cells.numel() ? cells.data_ptr<T>() : nullptr;
   return a;
 }
 
@@ -78,14 +78,21 @@ inline at::Tensor large_output(at::IntArrayRef sizes, const at::TensorOptions& o
   return t;
 }
 
+// What a forward nothing will differentiate asks of the gates and cells buffers: one layer's (the
+// CUDA kernels), or none (the CPU kernels, which run a window of steps at a time in their own).
+enum class UnkeptActivations { kOneLayer, kNone };
+
 // The forward's outputs; where `shape` keeps one layer (a forward nothing will differentiate),
-// layer_out, gates and cells are the smaller buffers the kernels reuse (lstm_args.h).
+// layer_out, gates and cells are the smaller buffers the kernels reuse (lstm_args.h), gates and
+// cells empty where the kernels need none.
 inline LstmOutputs allocate_lstm_outputs(const LstmCall& c, const LstmShape& shape,
-                                         const at::Tensor& input, at::Allocator* blocks) {
+                                         const at::Tensor& input, at::Allocator* blocks,
+                                         UnkeptActivations unkept) {
   const auto opts = input.options();
   const int64_t RH = c.proj_size > 0 ? c.proj_size : c.hidden_size;
   const int64_t LD = c.num_layers * c.directions, DH = c.directions * RH;
-  const int64_t KL = kept_layers(shape);
+  const int64_t KL =
+      !shape.keeps_every_layer && unkept == UnkeptActivations::kNone ? 0 : kept_layers(shape);
   LstmOutputs o;
   o.output = large_output({c.steps, c.batch, DH}, opts, blocks);
   o.h_n = at::empty({LD, c.batch, RH}, opts);
@@ -141,9 +148,10 @@ inline LstmGrads allocate_lstm_grads(const at::Tensor& input, const at::Tensor& 
 // CPU and CUDA bindings both start from. The backward's extra tensors stay undefined for a forward.
 struct PreparedCall {
   LstmCall call;
-  // false for a forward nothing will differentiate: the kernels keep one layer's activations
-  // (LstmShape::keeps_every_layer) and the binding returns output, h_n and c_n alone.
+  // false for a forward nothing will differentiate (LstmShape::keeps_every_layer): the binding
+  // returns output, h_n and c_n alone, and `unkept` says what the kernels need of the buffers.
   bool keeps_every_layer = true;
+  UnkeptActivations unkept = UnkeptActivations::kOneLayer;
   at::Tensor input, lengths, h0, c0;
   std::vector<at::Tensor> weights;
   at::Tensor grad_output, grad_h_n, grad_c_n, output, layer_out, gates, cells;
@@ -238,7 +246,7 @@ using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vecto
 // (LstmForwardArgs<float> or <double>) to `run`, return the outputs.
 template <class Run>
 ForwardResult run_lstm_forward(const PreparedCall& p, Run&& run, at::Allocator* blocks = nullptr) {
-  const LstmOutputs o = allocate_lstm_outputs(p.call, prepared_shape(p), p.input, blocks);
+  const LstmOutputs o = allocate_lstm_outputs(p.call, prepared_shape(p), p.input, blocks, p.unkept);
   if (p.call.batch == 0) return {o.output, o.h_n, o.c_n, o.layer_out, o.gates, o.cells};  // all empty
   if (p.input.scalar_type() == at::kFloat)
     run(forward_view<float>(p, o));
@@ -250,8 +258,10 @@ ForwardResult run_lstm_forward(const PreparedCall& p, Run&& run, at::Allocator* 
 // The forward nothing will differentiate (the lstm_inference operator): output, h_n and c_n, from
 // buffers that held one layer's activations at a time, released on return.
 template <class Run>
-InferenceResult run_lstm_inference(PreparedCall p, Run&& run, at::Allocator* blocks = nullptr) {
+InferenceResult run_lstm_inference(PreparedCall p, Run&& run, at::Allocator* blocks = nullptr,
+                                   UnkeptActivations unkept = UnkeptActivations::kOneLayer) {
   p.keeps_every_layer = false;
+  p.unkept = unkept;
   const ForwardResult r = run_lstm_forward(p, std::forward<Run>(run), blocks);
   return {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
 }

@@ -136,7 +136,8 @@ InferenceResult lstm_inference_cpu(const at::Tensor& input, const at::Tensor& le
                                    const at::Tensor& seed, int64_t proj_size) {
   return run_lstm_inference(prepare_forward(input, lengths, h0, c0, weights, has_biases, num_layers,
                                             bidirectional, dropout, train, seed, proj_size),
-                            cpu_forward_kernels(), block_cache_allocator());
+                            cpu_forward_kernels(), block_cache_allocator(),
+                            UnkeptActivations::kNone);
 }
 
 BackwardResult lstm_backward_cpu(

@@ -8,7 +8,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import detlstm
 from detlstm._ops import ops
-from helpers import SMALL, assert_bitwise_equal, forward_args
+from helpers import SMALL, Shape, assert_bitwise_equal, forward_args
 
 # (layers, bidirectional, bias, proj_size, dropout in training): four layers reuse each layer-output
 # slice twice, three take both, two take one.
@@ -26,6 +26,46 @@ def test_inference_is_the_forwards_results(layers, bidir, bias, proj, dropout, d
     for name, a, b in zip(("output", "h_n", "c_n"), got, want):
         assert_bitwise_equal(a, b, f"lstm_inference {name}")
     assert got[0].abs().sum() > 0
+
+
+# Windows of steps (the CPU runs 1024 / B steps at a time): batch 128 gives 8-step windows over 29
+# steps, with lengths that end inside windows, on their edges, and at 1.
+WINDOWED = Shape(29, 128, 6, 16, tuple([29, 1, 8, 9, 16, 17, 24, 25] * 16))
+
+
+@pytest.mark.parametrize("layers,bidir,proj,dropout", [(1, False, 0, 0.0), (3, True, 0, 0.4),
+                                                      (2, True, 5, 0.3)])
+@pytest.mark.parametrize("split", ["units", "sequences"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_inference_windows_give_the_forwards_bits(layers, bidir, proj, dropout, split, threads):
+    args, _ = forward_args(layers, bidir, True, proj, torch.float32, shape=WINDOWED,
+                           dropout=dropout, train=dropout > 0)
+    before_threads, before_split = torch.get_num_threads(), detlstm._ops.set_cpu_recurrence_split(split)
+    torch.set_num_threads(threads)
+    try:
+        want = ops.lstm_forward(*args)[:3]
+        got = ops.lstm_inference(*args)
+    finally:
+        torch.set_num_threads(before_threads)
+        detlstm._ops.set_cpu_recurrence_split(before_split)
+    for name, a, b in zip(("output", "h_n", "c_n"), got, want):
+        assert_bitwise_equal(a, b, f"lstm_inference {name}, {split}, {threads} threads")
+
+
+@pytest.mark.parametrize("variant", ["generic", "avx2", "avx512"])
+def test_inference_windows_in_every_cpu_build(variant):
+    from detlstm._info import cpu_variants
+    if variant not in cpu_variants()[2]:
+        pytest.skip(f"this CPU cannot run the {variant} build")
+    args, _ = forward_args(2, True, True, 0, torch.float32, shape=WINDOWED, dropout=0.3, train=True)
+    before = detlstm.set_cpu_variant(variant)
+    try:
+        want = ops.lstm_forward(*args)[:3]
+        got = ops.lstm_inference(*args)
+    finally:
+        detlstm.set_cpu_variant(before)
+    for name, a, b in zip(("output", "h_n", "c_n"), got, want):
+        assert_bitwise_equal(a, b, f"lstm_inference {name}, {variant} build")
 
 
 def test_inference_refuses_a_backward():

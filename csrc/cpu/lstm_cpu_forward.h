@@ -37,20 +37,64 @@ void transposed_weights(const LstmForwardArgs<T>& a, const math::CallDims& c, in
   dw.hh_panels = panels_for_vector_kernel(weight_rows(dw.wt_hh, c.RH, c.G).data(), c.RH, c.G, parallel_for);
 }
 
+// A forward nothing will differentiate (LstmShape::keeps_every_layer false) keeps no gates or cells
+// for a backward: it runs `steps` steps at a time, their pre-activations in a window of rows,
+// (s % steps) * B + position, and the cells of the last two steps, (s % 2) * B + position, position
+// being the row's place in the schedule's order. The same operations on the same values as the
+// full buffers, so the same bits; the gates of a layer shrink from T steps to `steps`.
+template <typename T>
+struct StepWindow {
+  int64_t steps = 0;   // 0: no window (every (t, b) has its rows in the layer's gates and cells)
+  Buffer<T> gates;     // per direction: steps x B rows of 4H
+  Buffer<T> cells;     // per direction: 2 x B rows of H
+};
+
+// Rows per window: enough for the input projection's tiles to run at full speed (a row tile reads
+// its strips of W_ih^T whatever the number of rows), few enough to stay in cache: 4 MiB of
+// pre-activations at hidden 256, one direction.
+constexpr int64_t kWindowRows = 1024;
+
+template <typename T>
+StepWindow<T> step_window(const math::CallDims& c, bool keeps_every_layer) {
+  StepWindow<T> w;
+  if (keeps_every_layer) return w;
+  w.steps = std::max<int64_t>(1, std::min<int64_t>(c.T, kWindowRows / std::max<int64_t>(c.B, 1)));
+  w.gates.resize(static_cast<size_t>(c.D * w.steps * c.B * c.G));
+  w.cells.resize(static_cast<size_t>(c.D * 2 * c.B * c.H));
+  return w;
+}
+
 // What the phases of one layer share.
 template <typename T>
 struct ForwardLayer {
   int64_t l, K;
   const T* X;                         // the layer's input (after dropout)
   T* Y;                               // its output (T, B, D*RH)
-  std::vector<T*> gates, cells;       // per direction: (T, B, 4H) and (T, B, H)
+  std::vector<T*> gates, cells;       // per direction: (T, B, 4H) and (T, B, H), or a StepWindow's
   std::vector<DirectionWeights<T>> w; // per direction
+  int64_t window_steps = 0;           // StepWindow::steps
+
+  // Where step s's row at schedule position i, (t, b), finds its pre-activations (the cell writes
+  // the activated gates over them), writes its cell, and finds the cell of the step before.
+  T* gate_row(const math::CallDims& c, int64_t d, int64_t s, int64_t i, int64_t t, int64_t b) const {
+    return gates[d] + (window_steps ? (s % window_steps) * c.B + i : c.row(t, b)) * c.G;
+  }
+  T* cell_row(const math::CallDims& c, int64_t d, int64_t s, int64_t i, int64_t t, int64_t b) const {
+    return cells[d] + (window_steps ? (s % 2) * c.B + i : c.row(t, b)) * c.H;
+  }
+  const T* c_prev_row(const LstmForwardArgs<T>& a, const math::CallDims& c, int64_t d, int64_t s,
+                      int64_t i, int64_t t, int64_t b) const {
+    const int64_t len = a.lengths[b];
+    if (!window_steps || math::first_step(d, t, len))
+      return math::c_prev_of(c, a.c0, static_cast<const T*>(cells[d]), l, d, t, b, len);
+    return cells[d] + ((s - 1) % 2 * c.B + i) * c.H;
+  }
 };
 
 template <typename T>
 ForwardLayer<T> forward_layer(const LstmForwardArgs<T>& a, const math::CallDims& c, int64_t l,
-                              const T* X, const ParallelFor& parallel_for) {
-  ForwardLayer<T> L{l, c.layer_input(l), X, layer_output(a, l), {}, {}, {}};
+                              const T* X, StepWindow<T>& window, const ParallelFor& parallel_for) {
+  ForwardLayer<T> L{l, c.layer_input(l), X, layer_output(a, l), {}, {}, {}, window.steps};
   for (int64_t d = 0; d < c.D; ++d) {
     const int64_t w = l * c.D + d;
     DirectionWeights<T> dw;
@@ -62,8 +106,13 @@ ForwardLayer<T> forward_layer(const LstmForwardArgs<T>& a, const math::CallDims&
       for (int64_t n = 0; n < c.G; ++n) dw.bias[n] = a.weights.b_ih[w][n] + a.weights.b_hh[w][n];
     }
     L.w.push_back(std::move(dw));
-    L.gates.push_back(a.gates + c.saved_rows(l, d) * c.G);
-    L.cells.push_back(a.cells + c.saved_rows(l, d) * c.H);
+    if (window.steps) {
+      L.gates.push_back(window.gates.data() + d * window.steps * c.B * c.G);
+      L.cells.push_back(window.cells.data() + d * 2 * c.B * c.H);
+    } else {
+      L.gates.push_back(a.gates + c.saved_rows(l, d) * c.G);
+      L.cells.push_back(a.cells + c.saved_rows(l, d) * c.H);
+    }
   }
   return L;
 }
@@ -74,7 +123,7 @@ void zero_forward_padding(const LstmForwardArgs<T>& a, const math::CallDims& c) 
   zero_padding(a.y, c.DH, a.lengths, c.T, c.B);
   for (int64_t l = 0; l < layer_out_slices(a.shape); ++l)
     zero_padding(a.layer_out + l * c.T * c.B * c.DH, c.DH, a.lengths, c.T, c.B);
-  for (int64_t ld = 0; ld < c.KL * c.D; ++ld) {
+  for (int64_t ld = 0; a.gates && ld < c.KL * c.D; ++ld) {  // none with a StepWindow
     zero_padding(a.gates + ld * c.T * c.B * c.G, c.G, a.lengths, c.T, c.B);
     zero_padding(a.cells + ld * c.T * c.B * c.H, c.H, a.lengths, c.T, c.B);
   }
@@ -99,6 +148,30 @@ void input_projection(const math::CallDims& c, const StepSchedule& sched, const 
                       panels_or_null(L.w[d].ih_panels)});
   }
   gemm_chain<T, false>(groups, c.G, K, parallel_for);
+}
+
+// The input projection of steps s0 .. s1-1 into a StepWindow (ForwardLayer::gate_row): the same
+// sums as input_projection's for those steps' rows, per direction the rows its steps reach.
+template <typename T>
+void input_projection_window(const math::CallDims& c, const StepSchedule& sched,
+                             const int64_t* lengths, const ForwardLayer<T>& L, int64_t s0,
+                             int64_t s1, const ParallelFor& parallel_for) {
+  std::vector<std::vector<const T*>> a_rows(c.D), b_rows(c.D);
+  std::vector<std::vector<T*>> c_rows(c.D);
+  std::vector<GemmGroup<T>> groups;
+  for (int64_t d = 0; d < c.D; ++d) {
+    for (int64_t s = s0; s < s1; ++s)
+      for (int64_t i = 0; i < sched.active[s]; ++i) {
+        const int64_t b = sched.order[i], t = math::step_time(d, s, lengths[b]);
+        a_rows[d].push_back(L.X + c.row(t, b) * L.K);
+        c_rows[d].push_back(L.gate_row(c, d, s, i, t, b));
+      }
+    b_rows[d] = weight_rows(L.w[d].wt_ih, L.K, c.G);
+    groups.push_back({static_cast<int64_t>(a_rows[d].size()), a_rows[d].data(), b_rows[d].data(),
+                      c_rows[d].data(), c.bias ? GemmEpilogue::kAddVector : GemmEpilogue::kStore,
+                      L.w[d].bias.data(), panels_or_null(L.w[d].ih_panels)});
+  }
+  gemm_chain<T, false>(groups, c.G, L.K, parallel_for);
 }
 
 // The row pointers of one step of the recurrence: split by units, direction d's rows at
@@ -170,10 +243,10 @@ int64_t fill_step_rows(const LstmForwardArgs<T>& a, const math::CallDims& c, con
   for (int64_t i = first; i < sched.active[s]; i += stride, ++k) {
     const int64_t b = sched.order[i], len = a.lengths[b], t = math::step_time(d, s, len);
     rows.h_prev[k] = math::h_prev_of(c, a.h0, static_cast<const T*>(L.Y), L.l, d, t, b, len);
-    rows.c_prev[k] = math::c_prev_of(c, a.c0, static_cast<const T*>(L.cells[d]), L.l, d, t, b, len);
-    rows.gates[k] = L.gates[d] + c.row(t, b) * c.G;
+    rows.c_prev[k] = L.c_prev_row(a, c, d, s, i, t, b);
+    rows.gates[k] = L.gate_row(c, d, s, i, t, b);
     rows.r[k] = buf.r.data() + k * r_stride<T>(c);
-    rows.cell[k] = L.cells[d] + c.row(t, b) * c.H;
+    rows.cell[k] = L.cell_row(c, d, s, i, t, b);
     rows.h[k] = L.Y + c.out_offset(t, b, d);
     rows.m[k] = c.proj ? buf.m.data() + k * c.H : nullptr;
     rows.out[k] = c.proj ? buf.m.data() + k * c.H : rows.h[k];
@@ -254,17 +327,18 @@ void recurrence_step(const math::CallDims& c, int64_t n, const RecurrenceOperand
 template <typename T>
 void recurrence_by_units(const LstmForwardArgs<T>& a, const math::CallDims& c,
                          const StepSchedule& sched, const ForwardLayer<T>& L,
-                         const RecurrenceOperands<T>& ops, const ParallelFor& parallel_for) {
+                         const RecurrenceOperands<T>& ops, int64_t s0, int64_t s1,
+                         const ParallelFor& parallel_for) {
   StepBuffers<T> buf = step_buffers<T>(c, c.D * c.B);
   StepRowsCpu<T> rows[2] = {StepRowsCpu<T>(c.D * c.B), StepRowsCpu<T>(c.D * c.B)};
-  const auto active = [&](int64_t s) { return s < c.T ? sched.active[s] : 0; };
+  const auto active = [&](int64_t s) { return s < s1 ? sched.active[s] : 0; };
   const auto fill = [&](int64_t s, StepRowsCpu<T>& into) {
     for (int64_t d = 0; d < c.D; ++d) fill_step_rows(a, c, sched, L, buf, s, d, 0, 1, d * c.B, into);
   };
-  fill(0, rows[0]);
+  fill(s0, rows[s0 % 2]);
   for (int64_t d = 0; d < c.D; ++d)  // the first step's inputs: no step before asked for them
-    prefetch_cell_rows(rows[0], c.H, d * c.B, d * c.B + active(0), 0, c.H);
-  for (int64_t s = 0; active(s) > 0; ++s) {
+    prefetch_cell_rows(rows[s0 % 2], c.H, d * c.B, d * c.B + active(s0), 0, c.H);
+  for (int64_t s = s0; active(s) > 0; ++s) {
     StepRowsCpu<T>& now = rows[s % 2];
     StepRowsCpu<T>& next = rows[(s + 1) % 2];
     if (active(s + 1) > 0) fill(s + 1, next);
@@ -279,11 +353,12 @@ void recurrence_by_units(const LstmForwardArgs<T>& a, const math::CallDims& c,
 template <typename T>
 void sequence_group_steps(const LstmForwardArgs<T>& a, const math::CallDims& c,
                           const StepSchedule& sched, const ForwardLayer<T>& L,
-                          const RecurrenceOperands<T>& ops, const SequenceGroup& group) {
-  const int64_t d = group.d, most = group.rows(sched.active[0]);
+                          const RecurrenceOperands<T>& ops, const SequenceGroup& group, int64_t s0,
+                          int64_t s1) {
+  const int64_t d = group.d, most = group.rows(sched.active[s0]);
   StepBuffers<T> buf = step_buffers<T>(c, most);
   StepRowsCpu<T> rows(most);
-  for (int64_t s = 0; s < c.T; ++s) {
+  for (int64_t s = s0; s < s1; ++s) {
     const int64_t n = fill_step_rows(a, c, sched, L, buf, s, d, group.first, group.stride, 0, rows);
     if (n == 0) break;  // active[] never grows again
     const GemmGroup<T> product{n, rows.h_prev.data(), ops.hh_rows.data() + d * c.RH, rows.r.data(),
@@ -297,25 +372,54 @@ void sequence_group_steps(const LstmForwardArgs<T>& a, const math::CallDims& c,
   }
 }
 
-// The recurrence (phases.h), split by units or by sequences (recurrence_split).
+// The recurrence (phases.h) of steps s0 .. s1-1 (every step: 0 .. T), split by units or by
+// sequences (recurrence_split).
 template <typename T>
 void recurrence(const LstmForwardArgs<T>& a, const math::CallDims& c, const StepSchedule& sched,
-                const ForwardLayer<T>& L, const ParallelFor& parallel_for) {
+                const ForwardLayer<T>& L, int64_t s0, int64_t s1, const ParallelFor& parallel_for) {
   const RecurrenceOperands<T> ops = recurrence_operands(c, L);
   const int64_t per_direction = sequence_groups(c, sched, parallel_for.threads);
-  if (per_direction == 0) return recurrence_by_units(a, c, sched, L, ops, parallel_for);
-  for_sequence_groups(c.D, per_direction, parallel_for,
-                      [&](const SequenceGroup& group) { sequence_group_steps(a, c, sched, L, ops, group); });
+  if (per_direction == 0) return recurrence_by_units(a, c, sched, L, ops, s0, s1, parallel_for);
+  for_sequence_groups(c.D, per_direction, parallel_for, [&](const SequenceGroup& group) {
+    sequence_group_steps(a, c, sched, L, ops, group, s0, s1);
+  });
+}
+
+// The input projection and the recurrence of one layer: every step's projection, then every step;
+// with a StepWindow, a window of steps' projection, then those steps, window after window.
+template <typename T>
+void projection_and_recurrence(const LstmForwardArgs<T>& a, const math::CallDims& c,
+                               const StepSchedule& sched, const ForwardLayer<T>& L,
+                               const ParallelFor& parallel_for) {
+  const double D = static_cast<double>(c.D), per_row = c.RH * c.G + (c.proj ? c.H * c.RH : 0);
+  if (!L.window_steps) {
+    const double R = static_cast<double>(sched.valid.size());
+    timed(CpuPhase::kInputProjection, R * D * L.K * c.G,
+          [&] { input_projection(c, sched, L, parallel_for); });
+    timed(CpuPhase::kRecurrence, R * D * per_row,
+          [&] { recurrence(a, c, sched, L, 0, c.T, parallel_for); });
+    return;
+  }
+  for (int64_t s0 = 0; s0 < c.T && sched.active[s0] > 0; s0 += L.window_steps) {
+    const int64_t s1 = std::min(s0 + L.window_steps, c.T);
+    double R = 0;
+    for (int64_t s = s0; s < s1; ++s) R += static_cast<double>(sched.active[s]);
+    timed(CpuPhase::kInputProjection, R * D * L.K * c.G,
+          [&] { input_projection_window(c, sched, a.lengths, L, s0, s1, parallel_for); });
+    timed(CpuPhase::kRecurrence, R * D * per_row,
+          [&] { recurrence(a, c, sched, L, s0, s1, parallel_for); });
+  }
 }
 
 // Final states (phases.h): h_n and c_n, forward after step len-1, reverse after step 0.
 template <typename T>
-void final_states(const LstmForwardArgs<T>& a, const math::CallDims& c, const ForwardLayer<T>& L) {
+void final_states(const LstmForwardArgs<T>& a, const math::CallDims& c, const StepSchedule& sched,
+                  const ForwardLayer<T>& L) {
   for (int64_t d = 0; d < c.D; ++d)
-    for (int64_t b = 0; b < c.B; ++b) {
-      const int64_t t = d == 0 ? a.lengths[b] - 1 : 0;
+    for (int64_t i = 0; i < c.B; ++i) {  // schedule positions: where a StepWindow keeps the cells
+      const int64_t b = sched.order[i], t = d == 0 ? a.lengths[b] - 1 : 0;
       const T* h = L.Y + c.out_offset(t, b, d);
-      const T* cell = L.cells[d] + c.row(t, b) * c.H;
+      const T* cell = L.cell_row(c, d, a.lengths[b] - 1, i, t, b);
       std::copy(h, h + c.RH, a.h_n + c.state_row(L.l, d, b) * c.RH);
       std::copy(cell, cell + c.H, a.c_n + c.state_row(L.l, d, b) * c.H);
     }
@@ -327,14 +431,11 @@ void lstm_forward(const LstmForwardArgs<T>& a, const ParallelFor& parallel_for) 
   const StepSchedule sched(a.lengths, c.T, c.B);
   zero_forward_padding(a, c);
   Buffer<T> dropped;
+  StepWindow<T> window = step_window<T>(c, a.shape.keeps_every_layer);
   for (int64_t l = 0; l < c.L; ++l) {
-    const ForwardLayer<T> L =
-        forward_layer(a, c, l, dropped_layer_input(a, l, sched, dropped, parallel_for), parallel_for);
-    const double R = static_cast<double>(sched.valid.size()), D = static_cast<double>(c.D);
-    timed(CpuPhase::kInputProjection, R * D * L.K * c.G,
-          [&] { input_projection(c, sched, L, parallel_for); });
-    timed(CpuPhase::kRecurrence, R * D * (c.RH * c.G + (c.proj ? c.H * c.RH : 0)),
-          [&] { recurrence(a, c, sched, L, parallel_for); });
-    final_states(a, c, L);
+    const ForwardLayer<T> L = forward_layer(
+        a, c, l, dropped_layer_input(a, l, sched, dropped, parallel_for), window, parallel_for);
+    projection_and_recurrence(a, c, sched, L, parallel_for);
+    final_states(a, c, sched, L);
   }
 }
