@@ -239,6 +239,8 @@ def lstm(input, lengths, h0, c0, weights, has_biases, num_layers, bidirectional,
     keeps no activations for a backward: the same bits in less memory."""
     operator_args = (input, lengths, h0, c0, weights, has_biases, num_layers, bidirectional,
                      dropout, train, seed, proj_size)
+    if torch.compiler.is_compiling() and not torch.is_grad_enabled():
+        return ops.lstm_inference(*operator_args)  # a compiled no_grad call: nothing to keep
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return ops.lstm_forward(*operator_args)[:3]
     if _no_derivative_possible():

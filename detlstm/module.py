@@ -2,9 +2,10 @@
 
 Every input form (padded, batch_first, unbatched, PackedSequence, padded + lengths) is normalised at
 the boundary into one layout, time-major padded (T, B, F) plus int64 lengths in the caller's batch
-order, and the whole stack runs as one registered operator (detlstm::lstm_forward). forward is those
-three steps: LSTM._canonical_inputs (checks and normalisation), LSTM._run (dtypes, dropout seed, the
-operator) and _restore_form (the results in the caller's form).
+order, and the whole stack runs as one registered operator (detlstm::lstm_forward, or
+detlstm::lstm_inference for a call nothing will differentiate, which keeps no activations). forward
+is those three steps: LSTM._canonical_inputs (checks and normalisation), LSTM._run (dtypes, dropout
+seed, the operator) and _restore_form (the results in the caller's form).
 """
 
 import math

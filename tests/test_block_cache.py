@@ -63,7 +63,7 @@ def test_poisoned_cached_blocks_give_the_bits_of_fresh_memory(cache, hidden, bid
     reused = _results(model, x)
     after = detlstm.cpu_cache_info()
     # every buffer of 64 KiB or more, outputs included, came from the (poisoned) cache
-    assert after["misses"] == before["misses"], "the second run took some buffers fresh"
+    assert after["misses"] == before["misses"], "the measured run took some buffers fresh"
     assert after["hits"] - before["hits"] >= 8
     assert_results_equal(reused, fresh, "poisoned cached blocks vs fresh memory")
 

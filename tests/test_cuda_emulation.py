@@ -403,8 +403,8 @@ def test_kernels_stay_inside_their_buffers_and_write_every_output():
 
 
 # The forward nothing will differentiate (lstm_inference): one layer's gates and cells and two
-# layer-output slices reused; four layers take each slice twice. Persistent (0) and per-step (4).
-@pytest.mark.parametrize("layers,bidir,proj", [(3, True, 0), (4, False, 0), (4, True, 3)])
+# layer-output slices reused; five layers take each slice twice. Persistent (0) and per-step (4).
+@pytest.mark.parametrize("layers,bidir,proj", [(3, True, 0), (5, False, 0), (4, True, 3)])
 @pytest.mark.parametrize("variant", [0, 4])
 def test_inference_gives_the_cpu_forwards_bits(emulated, layers, bidir, proj, variant):
     fwd_args, _ = _call(layers, bidir, True, proj, 0.5, torch.float32, seed=4)

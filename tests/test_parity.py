@@ -91,6 +91,25 @@ def test_torch_compile_fullgraph_gives_eager_bits():
     assert_results_equal(*_compile_and_run(_Model().train(), fullgraph=True), "compiled vs eager")
 
 
+@_ALLOW_RNN
+def test_torch_compile_under_no_grad_runs_inference_with_eager_bits():
+    """A compiled call under no_grad records lstm_inference (no activations kept) and gives the
+    eager bits."""
+    torch._dynamo.reset()
+    model = _Model().eval()
+    x, lengths = torch.randn(5, 3, 6), torch.tensor([5, 2, 4])
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(str(gm.graph))
+        return gm
+    with torch.no_grad():
+        eager = model(x, lengths)
+        compiled = torch.compile(model, backend=backend, fullgraph=True)(x, lengths)
+    assert any("lstm_inference" in g for g in graphs) and not any("lstm_forward" in g for g in graphs)
+    assert_results_equal(list(compiled), list(eager), "compiled no_grad vs eager")
+
+
 def test_torch_compile_without_allow_rnn_breaks_the_graph_as_for_nn_lstm():
     """Without the flag dynamo treats detlstm.LSTM as it treats nn.LSTM: fullgraph refuses it,
     default compile runs it eagerly (a graph break), with the eager bits."""

@@ -14,7 +14,7 @@ struct CallDims {
   int64_t T, B, I, H, RH, L, D;
   int64_t DH;  // width of a layer's output, D * RH
   int64_t G;   // gate rows, 4H
-  int64_t KL;  // layers whose gates and cells the buffers hold (kept_layers: L or 1)
+  int64_t KL;  // layers whose gates and cells the buffers hold (kept_layers: L, or 1 on CUDA)
   bool proj, bias;
 
   CallDims() = default;  // for kernel parameter arrays filled later (the CUDA GEMM groups)

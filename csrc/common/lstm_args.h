@@ -30,18 +30,21 @@ struct LstmShape {
   int64_t directions;   // D, 1 or 2
   bool has_bias;
   // true: the forward keeps every layer's gates, cells and outputs for a backward. false (a forward
-  // nothing will differentiate): the buffers hold one layer's gates and cells and two layers'
-  // outputs, reused layer after layer (kept_layers, layer_out_slices); the results are the same.
+  // nothing will differentiate): layer outputs in at most two slices, reused layer after layer
+  // (layer_out_slices); gates and cells for one layer on CUDA (kept_layers), none on the CPU,
+  // which keeps a window of steps of its own (lstm_cpu_forward.h). The results are the same.
   bool keeps_every_layer = true;
 };
 
-// Layers whose gates and cells the buffers hold: every layer, or the one being computed.
+// Layers whose gates and cells the buffers hold: every layer, or the one being computed (CUDA; the
+// CPU's windowed forward is handed none and never asks).
 inline int64_t kept_layers(const LstmShape& s) { return s.keeps_every_layer ? s.num_layers : 1; }
 
 // Slices of layer_out: one per layer below the last, or at most two taken in turn: layer l reads
-// layer l-1's slice and writes the other, which held layer l-2's output, read no more. (One slice
-// would do while a layer's input projection ends before its recurrence writes, as it does on both
-// sides now; two keep a layer's input intact for as long as the layer runs.)
+// layer l-1's slice and writes the other, which held layer l-2's output, read no more. One would
+// not do on the CPU: its windowed forward projects a window's input rows after earlier windows'
+// steps have written outputs, and the reverse direction reads late times the forward direction
+// wrote early.
 inline int64_t layer_out_slices(const LstmShape& s) {
   const int64_t below_last = s.num_layers - 1;
   return s.keeps_every_layer || below_last < 2 ? below_last : 2;
@@ -58,8 +61,8 @@ struct LstmWeights {
 // Tensors are contiguous and time-major: x (T, B, I); y (T, B, D*R); h0, h_n (L*D, B, R);
 // c0, c_n (L*D, B, H); layer_out (L-1, T, B, D*R): outputs of the layers below the last, before dropout;
 // gates (L, D, T, B, 4H): activated gates i, f, g, o; cells (L, D, T, B, H). Where the shape keeps one
-// layer (LstmShape::keeps_every_layer false): layer_out (layer_out_slices, T, B, D*R), gates and
-// cells (1, D, T, B, *).
+// layer (LstmShape::keeps_every_layer false): layer_out (layer_out_slices, T, B, D*R); gates and
+// cells (1, D, T, B, *) on CUDA, null on the CPU.
 // lengths: B values in [1, T]. Padding rows of y, layer_out, gates and cells are written as 0.
 template <typename T>
 struct LstmForwardArgs {
