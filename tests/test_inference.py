@@ -1,6 +1,7 @@
 """detlstm::lstm_inference, the forward of a call nothing will differentiate: the same bits as
-lstm_forward's output, h_n and c_n, from buffers that hold one layer's gates and cells and two
-layers' outputs in turn; detlstm.LSTM takes it under torch.no_grad."""
+lstm_forward's output, h_n and c_n, keeping no activations (the CPU runs a window of steps at a
+time, CUDA one layer's gates and cells; both take two layer-output slices in turn); detlstm.LSTM
+takes it under torch.no_grad."""
 
 import pytest
 import torch
