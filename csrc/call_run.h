@@ -78,21 +78,22 @@ inline at::Tensor large_output(at::IntArrayRef sizes, const at::TensorOptions& o
   return t;
 }
 
-// What a forward nothing will differentiate asks of the gates and cells buffers: one layer's (the
-// CUDA kernels), or none (the CPU kernels, which run a window of steps at a time in their own).
-enum class UnkeptActivations { kOneLayer, kNone };
+// What a forward keeps of its activations (gates, cells, layer outputs): every layer's, for a
+// backward; for a forward nothing will differentiate, one layer's gates and cells (the CUDA
+// kernels) or none (the CPU kernels, which run a window of steps at a time in their own), the
+// layer outputs in at most two slices either way (LstmShape::keeps_every_layer false).
+enum class KeptActivations { kEveryLayer, kOneLayer, kNone };
 
-// The forward's outputs; where `shape` keeps one layer (a forward nothing will differentiate),
+// The forward's outputs; where the shape keeps one layer (a forward nothing will differentiate),
 // layer_out, gates and cells are the smaller buffers the kernels reuse (lstm_args.h), gates and
 // cells empty where the kernels need none.
 inline LstmOutputs allocate_lstm_outputs(const LstmCall& c, const LstmShape& shape,
                                          const at::Tensor& input, at::Allocator* blocks,
-                                         UnkeptActivations unkept) {
+                                         KeptActivations kept) {
   const auto opts = input.options();
   const int64_t RH = c.proj_size > 0 ? c.proj_size : c.hidden_size;
   const int64_t LD = c.num_layers * c.directions, DH = c.directions * RH;
-  const int64_t KL =
-      !shape.keeps_every_layer && unkept == UnkeptActivations::kNone ? 0 : kept_layers(shape);
+  const int64_t KL = kept == KeptActivations::kNone ? 0 : kept_layers(shape);
   LstmOutputs o;
   o.output = large_output({c.steps, c.batch, DH}, opts, blocks);
   o.h_n = at::empty({LD, c.batch, RH}, opts);
@@ -148,10 +149,8 @@ inline LstmGrads allocate_lstm_grads(const at::Tensor& input, const at::Tensor& 
 // CPU and CUDA bindings both start from. The backward's extra tensors stay undefined for a forward.
 struct PreparedCall {
   LstmCall call;
-  // false for a forward nothing will differentiate (LstmShape::keeps_every_layer): the binding
-  // returns output, h_n and c_n alone, and `unkept` says what the kernels need of the buffers.
-  bool keeps_every_layer = true;
-  UnkeptActivations unkept = UnkeptActivations::kOneLayer;
+  // kEveryLayer unless nothing will differentiate the call (run_lstm_inference).
+  KeptActivations kept = KeptActivations::kEveryLayer;
   at::Tensor input, lengths, h0, c0;
   std::vector<at::Tensor> weights;
   at::Tensor grad_output, grad_h_n, grad_c_n, output, layer_out, gates, cells;
@@ -193,20 +192,21 @@ inline PreparedCall prepare_backward(
   return p;
 }
 
+// The kernels' LstmShape of a prepared call.
+inline LstmShape prepared_shape(const PreparedCall& p) {
+  LstmShape s = lstm_shape(p.call);
+  s.keeps_every_layer = p.kept == KeptActivations::kEveryLayer;
+  return s;
+}
+
 // The kernels' views of a prepared call: the forward writing into `out`, the backward into `grads`.
 template <typename T>
 LstmForwardArgs<T> forward_view(const PreparedCall& p, const LstmOutputs& out) {
   LstmForwardArgs<T> a = lstm_forward_args<T>(
       p.call, p.input, p.lengths, p.h0, p.c0, p.weights, out.output.data_ptr<T>(),
       out.h_n.data_ptr<T>(), out.c_n.data_ptr<T>(), out.layer_out, out.gates, out.cells);
-  a.shape.keeps_every_layer = p.keeps_every_layer;
+  a.shape = prepared_shape(p);
   return a;
-}
-
-inline LstmShape prepared_shape(const PreparedCall& p) {
-  LstmShape s = lstm_shape(p.call);
-  s.keeps_every_layer = p.keeps_every_layer;
-  return s;
 }
 
 template <typename T>
@@ -246,7 +246,7 @@ using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vecto
 // (LstmForwardArgs<float> or <double>) to `run`, return the outputs.
 template <class Run>
 ForwardResult run_lstm_forward(const PreparedCall& p, Run&& run, at::Allocator* blocks = nullptr) {
-  const LstmOutputs o = allocate_lstm_outputs(p.call, prepared_shape(p), p.input, blocks, p.unkept);
+  const LstmOutputs o = allocate_lstm_outputs(p.call, prepared_shape(p), p.input, blocks, p.kept);
   if (p.call.batch == 0) return {o.output, o.h_n, o.c_n, o.layer_out, o.gates, o.cells};  // all empty
   if (p.input.scalar_type() == at::kFloat)
     run(forward_view<float>(p, o));
@@ -259,9 +259,8 @@ ForwardResult run_lstm_forward(const PreparedCall& p, Run&& run, at::Allocator* 
 // buffers that held one layer's activations at a time, released on return.
 template <class Run>
 InferenceResult run_lstm_inference(PreparedCall p, Run&& run, at::Allocator* blocks = nullptr,
-                                   UnkeptActivations unkept = UnkeptActivations::kOneLayer) {
-  p.keeps_every_layer = false;
-  p.unkept = unkept;
+                                   KeptActivations kept = KeptActivations::kOneLayer) {
+  p.kept = kept;
   const ForwardResult r = run_lstm_forward(p, std::forward<Run>(run), blocks);
   return {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
 }

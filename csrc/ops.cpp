@@ -137,7 +137,7 @@ InferenceResult lstm_inference_cpu(const at::Tensor& input, const at::Tensor& le
   return run_lstm_inference(prepare_forward(input, lengths, h0, c0, weights, has_biases, num_layers,
                                             bidirectional, dropout, train, seed, proj_size),
                             cpu_forward_kernels(), block_cache_allocator(),
-                            UnkeptActivations::kNone);
+                            KeptActivations::kNone);
 }
 
 BackwardResult lstm_backward_cpu(

@@ -132,25 +132,38 @@ void zero_forward_padding(const LstmForwardArgs<T>& a, const math::CallDims& c) 
   }
 }
 
-// Input projection (phases.h): every valid step's (b_ih + b_hh) + X, X the chunked sum of x . W_ih^T
-// (X alone without biases), for all steps and both directions in one parallel region.
+// The input projection's products, one per direction, as one parallel region: (b_ih + b_hh) + X
+// (X alone without biases) into the pre-activation rows c_rows[d], X the chunked sum of the layer
+// input's rows a_rows[d] . W_ih^T.
+template <typename T>
+void project_rows(const math::CallDims& c, const ForwardLayer<T>& L,
+                  const std::vector<std::vector<const T*>>& a_rows,
+                  const std::vector<std::vector<T*>>& c_rows, const ParallelFor& parallel_for) {
+  std::vector<std::vector<const T*>> b_rows(c.D);
+  std::vector<GemmGroup<T>> groups;
+  for (int64_t d = 0; d < c.D; ++d) {
+    b_rows[d] = weight_rows(L.w[d].wt_ih, L.K, c.G);
+    groups.push_back({static_cast<int64_t>(a_rows[d].size()), a_rows[d].data(), b_rows[d].data(),
+                      c_rows[d].data(), c.bias ? GemmEpilogue::kAddVector : GemmEpilogue::kStore,
+                      L.w[d].bias.data(), panels_or_null(L.w[d].ih_panels)});
+  }
+  gemm_chain<T, false>(groups, c.G, L.K, parallel_for);
+}
+
+// Input projection (phases.h): every valid step's pre-activations, both directions, in storage
+// order.
 template <typename T>
 void input_projection(const math::CallDims& c, const StepSchedule& sched, const ForwardLayer<T>& L,
                       const ParallelFor& parallel_for) {
-  const int64_t R = static_cast<int64_t>(sched.valid.size()), K = L.K;
-  std::vector<const T*> a_rows(R);
-  std::vector<std::vector<const T*>> b_rows(c.D);
-  std::vector<T*> c_rows(c.D * R);
-  std::vector<GemmGroup<T>> groups;
-  for (int64_t v = 0; v < R; ++v) a_rows[v] = L.X + sched.valid[v] * K;
-  for (int64_t d = 0; d < c.D; ++d) {
-    for (int64_t v = 0; v < R; ++v) c_rows[d * R + v] = L.gates[d] + sched.valid[v] * c.G;
-    b_rows[d] = weight_rows(L.w[d].wt_ih, K, c.G);
-    groups.push_back({R, a_rows.data(), b_rows[d].data(), c_rows.data() + d * R,
-                      c.bias ? GemmEpilogue::kAddVector : GemmEpilogue::kStore, L.w[d].bias.data(),
-                      panels_or_null(L.w[d].ih_panels)});
-  }
-  gemm_chain<T, false>(groups, c.G, K, parallel_for);
+  const int64_t R = static_cast<int64_t>(sched.valid.size());
+  std::vector<std::vector<const T*>> a_rows(c.D, std::vector<const T*>(R));
+  std::vector<std::vector<T*>> c_rows(c.D, std::vector<T*>(R));
+  for (int64_t d = 0; d < c.D; ++d)
+    for (int64_t v = 0; v < R; ++v) {
+      a_rows[d][v] = L.X + sched.valid[v] * L.K;
+      c_rows[d][v] = L.gates[d] + sched.valid[v] * c.G;
+    }
+  project_rows(c, L, a_rows, c_rows, parallel_for);
 }
 
 // The input projection of steps s0 .. s1-1 into a StepWindow (ForwardLayer::gate_row): the same
@@ -159,22 +172,16 @@ template <typename T>
 void input_projection_window(const math::CallDims& c, const StepSchedule& sched,
                              const int64_t* lengths, const ForwardLayer<T>& L, int64_t s0,
                              int64_t s1, const ParallelFor& parallel_for) {
-  std::vector<std::vector<const T*>> a_rows(c.D), b_rows(c.D);
+  std::vector<std::vector<const T*>> a_rows(c.D);
   std::vector<std::vector<T*>> c_rows(c.D);
-  std::vector<GemmGroup<T>> groups;
-  for (int64_t d = 0; d < c.D; ++d) {
+  for (int64_t d = 0; d < c.D; ++d)
     for (int64_t s = s0; s < s1; ++s)
       for (int64_t i = 0; i < sched.active[s]; ++i) {
         const int64_t b = sched.order[i], t = math::step_time(d, s, lengths[b]);
         a_rows[d].push_back(L.X + c.row(t, b) * L.K);
         c_rows[d].push_back(L.gate_row(c, d, s, i, t, b));
       }
-    b_rows[d] = weight_rows(L.w[d].wt_ih, L.K, c.G);
-    groups.push_back({static_cast<int64_t>(a_rows[d].size()), a_rows[d].data(), b_rows[d].data(),
-                      c_rows[d].data(), c.bias ? GemmEpilogue::kAddVector : GemmEpilogue::kStore,
-                      L.w[d].bias.data(), panels_or_null(L.w[d].ih_panels)});
-  }
-  gemm_chain<T, false>(groups, c.G, L.K, parallel_for);
+  project_rows(c, L, a_rows, c_rows, parallel_for);
 }
 
 // The row pointers of one step of the recurrence: split by units, direction d's rows at

@@ -14,17 +14,24 @@
 namespace detlstm {
 namespace {
 
+// The CUDA forward kernels on a prepared call, handed to `run_call` (run_lstm_forward or
+// run_lstm_inference): on the input's device and current stream, scratch from torch's allocator.
+template <class RunCall>
+auto run_cuda_forward(const PreparedCall& p, RunCall run_call) {
+  const c10::cuda::CUDAGuard guard(p.input.device());
+  ScratchPool pool(p.input);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  return run_call(p, [&](const auto& view) { cuda::lstm_forward(view, pool.allocator(), stream); });
+}
+
 ForwardResult lstm_forward_cuda(const at::Tensor& input, const at::Tensor& lengths, const at::Tensor& h0,
                   const at::Tensor& c0, at::TensorList weights, bool has_biases, int64_t num_layers,
                   bool bidirectional, double dropout, bool train, const at::Tensor& seed,
                   int64_t proj_size) {
-  const PreparedCall p = prepare_forward(input, lengths, h0, c0, weights, has_biases, num_layers,
-                                         bidirectional, dropout, train, seed, proj_size);
-  const c10::cuda::CUDAGuard guard(p.input.device());
-  ScratchPool pool(p.input);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  return run_lstm_forward(
-      p, [&](const auto& view) { cuda::lstm_forward(view, pool.allocator(), stream); });
+  return run_cuda_forward(
+      prepare_forward(input, lengths, h0, c0, weights, has_biases, num_layers, bidirectional,
+                      dropout, train, seed, proj_size),
+      [](const PreparedCall& p, auto&& kernels) { return run_lstm_forward(p, kernels); });
 }
 
 InferenceResult lstm_inference_cuda(const at::Tensor& input, const at::Tensor& lengths,
@@ -32,13 +39,10 @@ InferenceResult lstm_inference_cuda(const at::Tensor& input, const at::Tensor& l
                                     at::TensorList weights, bool has_biases, int64_t num_layers,
                                     bool bidirectional, double dropout, bool train,
                                     const at::Tensor& seed, int64_t proj_size) {
-  const PreparedCall p = prepare_forward(input, lengths, h0, c0, weights, has_biases, num_layers,
-                                         bidirectional, dropout, train, seed, proj_size);
-  const c10::cuda::CUDAGuard guard(p.input.device());
-  ScratchPool pool(p.input);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  return run_lstm_inference(
-      p, [&](const auto& view) { cuda::lstm_forward(view, pool.allocator(), stream); });
+  return run_cuda_forward(
+      prepare_forward(input, lengths, h0, c0, weights, has_biases, num_layers, bidirectional,
+                      dropout, train, seed, proj_size),
+      [](const PreparedCall& p, auto&& kernels) { return run_lstm_inference(p, kernels); });
 }
 
 BackwardResult lstm_backward_cuda(

@@ -9,17 +9,24 @@
 namespace detlstm {
 namespace {
 
+// The emulated CUDA forward kernels on a prepared call of CPU tensors, handed to `run_call`
+// (run_lstm_forward or run_lstm_inference).
+template <class RunCall>
+auto run_emulated_forward(const PreparedCall& p, RunCall run_call) {
+  TORCH_CHECK(p.input.device().is_cpu(), "the emulated CUDA kernels take CPU tensors");
+  ScratchPool pool(p.input);
+  return run_call(p, [&](const auto& view) { cuda::lstm_forward(view, pool.allocator(), nullptr); });
+}
+
 ForwardResult lstm_forward_emulated(const at::Tensor& input, const at::Tensor& lengths,
                                     const at::Tensor& h0, const at::Tensor& c0,
                                     std::vector<at::Tensor> weights, bool has_biases,
                                     int64_t num_layers, bool bidirectional, double dropout,
                                     bool train, const at::Tensor& seed, int64_t proj_size) {
-  const PreparedCall p = prepare_forward(input, lengths, h0, c0, weights, has_biases, num_layers,
-                                         bidirectional, dropout, train, seed, proj_size);
-  TORCH_CHECK(p.input.device().is_cpu(), "the emulated CUDA kernels take CPU tensors");
-  ScratchPool pool(p.input);
-  return run_lstm_forward(
-      p, [&](const auto& view) { cuda::lstm_forward(view, pool.allocator(), nullptr); });
+  return run_emulated_forward(
+      prepare_forward(input, lengths, h0, c0, weights, has_biases, num_layers, bidirectional,
+                      dropout, train, seed, proj_size),
+      [](const PreparedCall& p, auto&& kernels) { return run_lstm_forward(p, kernels); });
 }
 
 InferenceResult lstm_inference_emulated(const at::Tensor& input, const at::Tensor& lengths,
@@ -27,12 +34,10 @@ InferenceResult lstm_inference_emulated(const at::Tensor& input, const at::Tenso
                                         std::vector<at::Tensor> weights, bool has_biases,
                                         int64_t num_layers, bool bidirectional, double dropout,
                                         bool train, const at::Tensor& seed, int64_t proj_size) {
-  const PreparedCall p = prepare_forward(input, lengths, h0, c0, weights, has_biases, num_layers,
-                                         bidirectional, dropout, train, seed, proj_size);
-  TORCH_CHECK(p.input.device().is_cpu(), "the emulated CUDA kernels take CPU tensors");
-  ScratchPool pool(p.input);
-  return run_lstm_inference(
-      p, [&](const auto& view) { cuda::lstm_forward(view, pool.allocator(), nullptr); });
+  return run_emulated_forward(
+      prepare_forward(input, lengths, h0, c0, weights, has_biases, num_layers, bidirectional,
+                      dropout, train, seed, proj_size),
+      [](const PreparedCall& p, auto&& kernels) { return run_lstm_inference(p, kernels); });
 }
 
 BackwardResult lstm_backward_emulated(
