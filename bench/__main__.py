@@ -26,6 +26,9 @@ from bench.core import (SHAPES, cpu_peak_mib, cuda_peak_mib, environment, make_i
                         parse_custom, replace_md_section, step_fn, unique_specs, user_form)
 
 MODES = ("forward", "forward+backward")
+# batch: the first shape over --batch-sweep sizes; hidden: over hidden (= input) sizes; lengths: equal
+# against spread lengths at the same tokens. The sweeps time each of --modes.
+STUDIES = ("batch", "hidden", "lengths")
 DEFAULT_SHAPES = {"cpu": "cpu,dense,fastrnns,tagger", "cpu-quick": "cpu,dense",
                   "cuda": "tagger,large,stream", "cuda-quick": "tagger,large,stream"}
 
@@ -54,6 +57,11 @@ def parse_args(argv):
                    help="small repeats and sweeps, and on the CPU the shapes "
                         f"{DEFAULT_SHAPES['cpu-quick']} unless --shapes says otherwise (make bench)")
     p.add_argument("--no-studies", action="store_true", help="skip the sweeps and studies")
+    p.add_argument("--studies", default=",".join(STUDIES),
+                   help=f"comma-separated studies to run after the shapes ({', '.join(STUDIES)}; "
+                        "default: all); --no-studies runs none")
+    p.add_argument("--batch-sweep", default=None,
+                   help="batch sizes of the batch sweep (default 4,16,64,256; 4,16 with --quick)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--results-md", default=None,
                    help="also write the report into this Markdown file, replacing its section for "
@@ -120,16 +128,47 @@ def add_ratios(rows):
             r["vs_detlstm"] = r["tokens_per_s"] / ref["tokens_per_s"]
 
 
-def sweep(competitors, base, field, values, device, dtype, warmup, repeats):
+def sweep(competitors, base, field, values, modes, device, dtype, warmup, repeats):
+    """Rows of the base shape at each value of `field`, in each mode, with vs_detlstm as the shapes'
+    rows have it (tokens/s over detlstm's at the same value and mode)."""
     out = []
     for v in values:
         spec = dataclasses.replace(base, name=f"{base.name}-{field}{v}", **{field: v})
         if field == "hidden":
             spec = dataclasses.replace(spec, input=v)
-        for c in competitors:
-            row = measure(c, spec, device, dtype, "forward+backward", warmup, repeats)
-            out.append({"competitor": c.name, field: v, **row})
+        for mode in modes:
+            rows = [{"competitor": c.name, field: v, "mode": mode,
+                     **measure(c, spec, device, dtype, mode, warmup, repeats)} for c in competitors]
+            ref = next((r for r in rows if r["competitor"] == "detlstm" and "ms" in r), None)
+            for r in rows:
+                if ref and "ms" in r:
+                    r["vs_detlstm"] = r["tokens_per_s"] / ref["tokens_per_s"]
+            out += rows
     return out
+
+
+def parse_studies(args):
+    """The studies to run: none with --no-studies, else --studies (checked against STUDIES)."""
+    if args.no_studies:
+        return []
+    wanted = [s for s in args.studies.split(",") if s]
+    unknown = [s for s in wanted if s not in STUDIES]
+    if unknown:
+        raise SystemExit(f"--studies: unknown {', '.join(unknown)} (known: {', '.join(STUDIES)})")
+    return wanted
+
+
+def parse_batch_sweep(text, quick):
+    """--batch-sweep as positive batch sizes in the order given (default 4,16,64,256; quick 4,16)."""
+    if text is None:
+        return [4, 16] if quick else [4, 16, 64, 256]
+    try:
+        sizes = [int(b) for b in text.split(",") if b]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise SystemExit(f"--batch-sweep wants positive batch sizes, e.g. 1,2,4,8,16; got {text!r}")
+    return list(dict.fromkeys(sizes))
 
 
 def variable_length_study(competitors, base, device, dtype, warmup, repeats):
@@ -163,7 +202,8 @@ def plots(result, out_dir):
         return []
     written = []
     for key, field, label in (("batch_sweep", "B", "batch size"), ("hidden_sweep", "hidden", "hidden size")):
-        rows = [r for r in result.get(key, []) if "tokens_per_s" in r]
+        rows = [r for r in result.get(key, []) if "tokens_per_s" in r
+                and r.get("mode", "forward+backward") == "forward+backward"]
         if not rows:
             continue
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -221,15 +261,30 @@ def report(result):
             parts.append(f"| {r['competitor']} | {fmt(r['equal_ms'], 2)} | {fmt(r['spread_ms'], 2)} | "
                          f"{r['time_ratio']:.2f} | {r['throughput_ratio']:.2f} |")
     for key, field in (("batch_sweep", "B"), ("hidden_sweep", "hidden")):
-        rows = result.get(key)
-        if rows:
-            parts += ["", f"**Sweep over {field}** (forward+backward, tokens/s)", "",
-                      "| competitor | " + " | ".join(str(v) for v in dict.fromkeys(r[field] for r in rows)) + " |",
-                      "|---|" + "---:|" * len(dict.fromkeys(r[field] for r in rows))]
-            for name in dict.fromkeys(r["competitor"] for r in rows):
-                vals = [fmt(r.get("tokens_per_s"), 0) for r in rows if r["competitor"] == name]
-                parts.append(f"| {name} | " + " | ".join(vals) + " |")
+        parts += sweep_tables(result.get(key) or [], field)
     return "\n".join(parts)
+
+
+def sweep_tables(rows, field):
+    """One table per mode: a row per competitor, a column per value; each cell tokens/s and, beside
+    a competitor's, its tokens/s over detlstm's."""
+    parts = []
+    values = list(dict.fromkeys(r[field] for r in rows))
+    for mode in dict.fromkeys(r.get("mode", "forward+backward") for r in rows):
+        in_mode = [r for r in rows if r.get("mode", "forward+backward") == mode]
+        parts += ["", f"**Sweep over {field}** ({mode}; tokens/s, and vs detlstm)", "",
+                  "| competitor | " + " | ".join(str(v) for v in values) + " |",
+                  "|---|" + "---:|" * len(values)]
+        for name in dict.fromkeys(r["competitor"] for r in in_mode):
+            cells = []
+            for v in values:
+                r = next((r for r in in_mode if r["competitor"] == name and r[field] == v), {})
+                cell = fmt(r.get("tokens_per_s"), 0)
+                if name != "detlstm" and r.get("vs_detlstm") is not None:
+                    cell += f" ({r['vs_detlstm']:.2f}x)"
+                cells.append(cell)
+            parts.append(f"| {name} | " + " | ".join(cells) + " |")
+    return parts
 
 
 def write_results_md(path, device, text):
@@ -268,6 +323,8 @@ def main(argv=None):
     modes = [m for m in args.modes.split(",") if m]
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",") if d]
     thread_counts = parse_threads(args.threads, device)
+    studies = parse_studies(args)
+    batches = parse_batch_sweep(args.batch_sweep, quick)
     competitors = all_competitors(device)
     if args.competitors:
         wanted = args.competitors.split(",")
@@ -298,16 +355,18 @@ def main(argv=None):
         torch.set_num_threads(start_threads)
     add_ratios(result["rows"])
 
-    if not args.no_studies:
-        base = specs[0]
-        small = dataclasses.replace(base, T=min(base.T, 30 if quick else base.T))
-        batches = [4, 16] if quick else [4, 16, 64, 256]
-        hiddens = [64, 128] if quick else [64, 128, 256, 512, 1024]
-        study_repeats = max(2, repeats // 2) if quick else repeats
-        result["batch_sweep"] = sweep(competitors, small, "B", batches, device, dtypes[0], warmup, study_repeats)
-        result["hidden_sweep"] = sweep(competitors, small, "hidden", hiddens, device, dtypes[0], warmup, study_repeats)
-        result["variable_length"] = variable_length_study(competitors, small, device, dtypes[0], warmup,
-                                                          study_repeats)
+    base = specs[0]
+    small = dataclasses.replace(base, T=min(base.T, 30 if quick else base.T))
+    hiddens = [64, 128] if quick else [64, 128, 256, 512, 1024]
+    study_repeats = max(2, repeats // 2) if quick else repeats
+    study = (competitors, small)
+    if "batch" in studies:
+        result["batch_sweep"] = sweep(*study, "B", batches, modes, device, dtypes[0], warmup, study_repeats)
+    if "hidden" in studies:
+        result["hidden_sweep"] = sweep(*study, "hidden", hiddens, modes, device, dtypes[0], warmup,
+                                       study_repeats)
+    if "lengths" in studies:
+        result["variable_length"] = variable_length_study(*study, device, dtypes[0], warmup, study_repeats)
 
     with open(os.path.join(args.out, f"results_{device}.json"), "w") as f:
         json.dump(result, f, indent=1)

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # One device call (< 10 minutes): build with the machine's torch; the GPU tests (tests/test_cuda.py,
 # and the CUDA kernels against the exact reference of the arithmetic, tests/test_arithmetic_v2.py)
-# with every kernel checked as it finishes (DETLSTM_CUDA_SYNC=1); the exhaustive canonical-function test; one small
-# forward + backward under compute-sanitizer (memcheck, racecheck); cuDNN's own reproducibility;
-# detlstm against cuDNN (tagger, large, stream); device time per kernel in the launch variants not
-# timed yet and the default (PROFILE_VARIANTS); where a training call's memory goes at its peak at
-# large, detlstm and cuDNN (bench.gpu_memory, appended to the bench's report).
+# with every kernel checked as it finishes (DETLSTM_CUDA_SYNC=1); the exhaustive canonical-function
+# test; one small forward + backward under compute-sanitizer (memcheck, racecheck); cuDNN's own
+# reproducibility; detlstm against cuDNN (tagger, large, stream, and tagger's batch sweep 1-16);
+# device time per kernel in the launch variants not timed yet and the default (PROFILE_VARIANTS);
+# where a training call's memory goes at its peak at large, detlstm and cuDNN (bench.gpu_memory,
+# appended to the bench's report).
 # A short table last; at most eight files under $OUT (what the device tool brings back):
 #   summary.txt gpu_tests.log canonical.log sanitizer.log cudnn_repro.json profile.md
 #   bench/report_cuda.md bench/results_cuda.json        (build.log only when the build fails)
@@ -90,8 +91,10 @@ if want repro; then
 fi
 
 if want bench; then
-  phase bench 150 $PY -m bench --device cuda --shapes tagger,large,stream --no-studies --no-plots \
-    --repeats 7 --warmup 2 --out "$OUT/bench" > /tmp/detlstm_bench.log 2>&1
+  # the batch sweep alone (tagger at batch 1-16, both modes): issue 13's small-batch target
+  phase bench 180 $PY -m bench --device cuda --shapes tagger,large,stream --studies batch \
+    --batch-sweep 1,2,4,8,16 --no-plots --repeats 7 --warmup 2 --out "$OUT/bench" \
+    > /tmp/detlstm_bench.log 2>&1
   rc=$?
   status "bench (${PHASE_SECONDS:-0} s)" "$([ -s "$OUT/bench/report_cuda.md" ] && echo ok || echo "FAILED rc=$rc $PHASE_NOTE")"
   [ -s "$OUT/bench/report_cuda.md" ] || tail -15 /tmp/detlstm_bench.log
@@ -119,6 +122,7 @@ fi
 
 echo
 [ -s "$OUT/bench/report_cuda.md" ] && grep -E "^\| (tagger|large|stream)" "$OUT/bench/report_cuda.md" | cut -d'|' -f2-8
+[ -s "$OUT/bench/report_cuda.md" ] && grep -E "^\*\*Sweep over B|^\| (detlstm|cudnn-fp32) \|" "$OUT/bench/report_cuda.md"
 grep -E "^\*\*|^## " "$OUT/profile.md" 2>/dev/null
 echo
 cat "$summary"

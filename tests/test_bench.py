@@ -212,6 +212,38 @@ def test_thread_sweep_rows_and_ratios_per_thread_count(tmp_path):
     assert [r.get("vs_detlstm") for r in rows] == [1.0, 1.0, 2.0, 0.5, None]
 
 
+def test_batch_sweep_alone_times_each_mode_at_the_sizes_asked(tmp_path):
+    """Issue 13's small-batch target is read off the batch sweep, forward and forward + backward: the
+    GPU session runs that study alone, at the sizes it names."""
+    out = tmp_path / "out"
+    assert main(["--device", "cpu", "--custom", TINY, "--shapes", "", "--competitors",
+                 "detlstm,nn.LSTM", "--threads", "1", "--repeats", "1", "--warmup", "0",
+                 "--out", str(out), "--studies", "batch", "--batch-sweep", "1,3,1", "--no-plots"]) == 0
+    result = json.loads((out / "results_cpu.json").read_text())
+    assert "hidden_sweep" not in result and "variable_length" not in result
+    rows = result["batch_sweep"]
+    assert sorted((r["B"], r["mode"], r["competitor"]) for r in rows) == sorted(
+        (b, m, c) for b in (1, 3) for m in ("forward", "forward+backward") for c in ("detlstm", "nn.LSTM"))
+    for r in rows:
+        det = next(d for d in rows if d["competitor"] == "detlstm" and (d["B"], d["mode"]) == (r["B"], r["mode"]))
+        assert r["vs_detlstm"] == r["tokens_per_s"] / det["tokens_per_s"]
+    report = (out / "report_cpu.md").read_text()
+    for mode in ("forward", "forward+backward"):
+        assert f"**Sweep over B** ({mode}; tokens/s, and vs detlstm)" in report
+    nn_row = [line for line in report.splitlines() if line.startswith("| nn.LSTM |") and "x) |" in line]
+    assert len(nn_row) == 2 and all(line.count("x)") == 2 for line in nn_row)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--studies", "batch,speed"], "--studies: unknown speed"),
+    (["--batch-sweep", "4,0"], "--batch-sweep wants positive batch sizes"),
+    (["--batch-sweep", "four"], "--batch-sweep wants positive batch sizes"),
+])
+def test_bad_study_arguments_name_the_argument(tmp_path, argv, message):
+    with pytest.raises(SystemExit, match=message):
+        main(["--device", "cpu", "--custom", TINY, "--shapes", "", "--out", str(tmp_path)] + argv)
+
+
 @pytest.fixture(scope="module")
 def fma_build_dir(tmp_path_factory):
     """One build of bench/fma_peak.cpp for the tests here (about 2 s)."""
