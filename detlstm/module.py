@@ -29,6 +29,12 @@ _SUPPORTED_DTYPES = _KERNEL_DTYPES + _WIDENED_DTYPES
 _UINT64_RANGE = 1 << 64
 
 
+def _autocast_on(device_type: str) -> bool:
+    """Whether autocast is on for this device type. torch asks only of device types autocast knows:
+    for others (meta) it raises, where nn.LSTM just runs, so those count as off."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
 def _draw_dropout_seed() -> torch.Tensor:
     # One draw from PyTorch's default CPU generator per training call, so torch.manual_seed fixes
     # the masks of a whole run on CPU and CUDA alike. (randint, unlike Tensor.random_, can be traced
@@ -314,7 +320,7 @@ class LSTM(nn.LSTM):
         return s.format(**self.__dict__)
 
     def _check_input_tensor(self, input: torch.Tensor, weights) -> None:
-        if input.dtype != weights[0].dtype and not torch.is_autocast_enabled(input.device.type):
+        if input.dtype != weights[0].dtype and not _autocast_on(input.device.type):
             raise ValueError(
                 f"RNN input dtype ({input.dtype}) does not match weight dtype ({weights[0].dtype}). "
                 f"Convert input: input.to({weights[0].dtype}), or convert model: model.to({input.dtype})"
@@ -345,7 +351,7 @@ class LSTM(nn.LSTM):
         for tensor, which, expected in zip(hx, (0, 1), self._state_shapes(batch)):
             if tuple(tensor.shape) != expected:
                 raise RuntimeError(f"Expected hidden[{which}] size {expected}, got {list(tensor.shape)}")
-            if tensor.dtype != input.dtype and not torch.is_autocast_enabled(input.device.type):
+            if tensor.dtype != input.dtype and not _autocast_on(input.device.type):
                 raise ValueError(f"hx[{which}] has dtype {tensor.dtype} but input has dtype {input.dtype}")
             if tensor.device != input.device:
                 raise ValueError(f"hx[{which}] is on {tensor.device} but input is on {input.device}")
@@ -356,7 +362,7 @@ class LSTM(nn.LSTM):
         autocast does for nn.LSTM); half-precision values are then widened to float32 for the
         kernels. Returns the tensors to run and the dtype to round the results to (or None)."""
         device_type = x.device.type
-        if torch.is_autocast_enabled(device_type) and x.is_floating_point():
+        if _autocast_on(device_type) and x.is_floating_point():
             amp = torch.get_autocast_dtype(device_type)
             x, weights = x.to(amp), [w.to(amp) for w in weights]
             hx = (hx[0].to(amp), hx[1].to(amp))

@@ -271,3 +271,57 @@ def test_nn_rnnbase_methods_keep_working():
     for clone in (copy.deepcopy(ours), pickle.loads(pickle.dumps(ours))):
         assert type(clone) is detlstm.LSTM
         assert_bitwise_equal(clone(x)[0], ours(x)[0], "copied module")
+
+
+def _meta_results(module, form, dtype):
+    """The module's results on meta inputs of one caller form, as (kind, shape, dtype, device) each."""
+    time_major = torch.randn(5, 3, 8, device="meta", dtype=dtype)
+    x = time_major.transpose(0, 1) if module.batch_first else time_major
+    args = {"padded": (x,), "unbatched": (time_major[:, 0],),
+            "packed": (pack_padded_sequence(time_major, torch.tensor([5, 3, 2])),)}.get(form)
+    if form == "hx":
+        layers = module.num_layers * (2 if module.bidirectional else 1)
+        h = module.proj_size or module.hidden_size
+        args = (x, (torch.randn(layers, 3, h, device="meta", dtype=dtype),
+                    torch.randn(layers, 3, module.hidden_size, device="meta", dtype=dtype)))
+    out, (h_n, c_n) = module(*args)
+    data = out.data if isinstance(out, PackedSequence) else out
+    return out, [type(out).__name__] + [(tuple(t.shape), t.dtype, t.device.type)
+                                        for t in (data, h_n, c_n)]
+
+
+@pytest.mark.parametrize("kwargs", [{}, dict(batch_first=True),
+                                    dict(num_layers=2, bidirectional=True, dropout=0.3),
+                                    dict(proj_size=4, num_layers=2), dict(dtype=torch.float16),
+                                    dict(dtype=torch.float64, bidirectional=True)],
+                         ids=["plain", "batch_first", "bi-dropout", "proj", "float16", "float64-bi"])
+@pytest.mark.parametrize("form", ["padded", "unbatched", "packed", "hx"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_meta_tensors_give_nn_lstms_shapes(kwargs, form, training):
+    """On meta tensors (shape inference, deferred initialisation) nn.LSTM gives results with shapes
+    and no values; so does detlstm, forward and backward, through its operators' fake kernels.
+    Autocast used to be asked about the meta device, which torch refuses."""
+    dtype = kwargs.get("dtype", torch.float32)
+    ours = detlstm.LSTM(8, 16, device="meta", **kwargs).train(training)
+    ref = nn.LSTM(8, 16, device="meta", **kwargs).train(training)
+    out, got = _meta_results(ours, form, dtype)
+    ref_out, want = _meta_results(ref, form, dtype)
+    assert got == want
+    if training:
+        (out.data if isinstance(out, PackedSequence) else out).sum().backward()
+        for name, p in ours.named_parameters():
+            assert p.grad is not None and p.grad.is_meta and p.grad.shape == p.shape, name
+
+
+def test_built_on_meta_then_materialised_gives_the_real_modules_bits():
+    """Deferred initialisation: build under `torch.device('meta')`, to_empty, load real weights."""
+    torch.manual_seed(0)
+    real = detlstm.LSTM(8, 16, num_layers=2, bidirectional=True, proj_size=4)
+    with torch.device("meta"):
+        deferred = detlstm.LSTM(8, 16, num_layers=2, bidirectional=True, proj_size=4)
+    deferred.to_empty(device="cpu")
+    deferred.load_state_dict(real.state_dict())
+    x = torch.randn(5, 3, 8)
+    got, want = deferred(x, lengths=[5, 2, 4]), real(x, lengths=[5, 2, 4])
+    for a, b, what in zip((got[0], *got[1]), (want[0], *want[1]), ("output", "h_n", "c_n")):
+        assert_bitwise_equal(a, b, what)
