@@ -72,7 +72,7 @@ def parse_args(argv):
 def measure(competitor, spec, device, dtype, mode, warmup, repeats, memory=False, threads=None):
     """One row: the median time of `repeats` calls on the shape's inputs in the user's form, the form
     and the path taken (one more call under the profiler, after the timed ones) and, with `memory`,
-    the peak memory of one forward+backward call."""
+    the peak memory of one call in this mode."""
     torch.manual_seed(0)
     with competitor.context():
         model = competitor.build(spec, device, dtype)
@@ -89,9 +89,9 @@ def measure(competitor, spec, device, dtype, mode, warmup, repeats, memory=False
             return {"error": str(err).splitlines()[0], "input": form}
         row = {"ms": ms, "tokens_per_s": tokens / (ms / 1e3), "samples_ms": samples, "input": form,
                "path": taken}
-        if memory and mode == "forward+backward":
+        if memory:
             row["peak_mib"] = cuda_peak_mib(step, inputs) if device == "cuda" else \
-                cpu_peak_mib(competitor.name, spec, str(dtype).split(".")[1], threads)
+                cpu_peak_mib(competitor.name, spec, str(dtype).split(".")[1], threads, mode)
         return row
 
 
@@ -251,7 +251,9 @@ def report(result):
     parts = [head, "", table(result["rows"], "Reference shapes (median of repeats; vs detlstm = "
                              "competitor tokens/s / detlstm tokens/s at the same shape, mode, dtype "
                              "and threads; input: dense, packed (PackedSequence) or lengths (detlstm's "
-                             "lengths=); path: what the call ran)")]
+                             "lengths=); path: what the call ran; peak: one call's memory above what "
+                             "was allocated before it, the caching allocator's on the GPU, RSS in a "
+                             "fresh process on the CPU; forward runs under no_grad)")]
     if result.get("variable_length"):
         parts += ["", "**Variable lengths, same total tokens** (forward+backward): time with lengths "
                   "uniform in [T/4, T] over time with all lengths T, at 1.6x the rows (all T runs in "

@@ -160,13 +160,13 @@ def _status_kib(field):
     return 0
 
 
-def cpu_peak_mib(competitor_name, spec, dtype_name, threads=None):
-    """Peak RSS increase of one forward+backward call, measured in a fresh process (a process's own
-    peak never goes down, so each measurement needs its own), at `threads` intra-op threads (default:
-    the process's default)."""
+def cpu_peak_mib(competitor_name, spec, dtype_name, threads=None, mode="forward+backward"):
+    """Peak RSS increase of one call in `mode` (the bench's step: forward runs under no_grad),
+    measured in a fresh process (a process's own peak never goes down, so each measurement needs its
+    own), at `threads` intra-op threads (default: the process's default)."""
     code = ("import json,sys; from bench.core import _memory_probe; "
             "print(json.dumps(_memory_probe(*json.loads(sys.argv[1]))))")
-    arg = json.dumps([competitor_name, dataclasses.asdict(spec), dtype_name, threads])
+    arg = json.dumps([competitor_name, dataclasses.asdict(spec), dtype_name, threads, mode])
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     run = subprocess.run([sys.executable, "-c", code, arg], capture_output=True, text=True, cwd=root,
                          timeout=600)
@@ -175,7 +175,17 @@ def cpu_peak_mib(competitor_name, spec, dtype_name, threads=None):
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def _memory_probe(competitor_name, spec_dict, dtype_name, threads=None):
+def _reset_peak_rss():
+    """Sets the process's recorded peak RSS (VmHWM) to its current RSS, where Linux allows it, so that
+    the peak read after a call is the call's, not that of building the model or the inputs."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _memory_probe(competitor_name, spec_dict, dtype_name, threads=None, mode="forward+backward"):
     from bench.competitors import all_competitors
 
     if threads:
@@ -188,7 +198,8 @@ def _memory_probe(competitor_name, spec_dict, dtype_name, threads=None):
         model.train()
         # the form the bench's own rows use (decided on their 3 input sets), on the first set
         inputs = user_form(make_inputs(spec, "cpu", dtype, 3))[:1]
-        step = step_fn(competitor, model, "forward+backward")
+        step = step_fn(competitor, model, mode)
+        _reset_peak_rss()
         base = _status_kib("VmRSS")
         step(*inputs[0])
         return (_status_kib("VmHWM") - base) / 1024
