@@ -29,7 +29,7 @@ def test_inference_is_the_forwards_results(layers, bidir, bias, proj, dropout, d
     assert got[0].abs().sum() > 0
 
 
-# Windows of steps (the CPU runs 1024 / B steps at a time): batch 128 gives 8-step windows over 29
+# Windows of steps (the CPU runs 1024 / B steps at a time up to hidden 256): batch 128 gives 8-step windows over 29
 # steps, with lengths that end inside windows, on their edges, and at 1.
 WINDOWED = Shape(29, 128, 6, 16, tuple([29, 1, 8, 9, 16, 17, 24, 25] * 16))
 
@@ -53,9 +53,13 @@ def test_inference_windows_give_the_forwards_bits(layers, bidir, proj, dropout, 
         assert_bitwise_equal(a, b, f"lstm_inference {name}, {split}, {threads} threads")
 
 
-# Edges of the windows: batch 1100 (windows of kMinWindowSteps = 4 steps over 9), float64; and
-# a longest sequence shorter than T (whole windows with no rows), five layers with projections.
+# Edges of the windows: batch 1100 (windows of kMinWindowSteps = 4 steps over 9), float64; a
+# longest sequence shorter than T (whole windows with no rows), five layers with projections; and
+# hidden 320, where the 4 MiB cap on a window's pre-activations (819 rows) gives 8-step windows at
+# batch 100.
 EDGES = [(Shape(9, 1100, 3, 5, tuple([9, 1, 4, 5, 8] * 220)), 2, True, 0, torch.float64),
+         (Shape(20, 100, 8, 320, tuple([20, 1, 8, 9, 16, 17, 3, 12, 19, 7] * 10)), 2, True, 0,
+          torch.float32),
          (Shape(23, 200, 4, 6, tuple([17, 1, 4, 8, 9, 16, 12, 5] * 25)), 5, True, 3, torch.float64),
          (Shape(1, 3, 4, 6, (1, 1, 1)), 3, True, 2, torch.float32)]
 
@@ -147,3 +151,16 @@ def test_inference_keeps_one_layers_activations():
     full = _large_bytes_of_one_call(lambda: model(x))
     per_layer = D * T * B * (4 * H + H) * 4  # gates and cells, float32
     assert full - lean >= 0.95 * (L - 1) * per_layer, (full, lean)
+
+
+def test_inference_window_holds_at_most_4_mib_of_pre_activations():
+    """At hidden 512 a window is 512 rows (4 MiB of pre-activations), not 1,024: an inference call's
+    large buffers are its output, the packed W_ih and W_hh, that window and small state buffers."""
+    torch.manual_seed(0)
+    T, B, H = 64, 64, 512
+    model = detlstm.LSTM(H, H).eval()
+    x = torch.randn(T, B, H)
+    with torch.no_grad():
+        used = _large_bytes_of_one_call(lambda: model(x))
+    output, weights = T * B * H * 4, 2 * 4 * H * H * 4
+    assert used <= output + weights + (4 << 20) + (2 << 20), used

@@ -50,17 +50,21 @@ struct StepWindow {
 };
 
 // Rows per window: enough for the input projection's tiles to run at full speed (a row tile reads
-// its strips of W_ih^T whatever the number of rows), few enough to stay in cache: 4 MiB of
-// pre-activations at hidden 256, one direction. At least kMinWindowSteps steps, so that a large
-// batch does not pay a window's setup (step buffers, row pointers, a parallel region) every step.
+// its strips of W_ih^T whatever the number of rows), few enough to stay in cache and to keep an
+// inference call's peak small: 1,024, and at most 4 MiB of pre-activations per direction (512 rows at
+// hidden 512 in float32, 256 at 1024). At least kMinWindowSteps steps, so that a large batch does
+// not pay a window's setup (step buffers, row pointers, a parallel region) every step.
 constexpr int64_t kWindowRows = 1024;
+constexpr int64_t kWindowBytes = int64_t(4) << 20;
 constexpr int64_t kMinWindowSteps = 4;
 
 template <typename T>
 StepWindow<T> step_window(const math::CallDims& c, bool keeps_every_layer) {
   StepWindow<T> w;
   if (keeps_every_layer) return w;
-  const int64_t steps = std::max<int64_t>(kMinWindowSteps, kWindowRows / std::max<int64_t>(c.B, 1));
+  const int64_t rows = std::min<int64_t>(
+      kWindowRows, kWindowBytes / (std::max<int64_t>(c.G, 1) * int64_t(sizeof(T))));
+  const int64_t steps = std::max<int64_t>(kMinWindowSteps, rows / std::max<int64_t>(c.B, 1));
   w.steps = std::max<int64_t>(1, std::min<int64_t>(c.T, steps));
   w.gates.resize(static_cast<size_t>(c.D * w.steps * c.B * c.G));
   w.cells.resize(static_cast<size_t>(c.D * 2 * c.B * c.H));
