@@ -35,6 +35,16 @@ def _autocast_on(device_type: str) -> bool:
     return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
 
 
+def _nn_lets_caller_modify_output(x: torch.Tensor, bidirectional: bool, proj_size: int) -> bool:
+    """Whether nn.LSTM's backward leaves its output alone, so that a caller may change the output in
+    place before backward (mask the padding, add a residual with +=). On the CPU it does, except
+    on its oneDNN path (float32, one direction, no projections), whose backward reads the output;
+    cuDNN's reads it always. detlstm's backward reads the output everywhere, so where nn.LSTM
+    allows it the caller gets a copy (one pass over the output; CPU only)."""
+    one_dnn = x.dtype == torch.float32 and not bidirectional and proj_size == 0
+    return x.device.type == "cpu" and not one_dnn
+
+
 def _draw_dropout_seed() -> torch.Tensor:
     # One draw from PyTorch's default CPU generator per training call, so torch.manual_seed fixes
     # the masks of a whole run on CPU and CUDA alike. (randint, unlike Tensor.random_, can be traced
@@ -463,5 +473,8 @@ class LSTM(nn.LSTM):
             self.dropout, self.training, seed, self.proj_size)
         if result_dtype is not None:
             output, h_n, c_n = output.to(result_dtype), h_n.to(result_dtype), c_n.to(result_dtype)
+        elif output.requires_grad and _nn_lets_caller_modify_output(x, self.bidirectional,
+                                                                     self.proj_size):
+            output = output.clone()  # the caller's own: the backward reads the saved original
         return output, h_n, c_n
 

@@ -325,3 +325,48 @@ def test_built_on_meta_then_materialised_gives_the_real_modules_bits():
     got, want = deferred(x, lengths=[5, 2, 4]), real(x, lengths=[5, 2, 4])
     for a, b, what in zip((got[0], *got[1]), (want[0], *want[1]), ("output", "h_n", "c_n")):
         assert_bitwise_equal(a, b, what)
+
+
+def _grad_after_changing_output(cls, kwargs, in_place):
+    """x's gradient after the output is masked and shifted, in place or not; None if it raises."""
+    torch.manual_seed(0)
+    dtype = kwargs.get("dtype", torch.float32)
+    model = cls(4, 6, **kwargs)
+    x = torch.randn(3, 5, 4, dtype=dtype) if kwargs.get("batch_first") else torch.randn(5, 3, 4, dtype=dtype)
+    x.requires_grad_()
+    out, _ = model(x)
+    mask = torch.rand(out.shape) < 0.3
+    if in_place:
+        out[mask] = 0
+        out += 1
+    else:
+        out = out.masked_fill(mask, 0) + 1
+    try:
+        (out * out).sum().backward()
+    except RuntimeError as err:
+        assert "modified by an inplace operation" in str(err)
+        return None
+    return x.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("bidirectional,proj_size,num_layers,batch_first",
+                         [(False, 0, 1, False), (False, 0, 2, True), (True, 0, 2, False),
+                          (False, 3, 1, False), (True, 3, 2, True)],
+                         ids=["uni", "uni-2-batch_first", "bi-2", "proj", "bi-proj-batch_first"])
+def test_output_changed_in_place_before_backward_as_nn_lstm(dtype, bidirectional, proj_size,
+                                                              num_layers, batch_first):
+    """Where nn.LSTM on the CPU lets a caller change the output in place before backward (masking
+    a bidirectional tagger's padding, a residual +=), so does detlstm, with the gradient of the same
+    change made out of place, bit for bit. nn.LSTM refuses on its oneDNN path (float32 or bfloat16,
+    one direction, no projections); detlstm refuses in float32 there (no copy on that path), and
+    allows it in bfloat16, whose float32 results are converted into new tensors anyway."""
+    kwargs = dict(bidirectional=bidirectional, proj_size=proj_size, num_layers=num_layers,
+                  batch_first=batch_first, dtype=dtype)
+    nn_allows = _grad_after_changing_output(nn.LSTM, kwargs, True) is not None
+    ours = _grad_after_changing_output(detlstm.LSTM, kwargs, True)
+    one_dnn_float32 = dtype == torch.float32 and not bidirectional and proj_size == 0
+    assert (ours is not None) == (nn_allows or dtype == torch.bfloat16), (nn_allows, ours)
+    assert (ours is None) == one_dnn_float32
+    if ours is not None:
+        assert_bitwise_equal(ours, _grad_after_changing_output(detlstm.LSTM, kwargs, False))
