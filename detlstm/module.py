@@ -42,7 +42,8 @@ def _nn_lets_caller_modify_output(x: torch.Tensor, bidirectional: bool, proj_siz
     cuDNN's reads it always. detlstm's backward reads the output everywhere, so where nn.LSTM
     allows it the caller gets a copy (one pass over the output; CPU only)."""
     one_dnn = x.dtype == torch.float32 and not bidirectional and proj_size == 0
-    return x.device.type == "cpu" and not one_dnn
+    # Not in a jit.trace: its check reruns the call, with gradients off, and must see the same ops.
+    return x.device.type == "cpu" and not one_dnn and not torch.jit.is_tracing()
 
 
 def _draw_dropout_seed() -> torch.Tensor:
@@ -366,27 +367,42 @@ class LSTM(nn.LSTM):
             if tensor.device != input.device:
                 raise ValueError(f"hx[{which}] is on {tensor.device} but input is on {input.device}")
 
-    @staticmethod
-    def _compute_dtypes(x, hx, weights):
+    def _compute_dtypes(self, x, hx, weights, packed):
         """Under autocast, inputs, states and weights are rounded to the autocast dtype first (as
         autocast does for nn.LSTM); half-precision values are then widened to float32 for the
-        kernels. Returns the tensors to run and the dtype to round the results to (or None)."""
+        kernels. Returns the tensors to run and the dtypes to give (output, h_n, c_n) in, each None
+        where the kernels' dtype is the one to give."""
         device_type = x.device.type
         if _autocast_on(device_type) and x.is_floating_point():
             amp = torch.get_autocast_dtype(device_type)
             x, weights = x.to(amp), [w.to(amp) for w in weights]
             hx = (hx[0].to(amp), hx[1].to(amp))
+            result_dtypes = self._autocast_result_dtypes(device_type, amp, packed)
+        else:
+            result_dtypes = (x.dtype,) * 3
         if x.dtype not in _WIDENED_DTYPES:
-            return x, hx, weights, None
-        low = x.dtype
-        return (x.float(), (hx[0].float(), hx[1].float()), [w.float() for w in weights], low)
+            return x, hx, weights, (None, None, None)
+        return (x.float(), (hx[0].float(), hx[1].float()), [w.float() for w in weights],
+                tuple(None if d == torch.float32 else d for d in result_dtypes))
+
+    def _autocast_result_dtypes(self, device_type, amp, packed):
+        """The dtypes nn.LSTM's results come in under autocast. On the CPU autocast lowers oneDNN's
+        layer (padded input, no projections: all three in amp) and the products of ATen's LSTM,
+        whose cell state stays float32: a PackedSequence without projections gives float32
+        results, and with projections c_n is float32 (output and h_n come from a product)."""
+        if device_type != "cpu":
+            return (amp,) * 3
+        if self.proj_size > 0:
+            return amp, amp, torch.float32
+        return (torch.float32,) * 3 if packed else (amp,) * 3
 
     def forward(self, input, hx=None, *, lengths=None, dropout_seed=None):
         if in_onnx_export():  # ONNX nodes instead of our operator: detlstm/onnx.py
             return export_forward(self, input, hx, lengths)
         weights = self._weights()
         x, seq_lengths, (h0, c0), form = self._canonical_inputs(input, hx, lengths, weights)
-        output, h_n, c_n = self._run(x, seq_lengths, h0, c0, weights, dropout_seed)
+        output, h_n, c_n = self._run(x, seq_lengths, h0, c0, weights, dropout_seed,
+                                     packed=form.packed is not None)
         return _restore_form(form, output, h_n, c_n)
 
     def _canonical_inputs(self, input, hx, lengths, weights):
@@ -464,17 +480,15 @@ class LSTM(nn.LSTM):
             return _draw_dropout_seed()
         return torch.zeros((), dtype=torch.int64)
 
-    def _run(self, x, lengths, h0, c0, weights, dropout_seed):
+    def _run(self, x, lengths, h0, c0, weights, dropout_seed, packed):
         """The operator on the canonical layout: (output (T, B, D * H), h_n, c_n) in the caller's dtype."""
-        x, (h0, c0), weights, result_dtype = self._compute_dtypes(x, (h0, c0), weights)
+        x, (h0, c0), weights, result_dtypes = self._compute_dtypes(x, (h0, c0), weights, packed)
         seed = self._dropout_seed(dropout_seed)
         output, h_n, c_n = _autograd.lstm(
             x, lengths, h0, c0, weights, self.bias, self.num_layers, self.bidirectional,
             self.dropout, self.training, seed, self.proj_size)
-        if result_dtype is not None:
-            output, h_n, c_n = output.to(result_dtype), h_n.to(result_dtype), c_n.to(result_dtype)
-        elif output.requires_grad and _nn_lets_caller_modify_output(x, self.bidirectional,
-                                                                     self.proj_size):
+        if result_dtypes[0] is None and output.requires_grad and \
+                _nn_lets_caller_modify_output(x, self.bidirectional, self.proj_size):
             output = output.clone()  # the caller's own: the backward reads the saved original
-        return output, h_n, c_n
+        return tuple(t if d is None else t.to(d) for t, d in zip((output, h_n, c_n), result_dtypes))
 

@@ -52,6 +52,33 @@ def test_autocast_cpu_matches_nn_lstm_dtype_and_values():
     assert x.grad is not None and x.grad.dtype == torch.float32
 
 
+@pytest.mark.parametrize("kwargs", [{}, dict(proj_size=3), dict(num_layers=2, bidirectional=True),
+                                    dict(num_layers=2, bidirectional=True, proj_size=3)],
+                         ids=["plain", "proj", "bi-2", "bi-2-proj"])
+@pytest.mark.parametrize("form", ["padded", "packed", "hx"])
+def test_autocast_cpu_gives_nn_lstms_result_dtypes(kwargs, form):
+    """nn.LSTM's results under CPU autocast come in the dtypes of the path it took: oneDNN's layer
+    (padded, no projections) all in bfloat16; ATen's LSTM, whose cell state stays float32, float32
+    for a PackedSequence without projections, and c_n float32 with projections. detlstm gives the
+    same dtypes, values within bfloat16's rounding, and float32 gradients."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    ref, ours = make_pair(6, 8, **kwargs)
+    x = torch.randn(5, 3, 6, requires_grad=True)
+    layers = ref.num_layers * (2 if ref.bidirectional else 1)
+    hx = (torch.randn(layers, 3, ref.proj_size or 8), torch.randn(layers, 3, 8))
+    args = {"padded": (x,), "packed": (pack_padded_sequence(x, [5, 4, 2]),), "hx": (x, hx)}[form]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = ref(*args)
+        got = ours(*args)
+    flat = [(o.data if form == "packed" else o, h, c) for o, (h, c) in (want, got)]
+    for name, w, g in zip(("output", "h_n", "c_n"), *flat):
+        assert g.dtype == w.dtype, (name, g.dtype, w.dtype)
+        torch.testing.assert_close(g.float(), w.float(), atol=3e-2, rtol=3e-2, msg=name)
+    sum(t.float().sum() for t in flat[1]).backward()
+    assert x.grad is not None and x.grad.dtype == torch.float32
+
+
 class _Model(nn.Module):
     def __init__(self):
         super().__init__()
@@ -108,6 +135,25 @@ def test_torch_compile_under_no_grad_runs_inference_with_eager_bits():
         compiled = torch.compile(model, backend=backend, fullgraph=True)(x, lengths)
     assert any("lstm_inference" in g for g in graphs) and not any("lstm_forward" in g for g in graphs)
     assert_results_equal(list(compiled), list(eager), "compiled no_grad vs eager")
+
+
+@_ALLOW_RNN
+def test_torch_compile_output_changed_in_place_gives_eager_bits():
+    """A bidirectional output changed in place before backward (as nn.LSTM allows on the CPU),
+    compiled: the graph's autograd sees the caller's copy change, the eager gradient's bits."""
+    torch.manual_seed(0)
+    model = detlstm.LSTM(4, 6, bidirectional=True)
+
+    def loss(x):
+        out, _ = model(x)
+        out += 1
+        return (out * out).sum()
+
+    x = torch.randn(5, 3, 4, requires_grad=True)
+    torch.compile(loss, fullgraph=True)(x).backward()
+    compiled, x.grad = x.grad, None
+    loss(x).backward()
+    assert_bitwise_equal(compiled, x.grad)
 
 
 def test_torch_compile_without_allow_rnn_breaks_the_graph_as_for_nn_lstm():
