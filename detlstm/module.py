@@ -65,6 +65,11 @@ def _seed_tensor(dropout_seed) -> torch.Tensor:
     return torch.tensor(seed, dtype=torch.int64)
 
 
+def _is_integer_scalar_tensor(value) -> bool:
+    return (isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point()
+            and not value.is_complex() and value.dtype != torch.bool)
+
+
 def _check_lengths(lengths, batch: int, steps: int) -> torch.Tensor:
     if isinstance(lengths, torch.Tensor):
         if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
@@ -77,6 +82,8 @@ def _check_lengths(lengths, batch: int, steps: int) -> torch.Tensor:
             raise ValueError(
                 f"lengths must be a 1-D integer tensor or a sequence of ints, got {type(lengths).__name__}"
             ) from None
+        # one-element integer tensors too, as pack_padded_sequence takes them (list(mask.sum(1)))
+        values = [int(v) if _is_integer_scalar_tensor(v) else v for v in values]
         if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values):
             raise ValueError(f"lengths must contain only ints, got {values!r}")
         lengths = torch.tensor(values, dtype=torch.int64)
@@ -363,9 +370,9 @@ class LSTM(nn.LSTM):
             if tuple(tensor.shape) != expected:
                 raise RuntimeError(f"Expected hidden[{which}] size {expected}, got {list(tensor.shape)}")
             if tensor.dtype != input.dtype and not _autocast_on(input.device.type):
-                raise ValueError(f"hx[{which}] has dtype {tensor.dtype} but input has dtype {input.dtype}")
+                raise RuntimeError(f"hx[{which}] has dtype {tensor.dtype} but input has dtype {input.dtype}")
             if tensor.device != input.device:
-                raise ValueError(f"hx[{which}] is on {tensor.device} but input is on {input.device}")
+                raise RuntimeError(f"hx[{which}] is on {tensor.device} but input is on {input.device}")
 
     def _compute_dtypes(self, x, hx, weights, packed):
         """Under autocast, inputs, states and weights are rounded to the autocast dtype first (as
@@ -410,7 +417,7 @@ class LSTM(nn.LSTM):
         int64 lengths (B,) in the caller's batch order, h0 and c0 (layers * directions, B, *), and the
         _CallerForm that _restore_form needs to give the results back in the caller's form."""
         if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
-            raise ValueError("hx must be a tuple (h_0, c_0) of two tensors")
+            raise RuntimeError("hx must be a tuple (h_0, c_0) of two tensors")
         if isinstance(input, PackedSequence):
             x, seq_lengths, form = self._from_packed(input, lengths, weights)
         else:

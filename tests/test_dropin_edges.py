@@ -370,3 +370,14 @@ def test_output_changed_in_place_before_backward_as_nn_lstm(dtype, bidirectional
     assert (ours is None) == one_dnn_float32
     if ours is not None:
         assert_bitwise_equal(ours, _grad_after_changing_output(detlstm.LSTM, kwargs, False))
+
+
+def test_lengths_as_one_element_tensors_as_pack_padded_sequence_takes_them():
+    """list(mask.sum(1)) is a list of 0-d tensors; pack_padded_sequence takes it, so lengths= does."""
+    torch.manual_seed(0)
+    model = detlstm.LSTM(4, 6, bidirectional=True, batch_first=True)
+    x = torch.randn(3, 5, 4)
+    mask = torch.tensor([[1] * 5, [1] * 3 + [0] * 2, [1] * 2 + [0] * 3])
+    for given in (list(mask.sum(1)), [torch.tensor([5]), torch.tensor(3, dtype=torch.int32), 2]):
+        got, want = model(x, lengths=given), model(x, lengths=[5, 3, 2])
+        assert_bitwise_equal(got[0], want[0])
