@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from .module import LSTM, _check_lengths
+from .module import _SUPPORTED_DTYPES, LSTM, _check_lengths
 
 
 def reverse_padded(x: torch.Tensor, lengths, batch_first: bool = False) -> torch.Tensor:
@@ -24,30 +24,48 @@ def reverse_padded(x: torch.Tensor, lengths, batch_first: bool = False) -> torch
     return torch.gather(x, time_dim, index)
 
 
-def _from_nn_lstm(lstm: nn.LSTM) -> LSTM:
-    ref = lstm.weight_ih_l0
-    new = LSTM(lstm.input_size, lstm.hidden_size, num_layers=lstm.num_layers, bias=lstm.bias,
-               batch_first=lstm.batch_first, dropout=lstm.dropout, bidirectional=lstm.bidirectional,
-               proj_size=lstm.proj_size, device=ref.device, dtype=ref.dtype)
-    new.load_state_dict(lstm.state_dict())
-    new.train(lstm.training)
-    return new
-
-
 def _is_torch_lstm(module: nn.Module) -> bool:
-    # detlstm.LSTM is an nn.LSTM subclass too: converting it again would be a no-op copy.
+    # detlstm.LSTM is an nn.LSTM subclass too: converting it again would change nothing.
     return isinstance(module, nn.LSTM) and not isinstance(module, LSTM)
 
 
+def _check_convertible(name: str, lstm: nn.LSTM) -> None:
+    """What convert cannot turn into a detlstm.LSTM without losing something, refused before any
+    module is changed: a subclass of nn.LSTM (its own forward or attributes, or the class that
+    torch.nn.utils.parametrize makes) and a dtype detlstm has no kernels for."""
+    where = (f"detlstm.convert: the module at '{name}'" if name else "detlstm.convert: the model") + \
+        f" ({type(lstm).__module__}.{type(lstm).__qualname__})"
+    if type(lstm) is not nn.LSTM:
+        raise TypeError(
+            f"{where} is a subclass of nn.LSTM, whose own behaviour a detlstm.LSTM would drop. For a "
+            "parametrized LSTM, build a detlstm.LSTM, load the weights and register the "
+            "parametrization on it (torch.nn.utils.parametrize works on detlstm.LSTM)")
+    dtypes = {w.dtype for w in lstm._flat_weights if w is not None}
+    unsupported = dtypes - set(_SUPPORTED_DTYPES)
+    if unsupported:
+        raise ValueError(f"{where} has weights of dtype {sorted(map(str, unsupported))}; detlstm.LSTM "
+                         "supports float32, float64, float16 and bfloat16")
+
+
+def _become_detlstm(lstm: nn.LSTM) -> None:
+    """Makes this nn.LSTM object a detlstm.LSTM in place: the same object, so every reference to it
+    (a shared instance, an alias attribute) sees the change, with the same Parameter objects (an
+    optimizer or DDP built before keeps working; requires_grad, .grad and their hooks stay), the
+    same module hooks, buffers and attributes. detlstm.LSTM reads its weights by name and keeps
+    no flat weight cache, so nn.RNNBase's is dropped."""
+    lstm.__class__ = LSTM
+    for stale in ("_flat_weights", "_flat_weight_refs"):
+        lstm.__dict__.pop(stale, None)
+
+
 def convert(model: nn.Module) -> nn.Module:
-    """Replace every torch.nn.LSTM inside model (or model itself) with a detlstm.LSTM holding the
-    same weights, device, dtype and training mode; detlstm modules are left as they are. Returns
-    the model (or the new LSTM)."""
-    if _is_torch_lstm(model):
-        return _from_nn_lstm(model)
-    for name, child in list(model.named_children()):
-        if _is_torch_lstm(child):
-            setattr(model, name, _from_nn_lstm(child))
-        else:
-            convert(child)
+    """Turns every torch.nn.LSTM inside model (or model itself) into a detlstm.LSTM, in place: the
+    same module objects, parameters, hooks, device, dtype and training mode; detlstm modules are
+    left as they are. Subclasses of nn.LSTM (parametrized ones among them) are refused with an
+    error before anything changes. Returns model."""
+    found = [(name, m) for name, m in model.named_modules() if _is_torch_lstm(m)]
+    for name, lstm in found:
+        _check_convertible(name, lstm)
+    for _, lstm in found:
+        _become_detlstm(lstm)
     return model

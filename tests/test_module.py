@@ -85,6 +85,78 @@ def test_convert_replaces_every_lstm_and_keeps_weights():
     assert type(detlstm.convert(nn.LSTM(2, 3))) is detlstm.LSTM
 
 
+def test_convert_keeps_the_same_objects_so_nothing_built_before_is_cut_off():
+    """convert works in place: an optimizer built before still trains the LSTM, a frozen weight stays
+    frozen, gradients already there and hooks (module and parameter) stay, and an LSTM reachable
+    under two names (or an alias attribute) stays one module."""
+    torch.manual_seed(0)
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = nn.Sequential(nn.LSTM(4, 5, num_layers=2))
+            self.rnn = self.encoder[0]  # the same LSTM under a second name
+
+    model = Model()
+    lstm = model.rnn
+    lstm.weight_hh_l1.requires_grad_(False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    params = list(model.parameters())
+    calls = []
+    lstm.register_forward_hook(lambda *args: calls.append("forward"))
+    lstm.weight_ih_l0.register_hook(lambda g: calls.append("grad") or g)
+    lstm.weight_ih_l0.grad = torch.ones_like(lstm.weight_ih_l0)
+    frozen = lstm.weight_hh_l1.detach().clone()
+    before = lstm.weight_ih_l0.detach().clone()
+    assert detlstm.convert(model) is model
+    assert model.rnn is model.encoder[0] is lstm and type(lstm) is detlstm.LSTM
+    assert list(model.parameters()) == params and all(a is b for a, b in zip(model.parameters(), params))
+    assert not lstm.weight_hh_l1.requires_grad and torch.equal(lstm.weight_ih_l0.grad, torch.ones(20, 4))
+    lstm.weight_ih_l0.grad = None
+    model.rnn(torch.randn(3, 2, 4))[0].sum().backward()
+    opt.step()
+    assert calls == ["forward", "grad"]
+    assert not torch.equal(lstm.weight_ih_l0, before) and torch.equal(lstm.weight_hh_l1, frozen)
+
+
+def test_convert_with_legacy_weight_norm_gives_nn_lstms_values():
+    """torch.nn.utils.weight_norm (the hook form) keeps working: its hook recomputes the weight
+    before every call, and the weight's gradient reaches g and v."""
+    from torch.nn.utils import weight_norm
+
+    x = torch.randn(3, 2, 4)
+    torch.manual_seed(0)
+    ref = weight_norm(nn.LSTM(4, 5), "weight_hh_l0")
+    torch.manual_seed(0)
+    ours = detlstm.convert(weight_norm(nn.LSTM(4, 5), "weight_hh_l0"))
+    assert type(ours) is detlstm.LSTM
+    ref(x)[0].sum().backward()
+    ours(x)[0].sum().backward()
+    torch.testing.assert_close(ours.weight_hh_l0_g.grad, ref.weight_hh_l0_g.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours.weight_hh_l0_v.grad, ref.weight_hh_l0_v.grad, rtol=1e-5, atol=1e-6)
+
+
+class _DoublingLSTM(nn.LSTM):
+    def forward(self, *args, **kwargs):
+        out, state = super().forward(*args, **kwargs)
+        return out * 2, state
+
+
+@pytest.mark.parametrize("odd", ["subclass", "parametrized", "complex"])
+def test_convert_refuses_what_it_would_change_before_changing_anything(odd):
+    from torch.nn.utils import parametrizations
+
+    plain = nn.LSTM(4, 5)
+    other = {"subclass": lambda: _DoublingLSTM(4, 5),
+             "parametrized": lambda: parametrizations.weight_norm(nn.LSTM(4, 5), "weight_hh_l0"),
+             "complex": lambda: nn.LSTM(4, 5).to(torch.complex64)}[odd]()
+    model = nn.Sequential(plain, other)
+    error = ValueError if odd == "complex" else TypeError
+    with pytest.raises(error, match="detlstm.convert: the module at '1'"):
+        detlstm.convert(model)
+    assert type(model[0]) is nn.LSTM and type(model[1]) is type(other)
+
+
 def test_reverse_padded():
     x = torch.arange(4 * 3, dtype=torch.float32).view(4, 3, 1).requires_grad_()
     lengths = [4, 1, 3]
