@@ -246,14 +246,23 @@ def test_half_precision_cpu_equals_cuda(dtype):
         assert_bitwise_equal(a, b, f"{dtype}, CPU vs CUDA, result {k}")
 
 
-def test_autocast_cuda_matches_cudnn_dtype():
-    ref, ours = make_pair(I, H, num_layers=2, bidirectional=True)
+@pytest.mark.parametrize("proj", [0, 3])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_autocast_cuda_matches_cudnn_dtype(proj, packed):
+    """Under CUDA autocast the results come in cuDNN's dtypes (detlstm gives all three in the
+    autocast dtype there; the CPU's path-dependent dtypes are tested in test_parity), for padded and
+    packed input, with and without projections."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    ref, ours = make_pair(I, H, num_layers=2, bidirectional=True, proj_size=proj)
     ref, ours = ref.cuda(), ours.cuda()
     x = torch.randn(T, B, I, device="cuda")
+    inp = pack_padded_sequence(x, [T] + [T - 1] * (B - 1)) if packed else x
     with torch.autocast("cuda"):
-        r, (rh, _) = ref(x)
-        o, (h, _) = ours(x)
-    assert o.dtype == r.dtype and h.dtype == rh.dtype
+        r, (rh, rc) = ref(inp)
+        o, (h, c) = ours(inp)
+    r, o = (r.data, o.data) if packed else (r, o)
+    assert (o.dtype, h.dtype, c.dtype) == (r.dtype, rh.dtype, rc.dtype)
     torch.testing.assert_close(o.float(), r.float(), atol=5e-3, rtol=5e-3)
 
 
