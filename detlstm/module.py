@@ -478,7 +478,8 @@ class LSTM(nn.LSTM):
             h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
         if not torch.jit.is_tracing():  # (comparing traced sizes warns; the operator checks them)
             self._check_hidden((h0, c0), batch, x)
-        return h0, c0
+        # nn.LSTM runs sparse states as their dense values; the kernels read strided memory
+        return tuple(t.to_dense() if t.layout != torch.strided else t for t in (h0, c0))
 
     def _dropout_seed(self, dropout_seed) -> torch.Tensor:
         if dropout_seed is not None:

@@ -381,3 +381,20 @@ def test_lengths_as_one_element_tensors_as_pack_padded_sequence_takes_them():
     for given in (list(mask.sum(1)), [torch.tensor([5]), torch.tensor(3, dtype=torch.int32), 2]):
         got, want = model(x, lengths=given), model(x, lengths=[5, 3, 2])
         assert_bitwise_equal(got[0], want[0])
+
+
+def test_sparse_initial_state_runs_as_its_dense_values():
+    """nn.LSTM takes a sparse h0 or c0 (as its dense values); so does detlstm, gradient included."""
+    torch.manual_seed(0)
+    model = detlstm.LSTM(4, 6, bidirectional=True)
+    x = torch.randn(5, 3, 4)
+    h0, c0 = torch.randn(2, 3, 6), torch.randn(2, 3, 6)
+    want = model(x, (h0, c0))
+    sparse_h0 = h0.to_sparse().requires_grad_()
+    got = model(x, (sparse_h0, c0.to_sparse()))
+    for a, b in zip((got[0], *got[1]), (want[0], *want[1])):
+        assert_bitwise_equal(a, b)
+    got[0].sum().backward()
+    h0.requires_grad_()
+    model(x, (h0, c0))[0].sum().backward()
+    torch.testing.assert_close(sparse_h0.grad.to_dense(), h0.grad, rtol=0, atol=0)
