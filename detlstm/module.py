@@ -8,6 +8,7 @@ is those three steps: LSTM._canonical_inputs (checks and normalisation), LSTM._r
 seed, the operator) and _restore_form (the results in the caller's form).
 """
 
+import contextlib
 import math
 import numbers
 import warnings
@@ -35,15 +36,26 @@ def _autocast_on(device_type: str) -> bool:
     return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
 
 
-def _nn_lets_caller_modify_output(x: torch.Tensor, bidirectional: bool, proj_size: int) -> bool:
-    """Whether nn.LSTM's backward leaves its output alone, so that a caller may change the output in
-    place before backward (mask the padding, add a residual with +=). On the CPU it does, except
-    on its oneDNN path (float32, one direction, no projections), whose backward reads the output;
-    cuDNN's reads it always. detlstm's backward reads the output everywhere, so where nn.LSTM
-    allows it the caller gets a copy (one pass over the output; CPU only)."""
-    one_dnn = x.dtype == torch.float32 and not bidirectional and proj_size == 0
-    # Not in a jit.trace: its check reruns the call, with gradients off, and must see the same ops.
-    return x.device.type == "cpu" and not one_dnn and not torch.jit.is_tracing()
+def _takes_one_dnn(dtype, packed: bool, bidirectional: bool, proj_size: int,
+                   bidirectional_ok: bool = False) -> bool:
+    """Whether nn.LSTM on the CPU runs oneDNN's LSTM for an input of this dtype: oneDNN enabled,
+    padded input, no projections, float32 (or bfloat16 where oneDNN has it). Its training call
+    keeps the output for the backward in one direction; both directions' run it either way."""
+    bf16 = dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return (torch.backends.mkldnn.enabled and not packed and proj_size == 0
+            and (dtype == torch.float32 or bf16) and (bidirectional_ok or not bidirectional))
+
+
+def _nn_lets_caller_modify_output(x: torch.Tensor, packed: bool, bidirectional: bool,
+                                  proj_size: int) -> bool:
+    """Whether the caller should get its own copy of the output, so that it may change it in place
+    before backward (mask the padding, add a residual with +=) where nn.LSTM allows that: on the
+    CPU everywhere but oneDNN's one-direction path, whose backward reads the output (cuDNN's
+    always does). detlstm's backward reads the output everywhere. A PackedSequence's output is
+    gathered into a new tensor anyway, and a jit.trace is left alone: its check reruns the call
+    with gradients off and must see the same ops."""
+    return (x.device.type == "cpu" and not packed and not torch.jit.is_tracing()
+            and not _takes_one_dnn(x.dtype, packed, bidirectional, proj_size))
 
 
 def _draw_dropout_seed() -> torch.Tensor:
@@ -376,15 +388,16 @@ class LSTM(nn.LSTM):
 
     def _compute_dtypes(self, x, hx, weights, packed):
         """Under autocast, inputs, states and weights are rounded to the autocast dtype first (as
-        autocast does for nn.LSTM); half-precision values are then widened to float32 for the
-        kernels. Returns the tensors to run and the dtypes to give (output, h_n, c_n) in, each None
-        where the kernels' dtype is the one to give."""
+        autocast does for nn.LSTM; float64 is never cast); half-precision values are then widened
+        to float32 for the kernels. Returns the tensors to run and the dtypes to give (output, h_n,
+        c_n) in, each None where the kernels' dtype is the one to give."""
         device_type = x.device.type
-        if _autocast_on(device_type) and x.is_floating_point():
+        if _autocast_on(device_type) and x.is_floating_point() and x.dtype != torch.float64:
             amp = torch.get_autocast_dtype(device_type)
+            result_dtypes = self._autocast_result_dtypes(device_type, amp, packed, x.dtype,
+                                                         hx[1].dtype)
             x, weights = x.to(amp), [w.to(amp) for w in weights]
             hx = (hx[0].to(amp), hx[1].to(amp))
-            result_dtypes = self._autocast_result_dtypes(device_type, amp, packed)
         else:
             result_dtypes = (x.dtype,) * 3
         if x.dtype not in _WIDENED_DTYPES:
@@ -392,16 +405,17 @@ class LSTM(nn.LSTM):
         return (x.float(), (hx[0].float(), hx[1].float()), [w.float() for w in weights],
                 tuple(None if d == torch.float32 else d for d in result_dtypes))
 
-    def _autocast_result_dtypes(self, device_type, amp, packed):
-        """The dtypes nn.LSTM's results come in under autocast. On the CPU autocast lowers oneDNN's
-        layer (padded input, no projections: all three in amp) and the products of ATen's LSTM,
-        whose cell state stays float32: a PackedSequence without projections gives float32
-        results, and with projections c_n is float32 (output and h_n come from a product)."""
+    def _autocast_result_dtypes(self, device_type, amp, packed, x_dtype, c0_dtype):
+        """The dtypes nn.LSTM's results come in under autocast, from the dtypes the caller passed.
+        On the CPU autocast lowers oneDNN's layer (where nn.LSTM takes it: all three in amp) and
+        the products of ATen's LSTM, whose cell state keeps c0's dtype promoted with amp; h comes
+        from the cell there, or from a product with projections."""
         if device_type != "cpu":
             return (amp,) * 3
-        if self.proj_size > 0:
-            return amp, amp, torch.float32
-        return (torch.float32,) * 3 if packed else (amp,) * 3
+        if _takes_one_dnn(x_dtype, packed, self.bidirectional, self.proj_size, bidirectional_ok=True):
+            return (amp,) * 3
+        c = torch.promote_types(amp, c0_dtype)
+        return (amp if self.proj_size > 0 else c), (amp if self.proj_size > 0 else c), c
 
     def forward(self, input, hx=None, *, lengths=None, dropout_seed=None):
         if in_onnx_export():  # ONNX nodes instead of our operator: detlstm/onnx.py
@@ -434,7 +448,11 @@ class LSTM(nn.LSTM):
         self._check_input_tensor(packed.data, weights)
         if not _is_tracing():
             _check_packed(packed)
-        x, seq_lengths, slots = _packed_to_padded(packed)
+        # (autocast's promotion of torch.cat refuses a float16 PackedSequence under bfloat16: the
+        # layout change is no arithmetic, so autocast stays out of it)
+        with torch.autocast(packed.data.device.type, enabled=False) \
+                if _autocast_on(packed.data.device.type) else contextlib.nullcontext():
+            x, seq_lengths, slots = _packed_to_padded(packed)
         return x, seq_lengths, _CallerForm(packed, slots, batched=True, batch_first=False)
 
     def _from_padded(self, input, lengths, weights):
@@ -496,7 +514,7 @@ class LSTM(nn.LSTM):
             x, lengths, h0, c0, weights, self.bias, self.num_layers, self.bidirectional,
             self.dropout, self.training, seed, self.proj_size)
         if result_dtypes[0] is None and output.requires_grad and \
-                _nn_lets_caller_modify_output(x, self.bidirectional, self.proj_size):
+                _nn_lets_caller_modify_output(x, packed, self.bidirectional, self.proj_size):
             output = output.clone()  # the caller's own: the backward reads the saved original
         return tuple(t if d is None else t.to(d) for t, d in zip((output, h_n, c_n), result_dtypes))
 

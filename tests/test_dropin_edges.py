@@ -349,27 +349,31 @@ def _grad_after_changing_output(cls, kwargs, in_place):
     return x.grad
 
 
+@pytest.mark.parametrize("one_dnn", [True, False], ids=["oneDNN", "no-oneDNN"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("bidirectional,proj_size,num_layers,batch_first",
                          [(False, 0, 1, False), (False, 0, 2, True), (True, 0, 2, False),
                           (False, 3, 1, False), (True, 3, 2, True)],
                          ids=["uni", "uni-2-batch_first", "bi-2", "proj", "bi-proj-batch_first"])
 def test_output_changed_in_place_before_backward_as_nn_lstm(dtype, bidirectional, proj_size,
-                                                              num_layers, batch_first):
+                                                              num_layers, batch_first, one_dnn):
     """Where nn.LSTM on the CPU lets a caller change the output in place before backward (masking
     a bidirectional tagger's padding, a residual +=), so does detlstm, with the gradient of the same
     change made out of place, bit for bit. nn.LSTM refuses on its oneDNN path (float32 or bfloat16,
-    one direction, no projections); detlstm refuses in float32 there (no copy on that path), and
-    allows it in bfloat16, whose float32 results are converted into new tensors anyway."""
+    one direction, no projections, oneDNN enabled); detlstm refuses in float32 there (no copy on
+    that path), and allows it in bfloat16, whose float32 results are converted into new tensors
+    anyway."""
     kwargs = dict(bidirectional=bidirectional, proj_size=proj_size, num_layers=num_layers,
                   batch_first=batch_first, dtype=dtype)
-    nn_allows = _grad_after_changing_output(nn.LSTM, kwargs, True) is not None
-    ours = _grad_after_changing_output(detlstm.LSTM, kwargs, True)
-    one_dnn_float32 = dtype == torch.float32 and not bidirectional and proj_size == 0
+    with torch.backends.mkldnn.flags(enabled=one_dnn):
+        nn_allows = _grad_after_changing_output(nn.LSTM, kwargs, True) is not None
+        ours = _grad_after_changing_output(detlstm.LSTM, kwargs, True)
+        out_of_place = _grad_after_changing_output(detlstm.LSTM, kwargs, False)
+    one_dnn_float32 = one_dnn and dtype == torch.float32 and not bidirectional and proj_size == 0
     assert (ours is not None) == (nn_allows or dtype == torch.bfloat16), (nn_allows, ours)
     assert (ours is None) == one_dnn_float32
     if ours is not None:
-        assert_bitwise_equal(ours, _grad_after_changing_output(detlstm.LSTM, kwargs, False))
+        assert_bitwise_equal(ours, out_of_place)
 
 
 def test_lengths_as_one_element_tensors_as_pack_padded_sequence_takes_them():
@@ -398,3 +402,19 @@ def test_sparse_initial_state_runs_as_its_dense_values():
     h0.requires_grad_()
     model(x, (h0, c0))[0].sum().backward()
     torch.testing.assert_close(sparse_h0.grad.to_dense(), h0.grad, rtol=0, atol=0)
+
+
+def test_packed_output_is_not_copied_twice():
+    """A PackedSequence's output is gathered into a new tensor already: no extra copy for the
+    caller (the chain of the output's gradient holds no clone), and it may still be changed in place."""
+    model = detlstm.LSTM(4, 6, bidirectional=True)
+    x = torch.randn(5, 3, 4, requires_grad=True)
+    out, _ = model(pack_padded_sequence(x, [5, 4, 2]))
+    names, fn = [], out.data.grad_fn
+    while fn is not None and len(names) < 6:
+        names.append(type(fn).__name__)
+        fn = fn.next_functions[0][0] if fn.next_functions else None
+    assert not any("Clone" in n for n in names), names
+    out.data.mul_(2)
+    out.data.sum().backward()
+    assert x.grad is not None

@@ -55,28 +55,46 @@ def test_autocast_cpu_matches_nn_lstm_dtype_and_values():
 @pytest.mark.parametrize("kwargs", [{}, dict(proj_size=3), dict(num_layers=2, bidirectional=True),
                                     dict(num_layers=2, bidirectional=True, proj_size=3)],
                          ids=["plain", "proj", "bi-2", "bi-2-proj"])
-@pytest.mark.parametrize("form", ["padded", "packed", "hx"])
-def test_autocast_cpu_gives_nn_lstms_result_dtypes(kwargs, form):
+@pytest.mark.parametrize("form", ["padded", "packed", "hx", "bf16-hx"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64], ids=str)
+@pytest.mark.parametrize("one_dnn", [True, False], ids=["oneDNN", "no-oneDNN"])
+def test_autocast_cpu_gives_nn_lstms_result_dtypes(kwargs, form, dtype, one_dnn):
     """nn.LSTM's results under CPU autocast come in the dtypes of the path it took: oneDNN's layer
-    (padded, no projections) all in bfloat16; ATen's LSTM, whose cell state stays float32, float32
-    for a PackedSequence without projections, and c_n float32 with projections. detlstm gives the
-    same dtypes, values within bfloat16's rounding, and float32 gradients."""
+    (padded, no projections, where enabled) all in bfloat16; ATen's LSTM keeps its cell state in
+    c0's dtype promoted with bfloat16 (float32 for a float32 c0), and h follows the cell or, with
+    projections, a product; float64 is never cast. detlstm gives the same dtypes for every module
+    dtype and state dtype, values within bfloat16's rounding, and gradients in the input's dtype."""
     from torch.nn.utils.rnn import pack_padded_sequence
 
     ref, ours = make_pair(6, 8, **kwargs)
-    x = torch.randn(5, 3, 6, requires_grad=True)
+    ref, ours = ref.to(dtype), ours.to(dtype)
+    x = torch.randn(5, 3, 6, dtype=dtype, requires_grad=True)
     layers = ref.num_layers * (2 if ref.bidirectional else 1)
-    hx = (torch.randn(layers, 3, ref.proj_size or 8), torch.randn(layers, 3, 8))
-    args = {"padded": (x,), "packed": (pack_padded_sequence(x, [5, 4, 2]),), "hx": (x, hx)}[form]
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        want = ref(*args)
+    hx_dtype = torch.bfloat16 if form == "bf16-hx" else dtype
+    hx = (torch.randn(layers, 3, ref.proj_size or 8, dtype=hx_dtype),
+          torch.randn(layers, 3, 8, dtype=hx_dtype))
+    packed = pack_padded_sequence(x, [5, 4, 2])
+    args = {"padded": (x,), "packed": (packed,), "hx": (x, hx), "bf16-hx": (packed, hx)}[form]
+    with torch.backends.mkldnn.flags(enabled=one_dnn), torch.autocast("cpu", dtype=torch.bfloat16):
+        if dtype == torch.float64 and form == "bf16-hx":  # float64 is not cast: mixed dtypes
+            for model in (ref, ours):
+                with pytest.raises(RuntimeError, match="dtype"):
+                    model(*args)
+            return
+        try:
+            want = ref(*args)
+        except RuntimeError as err:  # float16, packed, both directions, projections: nn.LSTM's
+            assert "autocast" in str(err)  # own torch.cat under bfloat16 autocast refuses it
+            ours(*args)
+            return
         got = ours(*args)
-    flat = [(o.data if form == "packed" else o, h, c) for o, (h, c) in (want, got)]
+    flat = [(o.data if isinstance(o, nn.utils.rnn.PackedSequence) else o, h, c)
+            for o, (h, c) in (want, got)]
     for name, w, g in zip(("output", "h_n", "c_n"), *flat):
         assert g.dtype == w.dtype, (name, g.dtype, w.dtype)
         torch.testing.assert_close(g.float(), w.float(), atol=3e-2, rtol=3e-2, msg=name)
     sum(t.float().sum() for t in flat[1]).backward()
-    assert x.grad is not None and x.grad.dtype == torch.float32
+    assert x.grad is not None and x.grad.dtype == dtype
 
 
 class _Model(nn.Module):

@@ -52,8 +52,9 @@ struct StepWindow {
 // Rows per window: enough for the input projection's tiles to run at full speed (a row tile reads
 // its strips of W_ih^T whatever the number of rows), few enough to stay in cache and to keep an
 // inference call's peak small: 1,024, and at most 4 MiB of pre-activations per direction (512 rows at
-// hidden 512 in float32, 256 at 1024). At least kMinWindowSteps steps, so that a large batch does
-// not pay a window's setup (step buffers, row pointers, a parallel region) every step.
+// hidden 512 in float32, 256 at 1024). But at least kMinWindowSteps steps, so that a large batch
+// does not pay a window's setup (step buffers, row pointers, a parallel region) every step: there
+// the window is 4 steps of B rows, whatever their size.
 constexpr int64_t kWindowRows = 1024;
 constexpr int64_t kWindowBytes = int64_t(4) << 20;
 constexpr int64_t kMinWindowSteps = 4;
