@@ -137,13 +137,10 @@ def sweep(competitors, base, field, values, modes, device, dtype, warmup, repeat
         if field == "hidden":
             spec = dataclasses.replace(spec, input=v)
         for mode in modes:
-            rows = [{"competitor": c.name, field: v, "mode": mode,
+            out += [{"competitor": c.name, field: v, "mode": mode, "shape": spec.name,
+                     "dtype": str(dtype).split(".")[1],
                      **measure(c, spec, device, dtype, mode, warmup, repeats)} for c in competitors]
-            ref = next((r for r in rows if r["competitor"] == "detlstm" and "ms" in r), None)
-            for r in rows:
-                if ref and "ms" in r:
-                    r["vs_detlstm"] = r["tokens_per_s"] / ref["tokens_per_s"]
-            out += rows
+    add_ratios(out)
     return out
 
 

@@ -36,14 +36,12 @@ def _autocast_on(device_type: str) -> bool:
     return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
 
 
-def _takes_one_dnn(dtype, packed: bool, bidirectional: bool, proj_size: int,
-                   bidirectional_ok: bool = False) -> bool:
+def _takes_one_dnn(dtype, packed: bool, proj_size: int) -> bool:
     """Whether nn.LSTM on the CPU runs oneDNN's LSTM for an input of this dtype: oneDNN enabled,
-    padded input, no projections, float32 (or bfloat16 where oneDNN has it). Its training call
-    keeps the output for the backward in one direction; both directions' run it either way."""
+    padded input, no projections, float32 (or bfloat16 where oneDNN has it)."""
     bf16 = dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     return (torch.backends.mkldnn.enabled and not packed and proj_size == 0
-            and (dtype == torch.float32 or bf16) and (bidirectional_ok or not bidirectional))
+            and (dtype == torch.float32 or bf16))
 
 
 def _nn_lets_caller_modify_output(x: torch.Tensor, packed: bool, bidirectional: bool,
@@ -54,8 +52,9 @@ def _nn_lets_caller_modify_output(x: torch.Tensor, packed: bool, bidirectional: 
     always does). detlstm's backward reads the output everywhere. A PackedSequence's output is
     gathered into a new tensor anyway, and a jit.trace is left alone: its check reruns the call
     with gradients off and must see the same ops."""
+    one_dnn_keeps_output = not bidirectional and _takes_one_dnn(x.dtype, packed, proj_size)
     return (x.device.type == "cpu" and not packed and not torch.jit.is_tracing()
-            and not _takes_one_dnn(x.dtype, packed, bidirectional, proj_size))
+            and not one_dnn_keeps_output)
 
 
 def _draw_dropout_seed() -> torch.Tensor:
@@ -412,7 +411,7 @@ class LSTM(nn.LSTM):
         from the cell there, or from a product with projections."""
         if device_type != "cpu":
             return (amp,) * 3
-        if _takes_one_dnn(x_dtype, packed, self.bidirectional, self.proj_size, bidirectional_ok=True):
+        if _takes_one_dnn(x_dtype, packed, self.proj_size):
             return (amp,) * 3
         c = torch.promote_types(amp, c0_dtype)
         return (amp if self.proj_size > 0 else c), (amp if self.proj_size > 0 else c), c
