@@ -2,9 +2,11 @@
 
 LSTM.forward hands over to export_forward while torch.onnx.export traces the model (in_onnx_export()),
 so the plain `torch.onnx.export(model, args, f, dynamic_shapes=...)` (or dynamic_axes=) of a model
-holding detlstm.LSTM works with no detlstm-specific argument. Each layer becomes a standard ONNX LSTM
-node, emitted with torch.onnx.ops.symbolic_multi_out, which the default (torch.export-based) exporter
-writes as it stands; everything around the nodes (the gate reorder i,f,g,o -> i,o,f,c, the input
+holding detlstm.LSTM works with no detlstm-specific argument, with either exporter. Each layer becomes
+a standard ONNX LSTM node: emitted with torch.onnx.ops.symbolic_multi_out, which the default
+(torch.export-based) exporter writes as it stands, or, under the TorchScript exporter
+(dynamo=False, which traces with torch.jit), by an autograd.Function whose symbolic() writes the
+node, as torch's own LSTM symbolic does for nn.LSTM; everything around the nodes (the gate reorder i,f,g,o -> i,o,f,c, the input
 forms, the padding mask, packing) is ordinary torch operations that the exporter translates. The
 per-sequence lengths (lengths= or a PackedSequence's) become the nodes' sequence_lens: a reverse
 direction starts at each sequence's own last step and h_n, c_n are each sequence's state at its own
@@ -16,12 +18,13 @@ rounding (tests/test_onnx.py holds them within 1e-5 in onnxruntime), not bit for
 
 Refused, with an error naming the feature: proj_size > 0 (the ONNX LSTM operator has no projection of
 the hidden state); dropout between layers in training mode (detlstm's seeded masks have no ONNX
-equivalent, and an exported model is for inference: call model.eval()); the TorchScript exporter
-(torch.onnx.export(..., dynamo=False)), which cannot translate the nodes.
+equivalent, and an exported model is for inference: call model.eval()). The TorchScript exporter
+traces in eval mode unless given training=TrainingMode.TRAINING, as it does for nn.LSTM.
 
-Not handled here: pack_padded_sequence / pad_packed_sequence inside the exported model (the exporter
-has no translation for aten._pack_padded_sequence, for nn.LSTM as for detlstm; pass lengths= instead),
-and an ExportedProgram captured by torch.export.export beforehand (it holds detlstm's operator). A
+A model that packs inside (pack_padded_sequence ... pad_packed_sequence) exports with the TorchScript
+exporter, as with nn.LSTM (see _TorchScriptPackedStack), but not with the default one, which has no
+translation for aten._pack_padded_sequence, for nn.LSTM as for detlstm: pass lengths= instead.
+Not handled here: an ExportedProgram captured by torch.export.export beforehand (it holds detlstm's operator). A
 PackedSequence given to the LSTM is exported; a model taking one as an argument must take its
 tensors (torch.export cannot give a PackedSequence argument dynamic shapes). onnxruntime's CPU LSTM
 has no float64 kernel: a float64 model exports to a valid graph that onnxruntime cannot run.
@@ -83,10 +86,6 @@ def _check_exportable(module) -> None:
             f"detlstm.LSTM ONNX export: dropout={module.dropout} between layers in training mode cannot "
             "be exported (detlstm's seeded dropout masks have no ONNX equivalent; export is for "
             "inference): call model.eval() before torch.onnx.export")
-    if torch.jit.is_tracing():
-        raise NotImplementedError(
-            "detlstm.LSTM ONNX export needs the default exporter, torch.onnx.export(..., dynamo=True); "
-            "the TorchScript exporter (dynamo=False) cannot translate its LSTM nodes")
 
 
 def _layer_weights(module, layer, dtype):
@@ -114,12 +113,7 @@ def _run_stack(module, x, seq_lens, h0, c0):
     for layer in range(module.num_layers):
         w, r, b = _layer_weights(module, layer, dtype)
         states = slice(layer * directions, (layer + 1) * directions)
-        y, y_h, y_c = torch.onnx.ops.symbolic_multi_out(
-            "LSTM", [x, w, r, b, seq_lens, h0[states], c0[states]],
-            {"hidden_size": hidden, "direction": "bidirectional" if directions == 2 else "forward"},
-            dtypes=(dtype, dtype, dtype),
-            shapes=((steps, directions, batch, hidden), (directions, batch, hidden), (directions, batch, hidden)),
-        )
+        y, y_h, y_c = _lstm_node(x, w, r, b, seq_lens, h0[states], c0[states], hidden, directions)
         x = y.permute(0, 2, 1, 3).reshape(steps, batch, directions * hidden)
         h_n.append(y_h)
         c_n.append(y_c)
@@ -127,6 +121,42 @@ def _run_stack(module, x, seq_lens, h0, c0):
     if result_dtype is not None:
         output, h_n, c_n = output.to(result_dtype), h_n.to(result_dtype), c_n.to(result_dtype)
     return output, h_n, c_n
+
+
+def _lstm_node(x, w, r, b, seq_lens, h0, c0, hidden, directions):
+    """One ONNX LSTM node (Y (T, D, B, H), Y_h, Y_c), recorded for the exporter that is tracing: the
+    default one reads symbolic_multi_out; the TorchScript one (dynamo=False), which traces with
+    torch.jit and has no translation for that operator, calls _TorchScriptLstmNode's symbolic."""
+    if torch.jit.is_tracing():
+        return _TorchScriptLstmNode.apply(x, w, r, b, seq_lens, h0, c0, hidden, directions)
+    steps, batch = x.shape[0], x.shape[1]
+    return torch.onnx.ops.symbolic_multi_out(
+        "LSTM", [x, w, r, b, seq_lens, h0, c0],
+        {"hidden_size": hidden, "direction": _DIRECTIONS[directions]},
+        dtypes=(x.dtype,) * 3,
+        shapes=((steps, directions, batch, hidden), (directions, batch, hidden), (directions, batch, hidden)),
+    )
+
+
+_DIRECTIONS = {1: "forward", 2: "bidirectional"}
+
+
+class _TorchScriptLstmNode(torch.autograd.Function):
+    """An ONNX LSTM node for the TorchScript exporter, which replaces an autograd.Function by what its
+    symbolic() emits. forward() only stands in for the node while the exporter traces (as
+    symbolic_multi_out does for the default exporter): tensors of zeros in the node's output shapes,
+    which the graph never holds. Outside an export nothing calls it."""
+
+    @staticmethod
+    def forward(ctx, x, w, r, b, seq_lens, h0, c0, hidden, directions):
+        steps, batch = x.shape[0], x.shape[1]
+        state = x.new_zeros(directions, batch, hidden)
+        return x.new_zeros(steps, directions, batch, hidden), state, state.clone()
+
+    @staticmethod
+    def symbolic(g, x, w, r, b, seq_lens, h0, c0, hidden, directions):
+        return g.op("LSTM", x, w, r, _absent(g) if b is None else b, _absent(g) if seq_lens is None else seq_lens,
+                    h0, c0, hidden_size_i=hidden, direction_s=_DIRECTIONS[directions], outputs=3)
 
 
 def _packed_forward(module, packed, hx, lengths):
@@ -140,6 +170,8 @@ def _packed_forward(module, packed, hx, lengths):
     if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
         raise ValueError("hx must be a tuple (h_0, c_0) of two tensors")
     module._check_input_tensor(data, module._weights())
+    if _packed_by_torchscript_exporter(data):
+        return _torchscript_packing_forward(module, packed, hx)
     batch = _packed_batch(batch_sizes, sorted_indices, hx)
     x, seq_lens, starts = _packed_to_padded(data, batch_sizes, batch)
     h0, c0 = module._initial_state(hx, x, _module._CallerForm(packed, None, batched=True, batch_first=False))
@@ -155,11 +187,14 @@ def _packed_forward(module, packed, hx, lengths):
 
 def _packed_batch(batch_sizes, sorted_indices, hx):
     """The number of sequences, from a shape where there is one (sorted_indices, else a 3-D h_0): only a
-    sorted PackedSequence without hx leaves batch_sizes[0], a value of the graph's input, to read."""
+    sorted PackedSequence without hx leaves batch_sizes[0], a value of the graph's input, to read (an
+    int for torch.export, which records the read; a tensor for the jit tracer, which would not)."""
     if sorted_indices is not None:
         return sorted_indices.shape[0]
     if hx is not None and hx[0].dim() == 3:
         return hx[0].shape[1]
+    if torch.jit.is_tracing():  # the TorchScript exporter: .item() would record this input's value
+        return batch_sizes[0]
     batch = batch_sizes[0].item()
     torch._check(batch >= 1)
     return batch
@@ -186,3 +221,106 @@ def _packed_rows(starts, rows, batch):
     row = torch.arange(rows, device=starts.device)
     return step * batch + (row - starts[step])
 
+
+
+# A model that packs inside (pack_padded_sequence ... pad_packed_sequence) under the TorchScript exporter.
+# Its translation of pack_padded_sequence is not a packing: a prim::PackPadded node whose "data" is the
+# padded (T, B, F) input and whose "batch_sizes" are the int32 lengths, and which only exports when a
+# later pass (torch/csrc/jit/passes/onnx/peephole.cpp, pushPackingPastRnn and removeNopPacking) can
+# move it past the RNN nodes that read it to its pad_packed_sequence and drop the pair. That pass looks
+# for what nn.LSTM's symbolic writes: the first layer's LSTM node the only reader of that data, the
+# lengths the sequence_lens of every layer and read by nothing else, each layer's Y reshaped to
+# (T, B, D * H) by Squeeze or Transpose + Reshape. _TorchScriptPackedStack writes the same, so such a
+# model exports as it does with nn.LSTM; any other reader of data or batch_sizes (the gathers of the
+# general packed path) would make the exporter refuse it.
+
+
+def _packed_by_torchscript_exporter(data) -> bool:
+    """True when the jit tracer (the TorchScript exporter's) has data coming from pack_padded_sequence."""
+    if not torch.jit.is_tracing():
+        return False
+    traced = torch._C._get_value_trace(data)
+    return traced is not None and traced.node().kind() == "aten::_pack_padded_sequence"
+
+
+def _torchscript_packing_forward(module, packed, hx):
+    """LSTM.forward's result for a PackedSequence from pack_padded_sequence, under the TorchScript
+    exporter: the whole stack one _TorchScriptPackedStack node (see above); h_n and c_n in the caller's
+    order, as nn.LSTM gives them."""
+    data, batch_sizes, sorted_indices, unsorted_indices = packed
+    if data.dtype in _module._WIDENED_DTYPES:
+        raise NotImplementedError(
+            f"detlstm.LSTM ONNX export: a {data.dtype} model that packs its input "
+            "(pack_padded_sequence) cannot be exported by the TorchScript exporter (dynamo=False): its "
+            "LSTM nodes would compute in float32 and the exporter needs them to read the packed input "
+            "as it is; export in float32, or with the default exporter passing lengths=")
+    states = []
+    if hx is not None:
+        h0, c0 = module._initial_state(hx, data.unsqueeze(1), _module._CallerForm(packed, None, batched=True,
+                                                                                 batch_first=False))
+        if sorted_indices is not None:
+            h0, c0 = h0.index_select(1, sorted_indices), c0.index_select(1, sorted_indices)
+        states = [h0, c0]
+    weights = [t for layer in range(module.num_layers) for t in _layer_weights(module, layer, data.dtype)
+               if t is not None]
+    output, h_n, c_n = _TorchScriptPackedStack.apply(
+        data, batch_sizes, module.num_layers, module.hidden_size, 2 if module.bidirectional else 1,
+        module.bias, len(states) > 0, *states, *weights)
+    if unsorted_indices is not None:
+        h_n, c_n = h_n.index_select(1, unsorted_indices), c_n.index_select(1, unsorted_indices)
+    return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), (h_n, c_n)
+
+
+class _TorchScriptPackedStack(torch.autograd.Function):
+    """Every layer over pack_padded_sequence's data, for the TorchScript exporter (see above). forward()
+    stands in for the nodes while the exporter traces: zeros in the packed output's and the states'
+    shapes, which the graph never holds."""
+
+    @staticmethod
+    def forward(ctx, data, batch_sizes, layers, hidden, directions, has_bias, has_state, *tensors):
+        batch = int(batch_sizes[0])
+        state = data.new_zeros(layers * directions, batch, hidden)
+        return data.new_zeros(data.shape[0], directions * hidden), state, state.clone()
+
+    @staticmethod
+    def symbolic(g, data, batch_sizes, layers, hidden, directions, has_bias, has_state, *tensors):
+        states, weights = (tensors[:2], tensors[2:]) if has_state else (None, tensors)
+        per_layer = 3 if has_bias else 2
+        x, y_h, y_c = data, [], []
+        for layer in range(layers):
+            w, r, *b = weights[layer * per_layer:(layer + 1) * per_layer]
+            initial = [_absent(g), _absent(g)] if states is None else [
+                _rows(g, state, layer * directions, directions) for state in states]
+            y, h, c = g.op("LSTM", x, w, r, b[0] if b else _absent(g), batch_sizes, *initial,
+                           hidden_size_i=hidden, direction_s=_DIRECTIONS[directions], outputs=3)
+            x = _layer_output(g, y, directions)
+            y_h.append(h)
+            y_c.append(c)
+        concat = (lambda parts: parts[0]) if layers == 1 else (lambda parts: g.op("Concat", *parts, axis_i=0))
+        return x, concat(y_h), concat(y_c)
+
+
+def _absent(g):
+    """An optional input left out, as the exporter's own symbolics write one."""
+    node = g.op("prim::Constant")
+    node.setType(torch._C.OptionalType.ofTensor())
+    return node
+
+
+def _ints(g, values):
+    return g.op("Constant", value_t=torch.tensor(values, dtype=torch.int64))
+
+
+def _rows(g, state, start, count):
+    """state[start:start + count] along the first axis (bounds as inputs from opset 10, attributes before)."""
+    if g.opset < 10:
+        return g.op("Slice", state, axes_i=[0], starts_i=[start], ends_i=[start + count])
+    return g.op("Slice", state, _ints(g, [start]), _ints(g, [start + count]), _ints(g, [0]))
+
+
+def _layer_output(g, y, directions):
+    """Y (T, D, B, H) as the next layer's (T, B, D * H): the two shapes the exporter's pass accepts."""
+    if directions == 1:  # (axes an input from opset 13, an attribute before)
+        return g.op("Squeeze", y, axes_i=[1]) if g.opset < 13 else g.op("Squeeze", y, _ints(g, [1]))
+    y = g.op("Transpose", y, perm_i=[0, 2, 1, 3])
+    return g.op("Reshape", y, _ints(g, [0, 0, -1]))
