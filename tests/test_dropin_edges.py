@@ -212,6 +212,57 @@ def test_trace_with_lengths_runs_at_other_sizes():
         assert_bitwise_equal(got, want, "traced lengths= model")
 
 
+class _ExportedModel(nn.Module):
+    """Padded input, lengths= when given; in training mode an explicit dropout_seed= (an exported
+    graph cannot draw a fresh one per call)."""
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        self.lstm = detlstm.LSTM(I, H, **kwargs)
+
+    def forward(self, x, lengths=None):
+        seed = {"dropout_seed": 7} if self.training else {}
+        out, (h_n, c_n) = self.lstm(x, lengths=lengths, **seed)
+        return out, h_n, c_n
+
+
+@pytest.mark.parametrize("kwargs, training, with_lengths", [
+    (dict(num_layers=2, bidirectional=True), False, False),
+    (dict(num_layers=2, bidirectional=True), False, True),
+    (dict(num_layers=2, dropout=0.3), True, True),
+    (dict(batch_first=True, proj_size=2), False, True),
+], ids=["bi", "bi-lengths", "dropout-train-lengths", "batch_first-proj-lengths"])
+def test_torch_export_runs_at_other_sizes_with_the_eager_bits(kwargs, training, with_lengths):
+    """torch.export.export with batch and time dynamic records detlstm's operator (its fake kernel gives
+    the shapes); the exported module, also after torch.export.save and load, gives the eager bits at
+    other sizes."""
+    torch.manual_seed(0)
+    model = _ExportedModel(**kwargs).train(training)
+    batch_first = kwargs.get("batch_first", False)
+    steps, batch = torch.export.Dim("T", min=1, max=64), torch.export.Dim("B", min=1, max=64)
+    x_axes = {0: batch, 1: steps} if batch_first else {0: steps, 1: batch}
+
+    def inputs(t, b):
+        x = torch.randn(b, t, I) if batch_first else torch.randn(t, b, I)
+        lengths = torch.randint(1, t + 1, (b,))
+        lengths[0] = t
+        return (x, lengths) if with_lengths else (x,)
+
+    program = torch.export.export(model, inputs(6, 3),
+                                  dynamic_shapes=(x_axes, {0: batch}) if with_lengths else (x_axes,))
+    assert any("detlstm" in str(node.target) for node in program.graph.nodes)
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    buffer.seek(0)
+    loaded = torch.export.load(buffer)
+    for t, b in ((1, 1), (9, 5), (4, 2)):
+        args = inputs(t, b)
+        want = model(*args)
+        for run in (program.module(), loaded.module()):
+            for got, w in zip(run(*args), want):
+                assert_bitwise_equal(got, w, f"exported at {t}x{b}")
+
+
 def test_script_gives_a_clear_error():
     for target in (detlstm.LSTM(I, H), nn.Sequential(detlstm.LSTM(I, H))):
         with warnings.catch_warnings():
