@@ -175,14 +175,16 @@ def cpu_peak_mib(competitor_name, spec, dtype_name, threads=None, mode="forward+
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def _reset_peak_rss():
-    """Sets the process's recorded peak RSS (VmHWM) to its current RSS, where Linux allows it, so that
-    the peak read after a call is the call's, not that of building the model or the inputs."""
+def _reset_peak_rss() -> bool:
+    """Sets the process's recorded peak RSS (VmHWM) to its current RSS, so that the peak read after a
+    call is the call's, not that of building the model or the inputs. False where Linux did not
+    (no /proc/self/clear_refs, or a peak still above the current RSS after writing it)."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
     except OSError:
-        pass
+        return False
+    return _status_kib("VmHWM") <= _status_kib("VmRSS")
 
 
 def _memory_probe(competitor_name, spec_dict, dtype_name, threads=None, mode="forward+backward"):
@@ -199,7 +201,8 @@ def _memory_probe(competitor_name, spec_dict, dtype_name, threads=None, mode="fo
         # the form the bench's own rows use (decided on their 3 input sets), on the first set
         inputs = user_form(make_inputs(spec, "cpu", dtype, 3))[:1]
         step = step_fn(competitor, model, mode)
-        _reset_peak_rss()
+        if not _reset_peak_rss():  # the peak would include building the model: no number, not a wrong one
+            return None
         base = _status_kib("VmRSS")
         step(*inputs[0])
         return (_status_kib("VmHWM") - base) / 1024

@@ -305,3 +305,26 @@ def test_phases_writes_its_section(fma_build_dir, tmp_path, capsys):
     section = text.split("<!-- phases:cpu:start -->")[1]
     assert "detlstm CPU variant" in section and "**whole call**" in section and "FMA peak" in section
     assert "custom-4x2x3x4x1-uni-p0-all" in section
+
+
+def test_cpu_memory_probe_gives_no_number_where_the_peak_cannot_be_reset(monkeypatch):
+    """The probe's peak is a call's only if the process's recorded peak was reset before it: where
+    Linux refuses that (no /proc/self/clear_refs), the probe reports nothing rather than a peak that
+    includes building the model."""
+    import builtins
+
+    from bench import core
+
+    spec = core.parse_custom("4,2,3,5,1,0,0,all")
+    # threads None: the probe leaves this process's thread count alone
+    assert core._memory_probe("detlstm", core.dataclasses.asdict(spec), "float32", None, "forward") >= 0
+    real_open = builtins.open
+
+    def refusing_open(path, *args, **kwargs):
+        if str(path) == "/proc/self/clear_refs":
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refusing_open)
+    assert core._reset_peak_rss() is False
+    assert core._memory_probe("detlstm", core.dataclasses.asdict(spec), "float32", None, "forward") is None
