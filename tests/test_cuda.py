@@ -266,6 +266,30 @@ def test_autocast_cuda_matches_cudnn_dtype(proj, packed):
     torch.testing.assert_close(o.float(), r.float(), atol=5e-3, rtol=5e-3)
 
 
+@pytest.mark.parametrize("state_dtype", [None, torch.float32, torch.bfloat16], ids=["no_hx", "hx_f32", "hx_bf16"])
+@pytest.mark.parametrize("cudnn", [True, False], ids=["cudnn", "no_cudnn"])
+@pytest.mark.parametrize("proj", [0, 3])
+def test_autocast_cuda_dtypes_follow_nn_lstm_with_either_backend(proj, cudnn, state_dtype):
+    """CUDA autocast with cuDNN disabled (nn.LSTM then runs ATen's own cell) and with a given (h0, c0)
+    of another dtype: detlstm's results come in nn.LSTM's dtypes, or both refuse the call."""
+    ref, ours = make_pair(I, H, num_layers=2, bidirectional=True, proj_size=proj)
+    ref, ours = ref.cuda(), ours.cuda()
+    x = torch.randn(T, B, I, device="cuda")
+    hx = None
+    if state_dtype is not None:
+        hx = (torch.randn(4, B, proj or H, device="cuda", dtype=state_dtype),
+              torch.randn(4, B, H, device="cuda", dtype=state_dtype))
+    results = []
+    for model in (ref, ours):
+        with torch.backends.cudnn.flags(enabled=cudnn), torch.autocast("cuda"):
+            try:
+                out, (h, c) = model(x, hx)
+                results.append((out.dtype, h.dtype, c.dtype))
+            except (RuntimeError, ValueError) as error:
+                results.append(type(error))
+    assert results[1] == results[0], f"nn.LSTM {results[0]}, detlstm {results[1]}"
+
+
 @pytest.mark.parametrize("proj", [0, 3])
 def test_steps_beyond_every_length_cpu_equals_cuda(proj):
     """max(lengths) < T: the last steps have no rows and are not launched (an empty grid is an error
