@@ -339,15 +339,18 @@ def test_grid_limits_do_not_change_bits_on_gpu(variant):
         assert_bitwise_equal(a, b, f"grid 3 x 2, launch variant {variant}, result {k}")
 
 
-def test_cuda_graph_replay_gives_the_eager_bits():
+@pytest.mark.parametrize("proj", [0, 3], ids=["persistent", "per_step"])
+def test_cuda_graph_replay_gives_the_eager_bits(proj):
     """A forward + backward captured in a torch.cuda.CUDAGraph and replayed on new input data gives
-    the bits of eager calls on that data (the step schedule reaches the device inside the graph)."""
-    _, model = make_pair(I, H, num_layers=2, bidirectional=True, dropout=0.5, proj_size=3)
+    the bits of eager calls on that data (the step schedule reaches the device inside the graph).
+    Without projections the graph holds the persistent kernels' cooperative launches and the
+    memsets that zero their step counters; with them, the per-step kernels."""
+    _, model = make_pair(I, H, num_layers=2, bidirectional=True, dropout=0.5, proj_size=proj)
     model = model.cuda().train()
     g = torch.Generator().manual_seed(21)
     inputs = [torch.randn(T, B, I, generator=g).cuda() for _ in range(2)]
     x = inputs[0].clone().requires_grad_()
-    out_shape, state_shape = (T, B, 2 * 3), (4, B, 3)
+    out_shape, state_shape = (T, B, 2 * (proj or H)), (4, B, proj or H)
     loss_weights = [torch.randn(s, generator=g).cuda() for s in (out_shape, state_shape, (4, B, H))]
 
     def step():

@@ -382,6 +382,36 @@ def test_sums_of_several_chunks_give_the_cpu_bits_in_the_persistent_kernels(emul
         emulated.set_device(132, 228 * 1024, 227 * 1024)
 
 
+H100 = (132, 228 * 1024, 227 * 1024)  # multiprocessors, shared memory per multiprocessor and per block
+
+
+@pytest.mark.parametrize("case,variant,expected", [
+    # large's layers (hidden 1024, batch 64) on an H100: 4 units per block, sums in one panel of 128
+    # terms, one direction per launch (256 blocks of 2 per SM). Padded chunks would need 116,288 bytes
+    # per block, over the 115,712 two blocks per SM leave; they are not taken at the cost of a panel
+    # half as wide (64 terms: twice the panels and barriers per step), the chunks stay unpadded.
+    ("large forward", 0, (4, 128, 64, 256, 1)),
+    ("large forward", 8, (4, 128, 64, 256, 1)),
+    ("large backward", 8, (4, 128, 64, 256, 1)),
+    # tagger's (hidden 256, batch 64): padding fits at the same panel, so shape 8 pads
+    ("tagger forward", 0, (4, 256, 64, 64, 2)),
+    ("tagger forward", 8, (4, 256, 65, 64, 2)),
+    ("tagger backward", 8, (4, 1024, 65, 64, 2)),
+])
+def test_padded_chunks_never_narrow_the_panel(emulated, case, variant, expected):
+    """plan_persistent on an H100: launch shape 8's padded chunks where they fit at the panel width
+    the unpadded ones reach, else unpadded at that width (the sums' bits are the same either way,
+    checked for both layouts by the tests above)."""
+    hidden = 1024 if case.startswith("large") else 256
+    sums = (hidden, hidden, 4) if case.endswith("forward") else (4 * hidden, hidden, 1)
+    emulated.set_device(*H100)
+    emulated.set_launch_variant(variant)
+    try:
+        assert emulated.persistent_plan(*sums, 2, 64) == expected
+    finally:
+        emulated.set_launch_variant(0)
+
+
 def test_kernels_stay_inside_their_buffers_and_write_every_output():
     """sanitized_run.cpp: the kernels, no torch, under AddressSanitizer and UBSan, every buffer its
     own exact-size allocation and every output NaN before the call (see the file's head)."""

@@ -193,8 +193,12 @@ struct PersistentPlan {
 // cols_per_unit x its units, `batch` rows at most per step, under the current launch shape: both
 // directions in one launch if any plan fits, else one direction per launch; the first of 4 or 8
 // units per block (kPersistentWide: 8 only); then the widest panel (all K terms, then halving down
-// to one chunk) with which the whole grid is co-resident. Row tiles are the batch rounded up to 4
-// rows, at most kPersistentRows. kernel_for(u) is the kernel for u units per block.
+// to one chunk) with which the whole grid is co-resident. Padded chunks (launch_shape().padded_chunks)
+// are taken at a panel width only where they fit there: their extra slot per chunk must not halve the
+// panel (at large on an H100 it would, 128 -> 64, doubling the panels and barriers of every step, a
+// cost that would hide what the padding saves), so unpadded chunks are tried at that width before a
+// narrower panel. Row tiles are the batch rounded up to 4 rows, at most kPersistentRows. kernel_for(u)
+// is the kernel for u units per block.
 template <typename T, class KernelFor>
 PersistentPlan<T> plan_persistent(int64_t K, int64_t units, int cols_per_unit, int64_t D,
                                   int64_t batch, KernelFor kernel_for) {
@@ -203,17 +207,19 @@ PersistentPlan<T> plan_persistent(int64_t K, int64_t units, int cols_per_unit, i
   const int rows =
       static_cast<int>(batch < kPersistentRows ? ceil_div(batch, 4) * 4 : kPersistentRows);
   const int64_t widest = ceil_div(K, kSumChunk) * kSumChunk;
-  const int64_t chunk_slots = launch_shape().padded_chunks ? kSumChunk + 1 : kSumChunk;
+  const int64_t slot_choices[2] = {launch_shape().padded_chunks ? kSumChunk + 1 : kSumChunk, kSumChunk};
   for (int64_t dirs = D; dirs >= 1; --dirs)
     for (const int u : {4, 8}) {
       if (mode == Recurrence::kPersistentWide && u != 8) continue;
       const int64_t per_direction = ceil_div(units, u);
       if (dirs * per_direction > grid_limit().x) continue;
       for (int64_t panel = widest;; panel = ceil_div(panel / 2, kSumChunk) * kSumChunk) {
-        const SliceLayout<T> layout{K, u * cols_per_unit, rows, panel, chunk_slots};
-        if (co_resident_blocks(kernel_for(u), kPersistentThreads, layout.bytes()) >=
-            dirs * per_direction)
-          return {u, layout, per_direction, dirs};
+        for (const int64_t chunk_slots : slot_choices) {
+          const SliceLayout<T> layout{K, u * cols_per_unit, rows, panel, chunk_slots};
+          if (co_resident_blocks(kernel_for(u), kPersistentThreads, layout.bytes()) >=
+              dirs * per_direction)
+            return {u, layout, per_direction, dirs};
+        }
         if (panel == kSumChunk) break;
       }
     }

@@ -5,6 +5,7 @@
 
 #include "../../csrc/call_run.h"
 #include "../../csrc/cuda/kernels_common.cuh"
+#include "../../csrc/cuda/persistent.cuh"
 
 namespace detlstm {
 namespace {
@@ -131,6 +132,21 @@ at::Tensor neighbour_block_probe(const at::Tensor& slots, int64_t stamp, bool wa
   return out;
 }
 
+// The persistent recurrence's plan (plan_persistent, float) on the emulated device under the current
+// launch shape: (units per block, panel, chunk slots, blocks per direction, directions per launch),
+// all 0 where the per-step kernels run. Only the plan's fit is asked of the kernel: none is launched.
+__global__ void plan_probe_kernel() {}
+
+std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t> persistent_plan(int64_t K, int64_t units,
+                                                                       int64_t cols_per_unit,
+                                                                       int64_t directions,
+                                                                       int64_t batch) {
+  const cuda::PersistentPlan<float> plan = cuda::plan_persistent<float>(
+      K, units, static_cast<int>(cols_per_unit), directions, batch, [](int) { return plan_probe_kernel; });
+  return {plan.units, plan.layout.panel, plan.layout.chunk_slots, plan.blocks_per_direction,
+          plan.directions};
+}
+
 }  // namespace
 }  // namespace detlstm
 
@@ -164,4 +180,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("neighbour_read_probe", &detlstm::neighbour_read_probe);
   m.def("neighbour_block_probe", &detlstm::neighbour_block_probe);
   m.def("async_copy_probe", &detlstm::async_copy_probe);
+  m.def("persistent_plan", &detlstm::persistent_plan,
+        "plan_persistent's choice (units, panel, chunk slots, blocks per direction, directions) for "
+        "float sums of K terms over `units` units");
 }
