@@ -152,12 +152,16 @@ def cuda_peak_mib(step, inputs):
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def _status_kib(field):
+def _status_kib(*fields):
+    """The named /proc/self/status fields in KiB (0 where absent), read at one moment: one field's
+    value, or a tuple of them."""
+    values = dict.fromkeys(fields, 0)
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
+            name = line.split(":", 1)[0]
+            if name in values:
+                values[name] = int(line.split()[1])
+    return values[fields[0]] if len(fields) == 1 else tuple(values[k] for k in fields)
 
 
 def cpu_peak_mib(competitor_name, spec, dtype_name, threads=None, mode="forward+backward"):
@@ -184,7 +188,8 @@ def _reset_peak_rss() -> bool:
             f.write("5")
     except OSError:
         return False
-    return _status_kib("VmHWM") <= _status_kib("VmRSS")
+    peak, now = _status_kib("VmHWM", "VmRSS")
+    return peak <= now
 
 
 def _memory_probe(competitor_name, spec_dict, dtype_name, threads=None, mode="forward+backward"):

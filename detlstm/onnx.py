@@ -23,7 +23,9 @@ traces in eval mode unless given training=TrainingMode.TRAINING, as it does for 
 
 A model that packs inside (pack_padded_sequence ... pad_packed_sequence) exports with the TorchScript
 exporter, as with nn.LSTM (see _TorchScriptPackedStack), but not with the default one, which has no
-translation for aten._pack_padded_sequence, for nn.LSTM as for detlstm: pass lengths= instead.
+translation for aten._pack_padded_sequence, for nn.LSTM as for detlstm: pass lengths= instead. The
+exporter drops the packing pair, with it pad_packed_sequence's padding_value (padding rows are 0) and
+its trimming to max(lengths) (T rows come out unless total_length= is T): the same as with nn.LSTM.
 Not handled here: an ExportedProgram captured by torch.export.export beforehand (it holds detlstm's operator). A
 PackedSequence given to the LSTM is exported; a model taking one as an argument must take its
 tensors (torch.export cannot give a PackedSequence argument dynamic shapes). onnxruntime's CPU LSTM
@@ -170,7 +172,7 @@ def _packed_forward(module, packed, hx, lengths):
     if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
         raise ValueError("hx must be a tuple (h_0, c_0) of two tensors")
     module._check_input_tensor(data, module._weights())
-    if _packed_by_torchscript_exporter(data):
+    if _packed_by_torchscript_exporter(batch_sizes):
         return _torchscript_packing_forward(module, packed, hx)
     batch = _packed_batch(batch_sizes, sorted_indices, hx)
     x, seq_lens, starts = _packed_to_padded(data, batch_sizes, batch)
@@ -230,16 +232,19 @@ def _packed_rows(starts, rows, batch):
 # move it past the RNN nodes that read it to its pad_packed_sequence and drop the pair. That pass looks
 # for what nn.LSTM's symbolic writes: the first layer's LSTM node the only reader of that data, the
 # lengths the sequence_lens of every layer and read by nothing else, each layer's Y reshaped to
-# (T, B, D * H) by Squeeze or Transpose + Reshape. _TorchScriptPackedStack writes the same, so such a
-# model exports as it does with nn.LSTM; any other reader of data or batch_sizes (the gathers of the
-# general packed path) would make the exporter refuse it.
+# (T, B, D * H) by Squeeze or Transpose + Reshape; it moves the packing past one RNN after another,
+# so the data may also come from an RNN before (nn.LSTM, nn.GRU, another detlstm.LSTM) that read the
+# same packing. _TorchScriptPackedStack writes the same, so such a model exports as it does with
+# nn.LSTM; any other reader of data or batch_sizes (the gathers of the general packed path, a layer
+# applied to packed.data) leaves the packing where it is, and the exporter refuses the model.
 
 
-def _packed_by_torchscript_exporter(data) -> bool:
-    """True when the jit tracer (the TorchScript exporter's) has data coming from pack_padded_sequence."""
+def _packed_by_torchscript_exporter(batch_sizes) -> bool:
+    """True when the jit tracer (the TorchScript exporter's) has batch_sizes from pack_padded_sequence:
+    the PackedSequence is that packing's, directly or through the RNNs before this one."""
     if not torch.jit.is_tracing():
         return False
-    traced = torch._C._get_value_trace(data)
+    traced = torch._C._get_value_trace(batch_sizes)
     return traced is not None and traced.node().kind() == "aten::_pack_padded_sequence"
 
 

@@ -105,6 +105,17 @@ def test_the_default_runs_the_recurrence_in_persistent_kernels():
     assert counts.get("forward_step", 0) == 0 and counts.get("backward_step", 0) == 2, counts
 
 
+def _persistent_launches(call):
+    """How many persistent-kernel launches (forward and backward) one call of `call` makes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        call()
+        torch.cuda.synchronize()
+    return sum(evt.count for evt in prof.key_averages()
+               if "forward_persistent_kernel" in evt.key or "backward_persistent_kernel" in evt.key)
+
+
 def _agreement_results(model, x0, lengths, form, device):
     """Output, states and every gradient of one call of an nn.LSTM or detlstm.LSTM."""
     x = x0.clone().to(device).requires_grad_()
@@ -363,6 +374,9 @@ def test_cuda_graph_replay_gives_the_eager_bits(proj):
         with torch.no_grad():
             x.copy_(data)
         eager.append([t.detach().clone() for t in step()])
+    # what the capture will hold: the same call's kernels, eagerly (persistent ones without projections)
+    launches = _persistent_launches(step)
+    assert (launches > 0) == (proj == 0), f"{launches} persistent launches with proj_size={proj}"
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up on a side stream, as graph capture of autograd asks

@@ -207,15 +207,16 @@ PersistentPlan<T> plan_persistent(int64_t K, int64_t units, int cols_per_unit, i
   const int rows =
       static_cast<int>(batch < kPersistentRows ? ceil_div(batch, 4) * 4 : kPersistentRows);
   const int64_t widest = ceil_div(K, kSumChunk) * kSumChunk;
-  const int64_t slot_choices[2] = {launch_shape().padded_chunks ? kSumChunk + 1 : kSumChunk, kSumChunk};
+  const int64_t slot_choices[2] = {kSumChunk + 1, kSumChunk};  // padded first, where shape 8 asks
+  const int first_choice = launch_shape().padded_chunks ? 0 : 1;
   for (int64_t dirs = D; dirs >= 1; --dirs)
     for (const int u : {4, 8}) {
       if (mode == Recurrence::kPersistentWide && u != 8) continue;
       const int64_t per_direction = ceil_div(units, u);
       if (dirs * per_direction > grid_limit().x) continue;
       for (int64_t panel = widest;; panel = ceil_div(panel / 2, kSumChunk) * kSumChunk) {
-        for (const int64_t chunk_slots : slot_choices) {
-          const SliceLayout<T> layout{K, u * cols_per_unit, rows, panel, chunk_slots};
+        for (int choice = first_choice; choice < 2; ++choice) {
+          const SliceLayout<T> layout{K, u * cols_per_unit, rows, panel, slot_choices[choice]};
           if (co_resident_blocks(kernel_for(u), kPersistentThreads, layout.bytes()) >=
               dirs * per_direction)
             return {u, layout, per_direction, dirs};
