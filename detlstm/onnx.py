@@ -6,8 +6,9 @@ holding detlstm.LSTM works with no detlstm-specific argument, with either export
 a standard ONNX LSTM node: emitted with torch.onnx.ops.symbolic_multi_out, which the default
 (torch.export-based) exporter writes as it stands, or, under the TorchScript exporter
 (dynamo=False, which traces with torch.jit), by an autograd.Function whose symbolic() writes the
-node, as torch's own LSTM symbolic does for nn.LSTM; everything around the nodes (the gate reorder i,f,g,o -> i,o,f,c, the input
-forms, the padding mask, packing) is ordinary torch operations that the exporter translates. The
+node, as torch's own LSTM symbolic does for nn.LSTM; everything around the nodes (the gate reorder
+i,f,g,o -> i,o,f,c, the input forms, the padding mask, packing) is ordinary torch operations that the
+exporter translates. The
 per-sequence lengths (lengths= or a PackedSequence's) become the nodes' sequence_lens: a reverse
 direction starts at each sequence's own last step and h_n, c_n are each sequence's state at its own
 end, as with detlstm's operator; output rows past a sequence's length are 0. Batch, time (and packed
@@ -26,8 +27,8 @@ exporter, as with nn.LSTM (see _TorchScriptPackedStack), but not with the defaul
 translation for aten._pack_padded_sequence, for nn.LSTM as for detlstm: pass lengths= instead. The
 exporter drops the packing pair, with it pad_packed_sequence's padding_value (padding rows are 0) and
 its trimming to max(lengths) (T rows come out unless total_length= is T): the same as with nn.LSTM.
-Not handled here: an ExportedProgram captured by torch.export.export beforehand (it holds detlstm's operator). A
-PackedSequence given to the LSTM is exported; a model taking one as an argument must take its
+Not handled here: an ExportedProgram captured by torch.export.export beforehand (it holds detlstm's
+operator). A PackedSequence given to the LSTM is exported; a model taking one as an argument must take its
 tensors (torch.export cannot give a PackedSequence argument dynamic shapes). onnxruntime's CPU LSTM
 has no float64 kernel: a float64 model exports to a valid graph that onnxruntime cannot run.
 """
@@ -157,8 +158,10 @@ class _TorchScriptLstmNode(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, x, w, r, b, seq_lens, h0, c0, hidden, directions):
-        return g.op("LSTM", x, w, r, _absent(g) if b is None else b, _absent(g) if seq_lens is None else seq_lens,
-                    h0, c0, hidden_size_i=hidden, direction_s=_DIRECTIONS[directions], outputs=3)
+        bias = _absent(g) if b is None else b
+        lengths = _absent(g) if seq_lens is None else seq_lens
+        return g.op("LSTM", x, w, r, bias, lengths, h0, c0, hidden_size_i=hidden,
+                    direction_s=_DIRECTIONS[directions], outputs=3)
 
 
 def _packed_forward(module, packed, hx, lengths):
@@ -222,7 +225,6 @@ def _packed_rows(starts, rows, batch):
     step = torch.cumsum(begins, 0)
     row = torch.arange(rows, device=starts.device)
     return step * batch + (row - starts[step])
-
 
 
 # A model that packs inside (pack_padded_sequence ... pad_packed_sequence) under the TorchScript exporter.
