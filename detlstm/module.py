@@ -127,14 +127,22 @@ def _check_permutation(indices, name: str, batch: int) -> None:
                          f"{indices.tolist()}")
 
 
+def _check_packed_layout(batch_sizes) -> None:
+    """batch_sizes' form, which reading no value can check (so also while traced or exported)."""
+    if batch_sizes.dim() != 1 or batch_sizes.dtype != torch.int64 or batch_sizes.device.type != "cpu":
+        # torch.export's stand-in for pack_padded_sequence gives float batch_sizes, for nn.LSTM too
+        hint = (" (torch.export cannot trace pack_padded_sequence: give detlstm.LSTM the padded input "
+                "with lengths= instead)" if _is_tracing() and batch_sizes.is_floating_point() else "")
+        raise ValueError("PackedSequence.batch_sizes must be a 1-D int64 CPU tensor, got shape "
+                         f"{tuple(batch_sizes.shape)}, dtype {batch_sizes.dtype} on {batch_sizes.device}"
+                         + hint)
+
+
 def _check_packed(packed: PackedSequence) -> None:
     """A PackedSequence as pack_padded_sequence makes it: batch_sizes positive, non-increasing and
     summing to the data's rows; sorted_indices and unsorted_indices permutations, each the other's
     inverse. (nn.LSTM's kernels trust these; ours would read rows that do not exist.)"""
     data, batch_sizes, sorted_indices, unsorted_indices = packed
-    if batch_sizes.dim() != 1 or batch_sizes.dtype != torch.int64 or batch_sizes.device.type != "cpu":
-        raise ValueError("PackedSequence.batch_sizes must be a 1-D int64 CPU tensor, got shape "
-                         f"{tuple(batch_sizes.shape)}, dtype {batch_sizes.dtype} on {batch_sizes.device}")
     if batch_sizes.numel() == 0 or int(batch_sizes.min()) < 1:
         raise ValueError(f"PackedSequence.batch_sizes must be positive, got {batch_sizes.tolist()}")
     if bool((batch_sizes[1:] > batch_sizes[:-1]).any()):
@@ -445,6 +453,7 @@ class LSTM(nn.LSTM):
         if packed.data.dim() != 2:
             raise RuntimeError(f"input must have 2 dimensions, got {packed.data.dim()}")
         self._check_input_tensor(packed.data, weights)
+        _check_packed_layout(packed.batch_sizes)
         if not _is_tracing():
             _check_packed(packed)
         # (autocast's promotion of torch.cat refuses a float16 PackedSequence under bfloat16: the

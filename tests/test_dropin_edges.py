@@ -263,6 +263,15 @@ def test_torch_export_runs_at_other_sizes_with_the_eager_bits(kwargs, training, 
                 assert_bitwise_equal(got, w, f"exported at {t}x{b}")
 
 
+def test_torch_export_of_a_packing_model_says_to_pass_lengths():
+    """torch.export cannot trace pack_padded_sequence (its stand-in gives float batch_sizes of unknown
+    length; nn.LSTM fails there too, with a TypeError about zeros()): detlstm refuses the
+    PackedSequence by name and says what to export instead."""
+    model = _PackingModel(detlstm.LSTM).eval()
+    with pytest.raises(ValueError, match=r"batch_sizes must be a 1-D int64.*lengths= instead"):
+        torch.export.export(model, (torch.randn(5, 3, I), torch.tensor([5, 2, 4])))
+
+
 def test_script_gives_a_clear_error():
     for target in (detlstm.LSTM(I, H), nn.Sequential(detlstm.LSTM(I, H))):
         with warnings.catch_warnings():
