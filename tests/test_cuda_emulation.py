@@ -382,6 +382,18 @@ def test_sums_of_several_chunks_give_the_cpu_bits_in_the_persistent_kernels(emul
         emulated.set_device(132, 228 * 1024, 227 * 1024)
 
 
+def test_a_persistent_launch_refused_at_launch_runs_the_per_step_kernels(emulated):
+    """Where the device refuses a cooperative grid its occupancy query said it holds (MPS with an
+    active-thread percentage), each pass falls back to the per-step kernels with the same bits,
+    instead of failing the call; a refused launch leaves no error for the next check."""
+    previous = emulated.set_cooperative_block_limit(1)
+    try:
+        assert _counted_run(emulated, MEDIUM, "cooperative launches refused") == 0
+    finally:
+        emulated.set_cooperative_block_limit(previous)
+    assert _counted_run(emulated, MEDIUM, "after the limit is lifted") == 4
+
+
 H100 = (132, 228 * 1024, 227 * 1024)  # multiprocessors, shared memory per multiprocessor and per block
 
 

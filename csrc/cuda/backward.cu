@@ -365,7 +365,7 @@ auto backward_persistent_for(int units) {
 }
 
 // The layer's recurrence backward as one persistent launch, where the plan allows it (no
-// projections). Returns whether it ran.
+// projections) and the device takes the launch. Returns whether it ran.
 template <typename T>
 bool recurrence_backward_persistent(const CallDims& c, const StepSchedule& sched,
                                     const DeviceSchedule& ds, BackwardStepParams<T> p,
@@ -376,9 +376,9 @@ bool recurrence_backward_persistent(const CallDims& c, const StepSchedule& sched
       plan_persistent<T>(c.G, c.H, 1, c.D, c.B, backward_persistent_for<T>);
   if (plan.units == 0) return false;
   p.mode = BackwardMode::kFused;
-  launch_persistent("backward_persistent_kernel", backward_persistent_for<T>, plan,
-                    PersistentBackwardParams<T>{p, {}}, c.D, steps, ds.active, scratch, stream);
-  return true;
+  return launch_persistent("backward_persistent_kernel", backward_persistent_for<T>, plan,
+                           PersistentBackwardParams<T>{p, {}}, c.D, steps, ds.active, scratch,
+                           stream);
 }
 
 // h_prev of the valid row v in direction d: what multiplied W_hh at that step.

@@ -306,7 +306,7 @@ auto forward_persistent_for(int units) {
 }
 
 // The layer's recurrence as one persistent launch, where the plan allows it (no projections: their
-// per-step GEMM is not part of it). Returns whether it ran.
+// per-step GEMM is not part of it) and the device takes the launch. Returns whether it ran.
 template <typename T>
 bool recurrence_persistent(const ForwardStepParams<T>& p, const StepSchedule& sched,
                            const DeviceSchedule& ds, const ScratchAlloc& scratch,
@@ -317,9 +317,8 @@ bool recurrence_persistent(const ForwardStepParams<T>& p, const StepSchedule& sc
   const PersistentPlan<T> plan =
       plan_persistent<T>(c.RH, c.H, 4, c.D, c.B, forward_persistent_for<T>);
   if (plan.units == 0) return false;
-  launch_persistent("forward_persistent_kernel", forward_persistent_for<T>, plan,
-                    PersistentForwardParams<T>{p, {}}, c.D, steps, ds.active, scratch, stream);
-  return true;
+  return launch_persistent("forward_persistent_kernel", forward_persistent_for<T>, plan,
+                           PersistentForwardParams<T>{p, {}}, c.D, steps, ds.active, scratch, stream);
 }
 
 template <typename T>

@@ -76,10 +76,13 @@ void launch_kernel(const char* name, void (*kernel)(Params...), dim3 grid, dim3 
 // A cooperative launch: every block of the grid resident at once (cudaLaunchCooperativeKernel
 // refuses a grid the device cannot hold instead of letting its blocks wait forever on blocks that
 // never start), with shared_bytes of dynamic shared memory per block. Callers check the fit first
-// (co_resident_blocks) and run another path where it fails.
+// (co_resident_blocks) and run another path where it fails. Returns false, nothing launched and no
+// error left behind, where the device refuses the grid all the same
+// (cudaErrorCooperativeLaunchTooLarge: fewer multiprocessors than the occupancy query counted, as
+// under MPS with an active-thread percentage); any other error throws.
 template <typename... Params, typename... Args>
-void launch_cooperative(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block,
-                        size_t shared_bytes, cudaStream_t stream, Args... args) {
+bool try_launch_cooperative(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block,
+                            size_t shared_bytes, cudaStream_t stream, Args... args) {
   const GridLimit limit = grid_limit();
   if (grid.x > limit.x || grid.y > limit.y)
     throw std::logic_error(std::string("detlstm CUDA: ") + name + ": grid over the limit");
@@ -90,15 +93,29 @@ void launch_cooperative(const char* name, void (*kernel)(Params...), dim3 grid, 
     int k = 0;
     ((pointers[k++] = static_cast<void*>(&p)), ...);
   }, params);
-  check_cuda(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), grid, block,
-                                         pointers, shared_bytes, stream),
-             name);
+  const cudaError_t launched = cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel),
+                                                           grid, block, pointers, shared_bytes, stream);
 #elif defined(DETLSTM_CUDA_EMULATION)
   emulated_cooperative_launch(kernel, grid, block, shared_bytes, args...);
+  const cudaError_t launched = cudaGetLastError();
 #else
 #error "csrc/cuda compiles with nvcc, or as C++ for the host emulation with DETLSTM_CUDA_EMULATION"
 #endif
+  if (launched == cudaErrorCooperativeLaunchTooLarge) {
+    cudaGetLastError();  // the refusal sets the last error too
+    return false;
+  }
+  check_cuda(launched, name);
   check_launch(name, stream);
+  return true;
+}
+
+// try_launch_cooperative where a refusal is an error.
+template <typename... Params, typename... Args>
+void launch_cooperative(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block,
+                        size_t shared_bytes, cudaStream_t stream, Args... args) {
+  if (!try_launch_cooperative(name, kernel, grid, block, shared_bytes, stream, args...))
+    check_cuda(cudaErrorCooperativeLaunchTooLarge, name);
 }
 
 // The current device's multiprocessor count.

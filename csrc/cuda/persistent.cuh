@@ -302,17 +302,24 @@ namespace detlstm {
 namespace cuda {
 
 // Launches a pass's persistent kernel under `plan` for D directions: pp is the kernel's parameters,
-// whose `grid` is filled here; one launch for all directions, or one per direction.
+// whose `grid` is filled here; one launch for all directions, or one per direction. Returns false,
+// nothing run, where the device refuses the first launch's grid (see try_launch_cooperative): the
+// caller runs the per-step kernels. The launches are alike, so a later one is not refused.
 template <typename T, class Params, class KernelFor>
-void launch_persistent(const char* name, KernelFor kernel_for, const PersistentPlan<T>& plan,
+bool launch_persistent(const char* name, KernelFor kernel_for, const PersistentPlan<T>& plan,
                        Params pp, int64_t D, int64_t steps, const int64_t* active,
                        const ScratchAlloc& scratch, cudaStream_t stream) {
   pp.grid = {plan.layout, active, steps, arrival_counters(scratch, stream),
              plan.blocks_per_direction, 0};
-  for (; pp.grid.first_direction < D; pp.grid.first_direction += static_cast<int>(plan.directions))
-    launch_cooperative(name, kernel_for(plan.units),
-                       dim3(static_cast<unsigned>(plan.directions * plan.blocks_per_direction)),
-                       dim3(kPersistentThreads), plan.layout.bytes(), stream, pp);
+  const dim3 grid(static_cast<unsigned>(plan.directions * plan.blocks_per_direction));
+  if (!try_launch_cooperative(name, kernel_for(plan.units), grid, dim3(kPersistentThreads),
+                              plan.layout.bytes(), stream, pp))
+    return false;
+  for (pp.grid.first_direction += static_cast<int>(plan.directions); pp.grid.first_direction < D;
+       pp.grid.first_direction += static_cast<int>(plan.directions))
+    launch_cooperative(name, kernel_for(plan.units), grid, dim3(kPersistentThreads),
+                       plan.layout.bytes(), stream, pp);
+  return true;
 }
 
 }  // namespace cuda

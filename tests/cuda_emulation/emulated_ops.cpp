@@ -174,7 +174,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("counts", [] {
     const auto c = detlstm_emulation::counts();
     return std::make_tuple(c.launches, c.synchronizations, c.cooperative_launches);
-  }, "(kernel launches, stream synchronisations, cooperative launches) so far");
+  }, "(kernel launches, stream synchronisations, cooperative launches that ran) so far");
+  m.def("set_cooperative_block_limit", &detlstm_emulation::set_cooperative_block_limit,
+        "refuse cooperative launches of more blocks than this at launch (0: no limit); returns the "
+        "previous limit");
   m.def("set_device", &detlstm_emulation::set_device,
         "the emulated GPU: multiprocessors, shared memory per multiprocessor and per block (bytes)");
   m.def("neighbour_read_probe", &detlstm::neighbour_read_probe);

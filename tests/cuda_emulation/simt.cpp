@@ -62,6 +62,9 @@ struct Device {
   int shared_per_multiprocessor = 228 * 1024;
   int shared_per_block = 227 * 1024;
   int shared_limit = 48 * 1024;  // raised by cudaFuncSetAttribute, as a kernel's limit is
+  // cooperative launches of more blocks are refused although the occupancy query counts them (what
+  // MPS with an active-thread percentage does to a GPU); 0: no such limit
+  uint64_t cooperative_block_limit = 0;
 };
 
 struct Scheduler {
@@ -263,18 +266,20 @@ void run_grid_cooperative(dim3 grid, dim3 block, size_t shared_bytes,
   Scheduler& s = scheduler();
   if (s.current >= 0) throw std::logic_error("emulated launch from inside a kernel");
   s.counts.launches += 1;
-  s.counts.cooperative_launches += 1;
   const unsigned nthreads = block.x * block.y * block.z;
   if (!shape_is_valid(grid, block) || shared_bytes > size_t(s.device.shared_limit)) {
     fail(cudaErrorInvalidValue);
     return;
   }
   const uint64_t nblocks = uint64_t(grid.x) * grid.y * grid.z;
+  const uint64_t limit = s.device.cooperative_block_limit;
   if (nblocks > uint64_t(s.device.multiprocessors) *
-                    emulated_blocks_per_multiprocessor(static_cast<int>(nthreads), shared_bytes)) {
+                    emulated_blocks_per_multiprocessor(static_cast<int>(nthreads), shared_bytes) ||
+      (limit != 0 && nblocks > limit)) {
     fail(cudaErrorCooperativeLaunchTooLarge);
     return;
   }
+  s.counts.cooperative_launches += 1;  // the ones that ran
   begin_grid(grid, block, thread_body);
   std::vector<uint64_t> all(nblocks);
   for (uint64_t k = 0; k < nblocks; ++k) all[k] = k;
@@ -288,6 +293,12 @@ void set_device(int multiprocessors, int shared_per_multiprocessor, int shared_p
   d.multiprocessors = multiprocessors;
   d.shared_per_multiprocessor = shared_per_multiprocessor;
   d.shared_per_block = shared_per_block;
+}
+
+uint64_t set_cooperative_block_limit(uint64_t blocks) {
+  const uint64_t previous = scheduler().device.cooperative_block_limit;
+  scheduler().device.cooperative_block_limit = blocks;
+  return previous;
 }
 
 int set_order(int order) {

@@ -169,6 +169,11 @@ void run_grid_cooperative(dim3 grid, dim3 block, size_t shared_bytes,
 // opt in to (defaults: an H100's 132, 228 KiB and 227 KiB).
 void set_device(int multiprocessors, int shared_per_multiprocessor, int shared_per_block);
 
+// Cooperative launches of more than `blocks` blocks are refused (cudaErrorCooperativeLaunchTooLarge)
+// although the occupancy query counts room for them, as under MPS with an active-thread percentage;
+// 0 (the default): no such limit. Returns the previous one.
+uint64_t set_cooperative_block_limit(uint64_t blocks);
+
 // Order of execution: bit 0 reverses the blocks, bit 1 reverses the threads within each block.
 int set_order(int order);  // returns the previous one
 
@@ -179,7 +184,7 @@ bool set_async_landing(bool early);  // returns the previous setting
 // CUDA's (2^31 - 1, 65535); tests lower it to check that kernels cover work beyond their grid.
 void set_max_grid(unsigned x, unsigned y);
 
-// Launches and stream synchronisations since the process started.
+// Launches and stream synchronisations since the process started (cooperative launches: those that ran).
 struct Counts {
   uint64_t launches, synchronizations, cooperative_launches;
 };
