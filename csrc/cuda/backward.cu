@@ -381,19 +381,25 @@ bool recurrence_backward_persistent(const CallDims& c, const StepSchedule& sched
                            stream);
 }
 
-// h_prev of the valid row v in direction d: what multiplied W_hh at that step.
+// h_prev of every valid row v of one layer and direction: what multiplied W_hh at that step, the
+// right factor of dW_hh. Made once per layer and direction, so that the GEMM's tile loads, which ask
+// for a row once per value they stage, read a pointer instead of dividing the row's index by B and
+// testing for the first step each time.
+template <typename T>
+__global__ void h_prev_rows_kernel(CallDims c, const T* h0, const T* y, const int64_t* valid,
+                                   const int64_t* lengths, int64_t rows, int64_t layer,
+                                   int64_t direction, const T** out) {
+  for (int64_t v = stride_start(); v < rows; v += stride_step()) {
+    const int64_t r = valid[v], t = r / c.B, b = r % c.B;
+    out[v] = h_prev_of(c, h0, y, layer, direction, t, b, lengths[b]);
+  }
+}
+
+// Row v of h_prev_rows_kernel's table.
 template <typename T>
 struct HPrevRows {
-  CallDims c;
-  const T* h0;
-  const T* y;
-  const int64_t* valid;
-  const int64_t* lengths;
-  int64_t layer, direction;
-  __device__ const T* operator()(int64_t v) const {
-    const int64_t r = valid[v], t = r / c.B, b = r % c.B;
-    return h_prev_of(c, h0, y, layer, direction, t, b, lengths[b]);
-  }
+  const T* const* rows;
+  __device__ const T* operator()(int64_t v) const { return rows[v]; }
 };
 
 // The right factor of a weight gradient, row v of the valid rows: a gathered row of a matrix (the
@@ -428,6 +434,7 @@ struct BackwardScratch {
   T* dm_all[2];    // with projections: dm = W_hr^T dh of every (t, b) (T, B, H)
   T* m_all[2];     // with projections: the cell outputs m, for dW_hr (T, B, H)
   T* dx_reverse;   // bidirectional: the reverse direction's part of dX (T, B, max(I, D*RH))
+  const T** h_prev_rows[2];  // per direction: h_prev of each valid row (h_prev_rows_kernel), per layer
 };
 
 template <typename T>
@@ -441,6 +448,7 @@ BackwardScratch<T> backward_scratch(const CallDims& c, const ScratchAlloc& scrat
   for (int64_t d = 0; d < c.D; ++d) s.da[d] = scratch_array<T>(scratch, rows * c.G);
   s.dc = scratch_array<T>(scratch, c.D * c.B * c.H);
   s.dx_reverse = c.D == 2 ? scratch_array<T>(scratch, rows * (c.I > c.DH ? c.I : c.DH)) : nullptr;
+  for (int64_t d = 0; d < c.D; ++d) s.h_prev_rows[d] = scratch_array<const T*>(scratch, rows);
   for (int64_t d = 0; c.proj && d < c.D; ++d) {
     s.dh_all[d] = scratch_array<T>(scratch, rows * c.RH);
     s.dm_all[d] = scratch_array<T>(scratch, rows * c.H);
@@ -591,11 +599,14 @@ void weight_gradients(const LstmBackwardArgs<T>& a, const CallDims& c, const Dev
   for (int64_t d = 0; d < c.D; ++d) {
     const int64_t w = L.l * c.D + d;
     const Rows<const T> da{s.da[d], ds.valid, c.G, 0};
+    if (R > 0)
+      launch_kernel("h_prev_rows_kernel", h_prev_rows_kernel<T>, stride_grid(R, 256), 256, stream,
+                    c, a.fwd.h0, L.Y, ds.valid, ds.lengths, R, L.l, d, s.h_prev_rows[d]);
     group.add({c.G, L.K, da, {{L.X, ds.valid, L.K, 0}, no_h_prev, false},
                {a.dw_ih[w], nullptr, L.K, 0}, GemmEpilogue::kStore, nullptr,
                {c.bias ? a.db_ih[w] : nullptr, c.bias ? a.db_hh[w] : nullptr}});
     group.add({c.G, c.RH, da,
-               {{}, HPrevRows<T>{c, a.fwd.h0, L.Y, ds.valid, ds.lengths, L.l, d}, true},
+               {{}, HPrevRows<T>{s.h_prev_rows[d]}, true},
                {a.dw_hh[w], nullptr, c.RH, 0}, GemmEpilogue::kStore, nullptr, {nullptr, nullptr}});
     if (!c.proj) continue;
     // dW_hr[q][k] = the chunked sum over the valid (t, b) in storage order of dh[q] * m[k].
