@@ -158,10 +158,7 @@ class _TorchScriptLstmNode(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, x, w, r, b, seq_lens, h0, c0, hidden, directions):
-        bias = _absent(g) if b is None else b
-        lengths = _absent(g) if seq_lens is None else seq_lens
-        return g.op("LSTM", x, w, r, bias, lengths, h0, c0, hidden_size_i=hidden,
-                    direction_s=_DIRECTIONS[directions], outputs=3)
+        return _lstm_op(g, x, w, r, b, seq_lens, h0, c0, hidden, directions)
 
 
 def _packed_forward(module, packed, hx, lengths):
@@ -296,10 +293,9 @@ class _TorchScriptPackedStack(torch.autograd.Function):
         x, y_h, y_c = data, [], []
         for layer in range(layers):
             w, r, *b = weights[layer * per_layer:(layer + 1) * per_layer]
-            initial = [_absent(g), _absent(g)] if states is None else [
+            initial = (None, None) if states is None else [
                 _rows(g, state, layer * directions, directions) for state in states]
-            y, h, c = g.op("LSTM", x, w, r, b[0] if b else _absent(g), batch_sizes, *initial,
-                           hidden_size_i=hidden, direction_s=_DIRECTIONS[directions], outputs=3)
+            y, h, c = _lstm_op(g, x, w, r, b[0] if b else None, batch_sizes, *initial, hidden, directions)
             x = _layer_output(g, y, directions)
             y_h.append(h)
             y_c.append(c)
@@ -307,11 +303,18 @@ class _TorchScriptPackedStack(torch.autograd.Function):
         return x, concat(y_h), concat(y_c)
 
 
-def _absent(g):
-    """An optional input left out, as the exporter's own symbolics write one."""
-    node = g.op("prim::Constant")
-    node.setType(torch._C.OptionalType.ofTensor())
-    return node
+def _lstm_op(g, x, w, r, b, seq_lens, h0, c0, hidden, directions):
+    """An ONNX LSTM node in a TorchScript exporter graph: (Y, Y_h, Y_c); inputs given as None are left
+    out, as the exporter's own symbolics leave them."""
+    def given(value):
+        if value is not None:
+            return value
+        node = g.op("prim::Constant")
+        node.setType(torch._C.OptionalType.ofTensor())
+        return node
+
+    return g.op("LSTM", x, w, r, given(b), given(seq_lens), given(h0), given(c0), hidden_size_i=hidden,
+                direction_s=_DIRECTIONS[directions], outputs=3)
 
 
 def _ints(g, values):

@@ -156,6 +156,24 @@ def _check_graph(case: Case, path) -> None:
 EXPORTERS = ("default", "torchscript")
 
 
+def _assert_runtime_matches(path, model, inputs_at, tolerance=TOLERANCE) -> None:
+    """The exported graph at path, run by onnxruntime at every (T, B) in SIZES on inputs_at(T, B)
+    (which must be exactly the graph's inputs), gives model's output, h_n and c_n in their shapes,
+    within tolerance."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    expected_names = {i.name for i in session.get_inputs()}
+    for steps, batch in SIZES:
+        inputs = inputs_at(steps, batch)
+        assert set(inputs) == expected_names
+        got = session.run(None, {k: v.numpy() for k, v in inputs.items()})
+        with torch.no_grad():
+            expected = model(**inputs)
+        for what, g, e in zip(("output", "h_n", "c_n"), got, expected):
+            assert tuple(g.shape) == tuple(e.shape), f"{what} at T={steps}, B={batch}"
+            diff = (torch.from_numpy(g).double() - e.double()).abs().max().item()
+            assert diff <= tolerance, f"{what} at T={steps}, B={batch}: max abs diff {diff:.3e}"
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter's own warning
 @pytest.mark.parametrize("exporter", EXPORTERS)
 @pytest.mark.parametrize("name", list(CASES))
@@ -165,19 +183,8 @@ def test_onnxruntime_matches_detlstm(name, exporter, tmp_path):
     path = tmp_path / "model.onnx"
     model = _export(case, path, exporter)
     _check_graph(case, path)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    expected_names = {i.name for i in session.get_inputs()}
     generator = torch.Generator().manual_seed(2)
-    for steps, batch in SIZES:
-        inputs = _inputs(case, steps, batch, generator)
-        assert set(inputs) == expected_names
-        got = session.run(None, {k: v.numpy() for k, v in inputs.items()})
-        with torch.no_grad():
-            expected = model(**inputs)
-        for what, g, e in zip(("output", "h_n", "c_n"), got, expected):
-            assert tuple(g.shape) == tuple(e.shape), f"{what} at T={steps}, B={batch}"
-            diff = (torch.from_numpy(g).double() - e.double()).abs().max().item()
-            assert diff <= case.tolerance, f"{what} at T={steps}, B={batch}: max abs diff {diff:.3e}"
+    _assert_runtime_matches(path, model, lambda t, b: _inputs(case, t, b, generator), case.tolerance)
 
 
 def _cause_chain(error):
@@ -286,16 +293,8 @@ def test_torchscript_exporter_takes_a_model_that_packs_inside(name, tmp_path):
                       dynamic_axes={k: axes[k] for k in inputs}, dynamo=False,
                       **({} if opset is None else dict(opset_version=opset)))
     _check_graph(Case("lengths", config, state), path)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for steps, batch in SIZES:
-        inputs = _packing_inputs(config, enforce_sorted, state, steps, batch, generator)
-        got = session.run(None, {k: v.numpy() for k, v in inputs.items()})
-        with torch.no_grad():
-            expected = model(**inputs)
-        for what, g, e in zip(("output", "h_n", "c_n"), got, expected):
-            assert tuple(g.shape) == tuple(e.shape), f"{what} at T={steps}, B={batch}"
-            diff = (torch.from_numpy(g).double() - e.double()).abs().max().item()
-            assert diff <= TOLERANCE, f"{what} at T={steps}, B={batch}: max abs diff {diff:.3e}"
+    _assert_runtime_matches(
+        path, model, lambda t, b: _packing_inputs(config, enforce_sorted, state, t, b, generator))
 
 
 class PackedChainModel(nn.Module):
@@ -330,16 +329,7 @@ def test_torchscript_exporter_takes_one_packing_read_by_rnns_in_a_row(first, tmp
     path = tmp_path / "model.onnx"
     torch.onnx.export(model, tuple(inputs.values()), path, input_names=list(inputs),
                       dynamic_axes={"x": {0: "T", 1: "B"}, "lengths": {0: "B"}}, dynamo=False)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for steps, batch in SIZES:
-        inputs = _packing_inputs({}, False, False, steps, batch, generator)
-        got = session.run(None, {k: v.numpy() for k, v in inputs.items()})
-        with torch.no_grad():
-            expected = model(**inputs)
-        for what, g, e in zip(("output", "h_n", "c_n"), got, expected):
-            assert tuple(g.shape) == tuple(e.shape), f"{what} at T={steps}, B={batch}"
-            diff = (torch.from_numpy(g).double() - e.double()).abs().max().item()
-            assert diff <= TOLERANCE, f"{what} at T={steps}, B={batch}: max abs diff {diff:.3e}"
+    _assert_runtime_matches(path, model, lambda t, b: _packing_inputs({}, False, False, t, b, generator))
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
