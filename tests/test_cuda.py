@@ -84,36 +84,35 @@ def test_launch_shapes_do_not_change_bits(variant):
         assert_bitwise_equal(a, b, f"launch variant {variant}, result {k}")
 
 
-def test_the_default_runs_the_recurrence_in_persistent_kernels():
-    """At hidden 512, bidirectional, both passes' recurrences fit on an A100/H100 at once: the
-    default launch shape runs each layer and pass as one persistent launch, no step kernels."""
-    from torch.profiler import ProfilerActivity, profile
-
-    _large_case("cuda")  # warm-up: the build of the kernels' plans is not what is counted
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        _large_case("cuda")
-        torch.cuda.synchronize()
-    counts = {}
-    for evt in prof.key_averages():
-        for kind in ("forward_persistent_kernel", "backward_persistent_kernel", "forward_step",
-                     "backward_step"):
-            if kind in evt.key:
-                counts[kind] = counts.get(kind, 0) + evt.count
-    # 2 layers; the backward's per-step kernel still computes dh0 once per layer (kFinal)
-    assert counts.get("forward_persistent_kernel") == 2, counts
-    assert counts.get("backward_persistent_kernel") == 2, counts
-    assert counts.get("forward_step", 0) == 0 and counts.get("backward_step", 0) == 2, counts
+PERSISTENT_KERNELS = ("forward_persistent_kernel", "backward_persistent_kernel")
+STEP_KERNELS = ("forward_step", "backward_step")
 
 
-def _persistent_launches(call):
-    """How many persistent-kernel launches (forward and backward) one call of `call` makes."""
+def _kernel_launches(call, kinds):
+    """{kind: launches} of the kernels whose names contain each kind, in one call of `call` (profiled)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         call()
         torch.cuda.synchronize()
-    return sum(evt.count for evt in prof.key_averages()
-               if "forward_persistent_kernel" in evt.key or "backward_persistent_kernel" in evt.key)
+    counts = {}
+    for evt in prof.key_averages():
+        for kind in kinds:
+            if kind in evt.key:
+                counts[kind] = counts.get(kind, 0) + evt.count
+    return counts
+
+
+def test_the_default_runs_the_recurrence_in_persistent_kernels():
+    """At hidden 512, bidirectional, both passes' recurrences fit on an A100/H100 at once: the
+    default launch shape runs each layer and pass as one persistent launch, no step kernels."""
+    _large_case("cuda")  # warm-up: the build of the kernels' plans is not what is counted
+    counts = _kernel_launches(lambda: _large_case("cuda"), PERSISTENT_KERNELS + STEP_KERNELS)
+    # 2 layers; the backward's per-step kernel still computes dh0 once per layer (kFinal)
+    assert counts.get("forward_persistent_kernel") == 2, counts
+    assert counts.get("backward_persistent_kernel") == 2, counts
+    assert counts.get("forward_step", 0) == 0 and counts.get("backward_step", 0) == 2, counts
+
 
 
 def _agreement_results(model, x0, lengths, form, device):
@@ -375,7 +374,7 @@ def test_cuda_graph_replay_gives_the_eager_bits(proj):
             x.copy_(data)
         eager.append([t.detach().clone() for t in step()])
     # what the capture will hold: the same call's kernels, eagerly (persistent ones without projections)
-    launches = _persistent_launches(step)
+    launches = sum(_kernel_launches(step, PERSISTENT_KERNELS).values())
     assert (launches > 0) == (proj == 0), f"{launches} persistent launches with proj_size={proj}"
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
