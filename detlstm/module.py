@@ -422,7 +422,8 @@ class LSTM(nn.LSTM):
         if _takes_one_dnn(x_dtype, packed, self.proj_size):
             return (amp,) * 3
         c = torch.promote_types(amp, c0_dtype)
-        return (amp if self.proj_size > 0 else c), (amp if self.proj_size > 0 else c), c
+        h = amp if self.proj_size > 0 else c
+        return h, h, c
 
     def forward(self, input, hx=None, *, lengths=None, dropout_seed=None):
         if in_onnx_export():  # ONNX nodes instead of our operator: detlstm/onnx.py
