@@ -170,9 +170,16 @@ inline unsigned load_acquire(const unsigned* counter) {
 }
 inline void spin_pause() { emulated_spin_pause(); }
 #else
+// A release reduction (MEMBAR.ALL.GPU + REDG on sm_90), as CUTLASS's grid barrier does after its
+// __syncthreads: __threadfence + atomicAdd would give a sequentially consistent fence
+// (MEMBAR.SC.GPU) and an L1 invalidation, more than publishing the block's writes needs.
 __device__ __forceinline__ void signal_release(unsigned* counter) {
+#if __CUDA_ARCH__ >= 700
+  asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counter) : "memory");
+#else
   __threadfence();
   atomicAdd(counter, 1u);
+#endif
 }
 __device__ __forceinline__ unsigned load_acquire(const unsigned* counter) {
   unsigned v;
