@@ -360,11 +360,12 @@ def test_the_persistent_plan_follows_the_device_with_the_same_bits(emulated, dev
 # chunks, the backward's 280 are 5), where launch shape 8 pads every chunk of the persistent
 # kernels' shared W_hh and staged rows by one slot: at batch 3 (one row tile) and 37 (tiles of 32
 # and 5 rows), the whole sum in one panel, and in narrower panels: with 8 KB per block at batch 3
-# the backward's 5-chunk sums in panels of 2 chunks, with 24 KB at batch 37 both passes' sums in
-# panels of one chunk.
+# the backward's 5-chunk sums in panels of 3 chunks (3 + 2), with 24 KB at batch 37 the forward's
+# in panels of one chunk and the backward's in panels of 2 (NARROW_PANELS, checked by the test).
 CHUNKED = dict(steps=6, batch=3, inputs=5, hidden=70, lengths=(6, 2, 5))
 CHUNKED_TALL = dict(steps=4, batch=37, inputs=5, hidden=70,
                     lengths=tuple(1 + (5 * b) % 4 for b in range(37)))
+NARROW_PANELS = {"CHUNKED": (128, 192), "CHUNKED_TALL": (64, 128)}  # (forward, backward) terms
 
 
 @pytest.mark.parametrize("variant", [0, 8])
@@ -375,10 +376,16 @@ def test_sums_of_several_chunks_give_the_cpu_bits_in_the_persistent_kernels(emul
                                                                             narrow):
     block_bytes = small_block if narrow else 227 * 1024
     emulated.set_device(132, 228 * 1024, block_bytes)
+    emulated.set_launch_variant(variant)
     try:
+        batch = globals()[shape]["batch"]
+        panels = tuple(emulated.persistent_plan(k, 70, cols, 2, batch)[1]
+                       for k, cols in ((70, 4), (280, 1)))
+        assert panels == (NARROW_PANELS[shape] if narrow else (128, 320))
         assert _counted_run(emulated, globals()[shape], f"{shape}, {block_bytes} bytes per block",
                             0, variant) == 4
     finally:
+        emulated.set_launch_variant(0)
         emulated.set_device(132, 228 * 1024, 227 * 1024)
 
 

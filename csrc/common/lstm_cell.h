@@ -7,6 +7,17 @@
 
 namespace DETLSTM_MATH_NS {
 
+// Where the cell's sigmoid and tanh come from: the canonical functions (canonical_math.h), found
+// for the lane type at hand (float, double, the CPU's vectors). A kernel may pass its own policy
+// with the same functions reading their exp2 table from elsewhere (the persistent GPU kernels keep a
+// copy in shared memory: persistent.cuh); the values are the same, so the bits are too.
+struct CanonicalActivations {
+  template <typename X>
+  static DETLSTM_HD X sigmoid(X x) { return canonical_sigmoid(x); }
+  template <typename X>
+  static DETLSTM_HD X tanh(X x) { return canonical_tanh(x); }
+};
+
 template <typename T>
 struct CellState {
   T i, f, g, o;  // activated gates
@@ -17,27 +28,27 @@ struct CellState {
 // (PyTorch's order i, f, g, o), then the new cell state and h from the activated gates and the
 // previous cell state. lstm_cell_forward runs both; a caller may run the halves apart (the CPU runs
 // the first half over a block of units before the second: see cell_forward_rows).
-template <typename T>
+template <typename T, class Act = CanonicalActivations>
 DETLSTM_HD CellState<T> lstm_cell_gates(T a_i, T a_f, T a_g, T a_o) {
   CellState<T> s;
-  s.i = canonical_sigmoid(a_i);
-  s.f = canonical_sigmoid(a_f);
-  s.g = canonical_tanh(a_g);
-  s.o = canonical_sigmoid(a_o);
+  s.i = Act::sigmoid(a_i);
+  s.f = Act::sigmoid(a_f);
+  s.g = Act::tanh(a_g);
+  s.o = Act::sigmoid(a_o);
   return s;
 }
 
 // Fills s.c and s.h from s.i, s.f, s.g, s.o.
-template <typename T>
+template <typename T, class Act = CanonicalActivations>
 DETLSTM_HD void lstm_cell_state(CellState<T>& s, T c_prev) {
   s.c = fma_rn(s.f, c_prev, s.i * s.g);
-  s.h = s.o * canonical_tanh(s.c);
+  s.h = s.o * Act::tanh(s.c);
 }
 
-template <typename T>
+template <typename T, class Act = CanonicalActivations>
 DETLSTM_HD CellState<T> lstm_cell_forward(T a_i, T a_f, T a_g, T a_o, T c_prev) {
-  CellState<T> s = lstm_cell_gates(a_i, a_f, a_g, a_o);
-  lstm_cell_state(s, c_prev);
+  CellState<T> s = lstm_cell_gates<T, Act>(a_i, a_f, a_g, a_o);
+  lstm_cell_state<T, Act>(s, c_prev);
   return s;
 }
 
@@ -51,9 +62,9 @@ struct CellGrad {
 // dc_next: the gradient reaching c from the step after it (or from c_n). tanh(c) is recomputed with
 // the forward's canonical function, so it is the forward's value bit for bit.
 // sigmoid'(a) = s - s*s and tanh'(a) = 1 - t*t, each as one fma.
-template <typename T>
+template <typename T, class Act = CanonicalActivations>
 DETLSTM_HD CellGrad<T> lstm_cell_backward(T dh, T dc_next, T i, T f, T g, T o, T c, T c_prev) {
-  const T tc = canonical_tanh(c);
+  const T tc = Act::tanh(c);
   const T d_o = dh * tc;
   const T dc = fma_rn(dh * o, fma_rn(-tc, tc, T(1)), dc_next);
   CellGrad<T> r;

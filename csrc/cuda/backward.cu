@@ -116,14 +116,15 @@ __device__ BackwardCellInputs<T> backward_cell_inputs(const BackwardStepParams<T
   return in;
 }
 
-// The cell's backward of unit j of a row whose dh is complete, on its inputs `in`.
-template <typename T>
+// The cell's backward of unit j of a row whose dh is complete, on its inputs `in`. Act: where its
+// tanh reads its table (lstm_cell.h).
+template <typename T, class Act = CanonicalActivations>
 __device__ void backward_cell(const BackwardStepParams<T>& p, int d, const BackwardRow<T>& row,
                               int64_t j, T dh, const BackwardCellInputs<T>& in) {
   const CallDims& c = p.c;
   const int64_t H = c.H, b = row.b;
   const CellGrad<T> cg =
-      lstm_cell_backward(dh, in.dc_next, in.g[0], in.g[1], in.g[2], in.g[3], in.c, in.c_prev);
+      lstm_cell_backward<T, Act>(dh, in.dc_next, in.g[0], in.g[1], in.g[2], in.g[3], in.c, in.c_prev);
   T* da = pick(p.da, d) + c.row(row.t, b) * c.G;
   da[j] = cg.da_i;
   da[H + j] = cg.da_f;
@@ -336,7 +337,7 @@ __device__ void backward_persistent_rows(const PersistentBackwardParams<T>& pp,
   const int r = threadIdx.x / U, u = threadIdx.x % U;
   BackwardRow<T> row = tr.row;
   if (row.src) row.total = folded_sum<T, U>(layout, sm, r, u);
-  backward_cell(p, d, row, j0 + u, backward_dh(p, row), tr.in);
+  backward_cell<T, SharedTableActivations>(p, d, row, j0 + u, backward_dh(p, row), tr.in);
 }
 
 // Every step of the layer, last first (PersistentGrid::for_each_step): a step's first row tile's
@@ -348,7 +349,8 @@ __global__ void __launch_bounds__(kPersistentThreads, kPersistentMinBlocks<T>)
   const int d = pp.grid.direction();
   const int64_t j0 = pp.grid.first_unit(U);
   const SliceShared<T> sm = slice_shared(pp.grid.layout);
-  stage_backward_weights<T, U>(pp, sm, d, j0);  // slice_partials' first barrier publishes it
+  stage_exp2_table();
+  stage_backward_weights<T, U>(pp, sm, d, j0);  // slice_partials' first barrier publishes both
   pp.grid.for_each_step(
       d, pp.step, true,
       [&](const BackwardStepParams<T>& p, int64_t i0) {

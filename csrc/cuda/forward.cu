@@ -67,15 +67,16 @@ __device__ ForwardCellInputs<T> forward_cell_inputs(const ForwardRow<T>& row, in
   return in;
 }
 
-// The cell of unit j of a row whose four recurrent sums R are complete: a = pre + R (rule 4).
-template <typename T>
+// The cell of unit j of a row whose four recurrent sums R are complete: a = pre + R (rule 4). Act:
+// where its activations read their table (lstm_cell.h).
+template <typename T, class Act = CanonicalActivations>
 __device__ void forward_finish(const ForwardStepParams<T>& p, int d, const ForwardRow<T>& row,
                                int64_t j, const T (&rsum)[4], const ForwardCellInputs<T>& in) {
   const int64_t H = p.c.H;
   T a[4];
 #pragma unroll
   for (int g = 0; g < 4; ++g) a[g] = in.pre[g] + rsum[g];
-  const CellState<T> st = lstm_cell_forward(a[0], a[1], a[2], a[3], in.cprev);
+  const CellState<T> st = lstm_cell_forward<T, Act>(a[0], a[1], a[2], a[3], in.cprev);
   row.grow[j] = st.i;
   row.grow[H + j] = st.f;
   row.grow[2 * H + j] = st.g;
@@ -277,7 +278,7 @@ __device__ void forward_persistent_rows(const PersistentForwardParams<T>& pp,
 #pragma unroll
   for (int g = 0; g < 4; ++g)
     rsum[g] = folded_sum<T, 4 * U>(layout, sm, r, g * U + static_cast<int>(threadIdx.x % U));
-  forward_finish(p, d, forward_row(p, d, i0 + r), j, rsum, in);
+  forward_finish<T, SharedTableActivations>(p, d, forward_row(p, d, i0 + r), j, rsum, in);
 }
 
 // Every step of the layer (PersistentGrid::for_each_step): the cell inputs of a step's first row
@@ -289,7 +290,8 @@ __global__ void __launch_bounds__(kPersistentThreads, kPersistentMinBlocks<T>)
   const int d = pp.grid.direction();
   const int64_t j0 = pp.grid.first_unit(U);
   const SliceShared<T> sm = slice_shared(pp.grid.layout);
-  stage_forward_weights<T, U>(pp, sm, d, j0);  // slice_partials' first barrier publishes it
+  stage_exp2_table();
+  stage_forward_weights<T, U>(pp, sm, d, j0);  // slice_partials' first barrier publishes both
   pp.grid.for_each_step(
       d, pp.step, false,
       [&](const ForwardStepParams<T>& p, int64_t i0) {

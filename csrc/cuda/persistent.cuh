@@ -30,10 +30,45 @@ constexpr int kPersistentRows = 32;  // the most rows of a step a block computes
 template <typename T>
 constexpr int kPersistentMinBlocks = sizeof(T) == sizeof(float) ? 3 : 1;
 
-// The dynamic shared memory of a persistent block: its W slice (K terms x cols), the staged panel
-// of a row tile's left factors (rows x panel, rows padded by one value so that the row quads of a
-// warp fall in different banks), every chunk's partials (chunks x rows x cols) and the row tile's
-// left-factor row pointers. Every part but the last is a multiple of 16 bytes.
+// The canonical functions' exp2 table (canonical_math.h: 32 hi, then 32 lo floats) at the head of a
+// persistent block's dynamic shared memory. The global copy is read through L1, and every spin poll
+// of the step barrier (an acquire load) invalidates the SM's L1, so a cell reading it there would
+// wait on L2 twice per step (the gates, then tanh(c)), on the step's critical path.
+constexpr size_t kExp2TableBytes = 64 * sizeof(float);
+
+__device__ inline const float* exp2_table_in_shared() {
+  return reinterpret_cast<const float*>(dynamic_shared_bytes());
+}
+
+// The block's copy of the table; every thread calls it, and a barrier must follow before any cell.
+__device__ inline void stage_exp2_table() {
+  float* table = reinterpret_cast<float*>(dynamic_shared_bytes());
+  for (int j = threadIdx.x; j < 32; j += kPersistentThreads) {
+    table[j] = exp2_table_hi(j);
+    table[32 + j] = exp2_table_lo(j);
+  }
+}
+
+// Lanes<float> with the table read from the block's copy: the same values, so the same bits.
+struct SharedTableLanes : Lanes<float> {
+  static __device__ float table_hi(int32_t j) { return exp2_table_in_shared()[j]; }
+  static __device__ float table_lo(int32_t j) { return exp2_table_in_shared()[32 + j]; }
+};
+
+// The persistent kernels' cell activations (lstm_cell.h's policy): float through the shared table;
+// double (no table) as everywhere else.
+struct SharedTableActivations {
+  static __device__ float sigmoid(float x) { return canonical_sigmoid_lanes<float, SharedTableLanes>(x); }
+  static __device__ float tanh(float x) { return canonical_tanh_lanes<float, SharedTableLanes>(x); }
+  static __device__ double sigmoid(double x) { return canonical_sigmoid(x); }
+  static __device__ double tanh(double x) { return canonical_tanh(x); }
+};
+
+// The dynamic shared memory of a persistent block: the exp2 table (above), its W slice (K terms x
+// cols), the staged panel of a row tile's left factors (rows x panel, rows padded by one value so
+// that the row quads of a warp fall in different banks), every chunk's partials (chunks x rows x
+// cols) and the row tile's left-factor row pointers. Every part but the last is a multiple of 16
+// bytes.
 // Term k of W and of a staged row sits at slot(k): k itself, or with chunk_slots = kSumChunk + 1 one
 // unused slot after every 64-term chunk. Where a warp's tasks span several chunks (the backward, and
 // the forward at small batch) their loads of the same term of different chunks are then in different
@@ -52,7 +87,10 @@ struct SliceLayout {
   // odd, so that the rows of a warp's row quads start in different banks: slot(panel) + 1 where
   // that is odd, else slot(panel) itself, the unused slot after the panel's last chunk
   __host__ __device__ int64_t x_stride() const { return slot(panel) | 1; }
-  __host__ __device__ size_t x_offset() const { return size_t(slot(K - 1) + 1) * cols * sizeof(T); }
+  __host__ __device__ size_t w_offset() const { return kExp2TableBytes; }
+  __host__ __device__ size_t x_offset() const {
+    return w_offset() + size_t(slot(K - 1) + 1) * cols * sizeof(T);
+  }
   __host__ __device__ size_t p_offset() const {
     return x_offset() + ((size_t(rows) * x_stride() * sizeof(T) + 15) / 16) * 16;
   }
@@ -73,7 +111,7 @@ struct SliceShared {
 template <typename T>
 __device__ SliceShared<T> slice_shared(const SliceLayout<T>& L) {
   unsigned char* base = dynamic_shared_bytes();
-  return {reinterpret_cast<T*>(base), reinterpret_cast<T*>(base + L.x_offset()),
+  return {reinterpret_cast<T*>(base + L.w_offset()), reinterpret_cast<T*>(base + L.x_offset()),
           reinterpret_cast<T*>(base + L.p_offset()),
           reinterpret_cast<const T**>(base + L.src_offset())};
 }
