@@ -368,7 +368,7 @@ CHUNKED_TALL = dict(steps=4, batch=37, inputs=5, hidden=70,
 NARROW_PANELS = {"CHUNKED": (128, 192), "CHUNKED_TALL": (64, 128)}  # (forward, backward) terms
 
 
-@pytest.mark.parametrize("variant", [0, 8])
+@pytest.mark.parametrize("variant", [0, 8, 10])
 @pytest.mark.parametrize("shape,small_block", [("CHUNKED", 8 * 1024), ("CHUNKED_TALL", 24 * 1024)])
 @pytest.mark.parametrize("narrow", [False, True])
 def test_sums_of_several_chunks_give_the_cpu_bits_in_the_persistent_kernels(emulated, variant,

@@ -56,6 +56,9 @@ struct LaunchShape {
   // every 64-term chunk (SliceLayout::chunk_slots): the chunks a warp works on at once then start in
   // different banks (see persistent.cuh).
   bool padded_chunks = false;
+  // The persistent kernels compute a panel's partials in tasks of one row, not four, where tasks of
+  // four would leave threads of the block idle (SliceLayout::one_row_tasks).
+  bool one_row_tasks = false;
 };
 
 // Measured on an H100 (bench/GPU_NOTES.md, 2026-11-23): of the per-step kernels the slice kernels
@@ -67,7 +70,8 @@ struct LaunchShape {
 // GEMM (whole-sum and split) pipelined over two shared stages. Shape 8 is shape 0 with padded chunks
 // in the persistent kernels' shared memory (bank conflicts at small batch, bench/GPU_NOTES.md).
 // Shape 9 is shape 8 with every GEMM's tiles copied by cp.async over 4 stages, conflict-free shared
-// tiles (gemm_tile_async.cuh).
+// tiles (gemm_tile_async.cuh). Shape 10 is shape 8 with one-row tasks in the persistent kernels
+// where four-row tasks leave threads idle (at large's backward 240 of 256: bench/GPU_NOTES.md).
 constexpr LaunchShape kLaunchShapes[] = {
     {"persistent, else slice", StepKernel::kSlice, kSliceThreads, kSliceRowsPerThread,
      GemmTiles::kAuto, Recurrence::kPersistent},
@@ -90,6 +94,8 @@ constexpr LaunchShape kLaunchShapes[] = {
     {"persistent with padded chunks, else slice; GEMM tiles by asynchronous copies",
      StepKernel::kSlice, kSliceThreads, kSliceRowsPerThread, GemmTiles::kAsync,
      Recurrence::kPersistent, true},
+    {"persistent with padded chunks and one-row tasks, else slice", StepKernel::kSlice,
+     kSliceThreads, kSliceRowsPerThread, GemmTiles::kAuto, Recurrence::kPersistent, true, true},
 };
 constexpr int kLaunchShapeCount = static_cast<int>(sizeof(kLaunchShapes) / sizeof(kLaunchShapes[0]));
 

@@ -80,6 +80,9 @@ struct SliceLayout {
   int rows;       // rows of a tile: a multiple of 4, at most kPersistentRows
   int64_t panel;  // terms staged at once, a multiple of kSumChunk
   int64_t chunk_slots = kSumChunk;  // shared slots per 64-term chunk: kSumChunk or kSumChunk + 1
+  // Where a panel has fewer tasks of 4 rows than the block has threads, a task of one row each
+  // (launch_shape().one_row_tasks; see slice_partials).
+  bool one_row_tasks = false;
   __host__ __device__ int64_t chunks() const { return ceil_div(K, kSumChunk); }
   __host__ __device__ int64_t slot(int64_t k) const {
     return k + (chunk_slots - kSumChunk) * (k / kSumChunk);
@@ -153,19 +156,19 @@ __device__ void stage_panel(const SliceLayout<T>& L, const SliceShared<T>& sm, i
   }
 }
 
-// Chunk pc of the staged panel for row quad rq and column quad cq: sixteen chains from +0 over the
-// chunk's terms in ascending order, stored as that chunk's partials.
-template <typename T, int COLS>
+// Chunk pc of the staged panel for rows r0 .. r0 + RT - 1 and column quad cq: RT x 4 chains from +0
+// over the chunk's terms in ascending order, stored as that chunk's partials.
+template <typename T, int COLS, int RT>
 __device__ void chunk_tile(const SliceLayout<T>& L, const SliceShared<T>& sm, int64_t k0, int kc,
-                           int pc, int rq, int cq) {
+                           int pc, int r0, int cq) {
   const int kb = pc * static_cast<int>(kSumChunk);
   const int ke = kb + static_cast<int>(kSumChunk) < kc ? kb + static_cast<int>(kSumChunk) : kc;
   const int64_t stride = L.x_stride();
-  const T* x = sm.x + rq * 4 * stride + (L.slot(kb) - kb);  // the chunk's slots are consecutive
+  const T* x = sm.x + r0 * stride + (L.slot(kb) - kb);  // the chunk's slots are consecutive
   const T* w = sm.w + L.slot(k0 + kb) * COLS + cq * 4;
-  T acc[4][4];
+  T acc[RT][4];
 #pragma unroll
-  for (int r = 0; r < 4; ++r)
+  for (int r = 0; r < RT; ++r)
 #pragma unroll
     for (int c = 0; c < 4; ++c) acc[r][c] = T(0);
 #pragma unroll 4
@@ -173,35 +176,49 @@ __device__ void chunk_tile(const SliceLayout<T>& L, const SliceShared<T>& sm, in
     T wv[4];
     load4(w, wv);
 #pragma unroll
-    for (int r = 0; r < 4; ++r) {
+    for (int r = 0; r < RT; ++r) {
       const T xv = x[r * stride + kk];
 #pragma unroll
       for (int c = 0; c < 4; ++c) acc[r][c] = fma_rn(xv, wv[c], acc[r][c]);
     }
   }
-  T* p = sm.p + ((k0 / kSumChunk + pc) * L.rows + rq * 4) * COLS + cq * 4;
+  T* p = sm.p + ((k0 / kSumChunk + pc) * L.rows + r0) * COLS + cq * 4;
 #pragma unroll
-  for (int r = 0; r < 4; ++r)
+  for (int r = 0; r < RT; ++r)
 #pragma unroll
     for (int c = 0; c < 4; ++c) p[r * COLS + c] = acc[r][c];
 }
 
+// The tasks of one staged panel, `groups` groups of RT rows x the column quads x its chunks, spread
+// over the block's threads.
+template <typename T, int COLS, int RT>
+__device__ void panel_tasks(const SliceLayout<T>& L, const SliceShared<T>& sm, int64_t k0, int kc,
+                            int groups) {
+  constexpr int kColQuads = COLS / 4;
+  const int tasks = static_cast<int>(ceil_div(kc, kSumChunk)) * groups * kColQuads;
+  for (int task = threadIdx.x; task < tasks; task += kPersistentThreads)
+    chunk_tile<T, COLS, RT>(L, sm, k0, kc, task / (kColQuads * groups),
+                            (task / kColQuads) % groups * RT, task % kColQuads);
+}
+
 // Every chunk partial of every (row, column) of a tile of `rows` rows whose left-factor pointers are
-// in sm.src: panel by panel, each panel's chunks x row quads x column quads spread over the threads.
-// Every thread of the block calls it (it holds barriers); it ends on a barrier, the partials complete.
+// in sm.src: panel by panel, each panel's chunks x row quads x column quads spread over the threads;
+// with L.one_row_tasks, a panel with fewer such tasks than threads (large's backward: 16 of 256)
+// runs a task per row instead, four times the tasks, each a quarter of the chains. Every thread of
+// the block calls it (it holds barriers); it ends on a barrier, the partials complete.
 template <typename T, int COLS>
 __device__ void slice_partials(const SliceLayout<T>& L, const SliceShared<T>& sm, int rows) {
-  constexpr int kColQuads = COLS / 4;
   const int quads = (rows + 3) / 4;
   for (int64_t k0 = 0; k0 < L.K; k0 += L.panel) {
     const int kc = static_cast<int>(L.K - k0 < L.panel ? L.K - k0 : L.panel);
     __syncthreads();  // the previous panel (or row tile, or the weights' staging) is done with
     stage_panel(L, sm, rows, quads, k0, kc);
     __syncthreads();
-    const int tasks = static_cast<int>(ceil_div(kc, kSumChunk)) * quads * kColQuads;
-    for (int task = threadIdx.x; task < tasks; task += kPersistentThreads)
-      chunk_tile<T, COLS>(L, sm, k0, kc, task / (kColQuads * quads), (task / kColQuads) % quads,
-                          task % kColQuads);
+    const int64_t quad_tasks = ceil_div(kc, kSumChunk) * quads * (COLS / 4);
+    if (L.one_row_tasks && quad_tasks < kPersistentThreads)
+      panel_tasks<T, COLS, 1>(L, sm, k0, kc, rows);
+    else
+      panel_tasks<T, COLS, 4>(L, sm, k0, kc, quads);
   }
   __syncthreads();
 }
@@ -254,7 +271,8 @@ PersistentPlan<T> plan_persistent(int64_t K, int64_t units, int cols_per_unit, i
       if (dirs * per_direction > grid_limit().x) continue;
       for (int64_t panel = widest;; panel = ceil_div(panel / 2, kSumChunk) * kSumChunk) {
         for (int choice = first_choice; choice < 2; ++choice) {
-          const SliceLayout<T> layout{K, u * cols_per_unit, rows, panel, slot_choices[choice]};
+          const SliceLayout<T> layout{K, u * cols_per_unit, rows, panel, slot_choices[choice],
+                                      launch_shape().one_row_tasks};
           if (co_resident_blocks(kernel_for(u), kPersistentThreads, layout.bytes()) >=
               dirs * per_direction)
             return {u, layout, per_direction, dirs};
