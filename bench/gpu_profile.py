@@ -155,6 +155,12 @@ def main(argv=None):
     lines = [f"# Kernel time per forward+backward call ({where}, torch {torch.__version__})", "",
              f"measured: float32 matmul {flop_rate / 1e12:.1f} TFLOP/s, copy {byte_rate / 1e12:.2f} TB/s "
              f"(read + write), clock {clock_hz / 1e9:.2f} GHz", ""]
+
+    def write_out():
+        # after every table, so that a run stopped by its time limit keeps the tables it finished
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write("\n".join(lines) + "\n")
     for spec in specs:
         g = torch.Generator().manual_seed(0)
         tokens = int(spec.make_lengths(g).sum())
@@ -182,11 +188,9 @@ def main(argv=None):
                 for name, ms, count in rows[: args.top]:
                     lines.append(f"| `{short(name)}` | {ms:.3f} | {count:.0f} | {ms / max(count, 1):.4f} |")
                 lines.append("")
-    report = "\n".join(lines)
-    print(report)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(report + "\n")
+                write_out()
+    print("\n".join(lines))
+    write_out()
     return 0
 
 

@@ -359,9 +359,10 @@ def test_the_persistent_plan_follows_the_device_with_the_same_bits(emulated, dev
 # Recurrent sums of several 64-term chunks in both passes (hidden 70: the forward's 70 terms are 2
 # chunks, the backward's 280 are 5), where launch shape 8 pads every chunk of the persistent
 # kernels' shared W_hh and staged rows by one slot: at batch 3 (one row tile) and 37 (tiles of 32
-# and 5 rows), the whole sum in one panel, and in narrower panels: with 8 KB per block at batch 3
+# and 5 rows), the whole sum in one panel, and in narrower panels: with 8.5 KB per block at batch 3
 # the backward's 5-chunk sums in panels of 3 chunks (3 + 2), with 24 KB at batch 37 the forward's
-# in panels of one chunk and the backward's in panels of 2 (NARROW_PANELS, checked by the test).
+# in panels of one chunk and the backward's in panels of 2 (NARROW_PANELS); padded in every case
+# where the launch shape pads (the test checks both).
 CHUNKED = dict(steps=6, batch=3, inputs=5, hidden=70, lengths=(6, 2, 5))
 CHUNKED_TALL = dict(steps=4, batch=37, inputs=5, hidden=70,
                     lengths=tuple(1 + (5 * b) % 4 for b in range(37)))
@@ -369,7 +370,7 @@ NARROW_PANELS = {"CHUNKED": (128, 192), "CHUNKED_TALL": (64, 128)}  # (forward, 
 
 
 @pytest.mark.parametrize("variant", [0, 8, 10])
-@pytest.mark.parametrize("shape,small_block", [("CHUNKED", 8 * 1024), ("CHUNKED_TALL", 24 * 1024)])
+@pytest.mark.parametrize("shape,small_block", [("CHUNKED", 8704), ("CHUNKED_TALL", 24 * 1024)])
 @pytest.mark.parametrize("narrow", [False, True])
 def test_sums_of_several_chunks_give_the_cpu_bits_in_the_persistent_kernels(emulated, variant,
                                                                             shape, small_block,
@@ -379,9 +380,9 @@ def test_sums_of_several_chunks_give_the_cpu_bits_in_the_persistent_kernels(emul
     emulated.set_launch_variant(variant)
     try:
         batch = globals()[shape]["batch"]
-        panels = tuple(emulated.persistent_plan(k, 70, cols, 2, batch)[1]
-                       for k, cols in ((70, 4), (280, 1)))
-        assert panels == (NARROW_PANELS[shape] if narrow else (128, 320))
+        plans = [emulated.persistent_plan(k, 70, cols, 2, batch) for k, cols in ((70, 4), (280, 1))]
+        assert tuple(plan[1] for plan in plans) == (NARROW_PANELS[shape] if narrow else (128, 320))
+        assert [plan[2] for plan in plans] == [65 if variant in (8, 10) else 64] * 2
         assert _counted_run(emulated, globals()[shape], f"{shape}, {block_bytes} bytes per block",
                             0, variant) == 4
     finally:
@@ -406,7 +407,7 @@ H100 = (132, 228 * 1024, 227 * 1024)  # multiprocessors, shared memory per multi
 
 @pytest.mark.parametrize("case,variant,expected", [
     # large's layers (hidden 1024, batch 64) on an H100: 4 units per block, sums in one panel of 128
-    # terms, one direction per launch (256 blocks of 2 per SM). Padded chunks would need 116,288 bytes
+    # terms, one direction per launch (256 blocks of 2 per SM). Padded chunks would need 116,544 bytes
     # per block, over the 115,712 two blocks per SM leave; they are not taken at the cost of a panel
     # half as wide (64 terms: twice the panels and barriers per step), the chunks stay unpadded.
     ("large forward", 0, (4, 128, 64, 256, 1)),

@@ -170,8 +170,10 @@ inline unsigned load_acquire(const unsigned* counter) {
 }
 inline void spin_pause() { emulated_spin_pause(); }
 #else
-// A release reduction (MEMBAR.ALL.GPU + REDG on sm_90), as CUTLASS's grid barrier does after its
-// __syncthreads: __threadfence + atomicAdd would give a sequentially consistent fence
+// A release reduction (MEMBAR.ALL.GPU + REDG on sm_90) by thread 0 after the block's __syncthreads:
+// the barrier orders the other threads' writes before it and the release is cumulative over them
+// (the structure of CUTLASS's grid barrier, which releases with fence.acq_rel + red.relaxed, one
+// L1 invalidation more). __threadfence + atomicAdd would give a sequentially consistent fence
 // (MEMBAR.SC.GPU) and an L1 invalidation, more than publishing the block's writes needs.
 __device__ __forceinline__ void signal_release(unsigned* counter) {
 #if __CUDA_ARCH__ >= 700
