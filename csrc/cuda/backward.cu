@@ -123,8 +123,8 @@ __device__ void backward_cell(const BackwardStepParams<T>& p, int d, const Backw
                               int64_t j, T dh, const BackwardCellInputs<T>& in) {
   const CallDims& c = p.c;
   const int64_t H = c.H, b = row.b;
-  const CellGrad<T> cg =
-      lstm_cell_backward<T, Act>(dh, in.dc_next, in.g[0], in.g[1], in.g[2], in.g[3], in.c, in.c_prev);
+  const CellGrad<T> cg = lstm_cell_backward<T, Act>(dh, in.dc_next, in.g[0], in.g[1], in.g[2],
+                                                    in.g[3], in.c, in.c_prev);
   T* da = pick(p.da, d) + c.row(row.t, b) * c.G;
   da[j] = cg.da_i;
   da[H + j] = cg.da_f;

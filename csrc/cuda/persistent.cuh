@@ -58,7 +58,9 @@ struct SharedTableLanes : Lanes<float> {
 // The persistent kernels' cell activations (lstm_cell.h's policy): float through the shared table;
 // double (no table) as everywhere else.
 struct SharedTableActivations {
-  static __device__ float sigmoid(float x) { return canonical_sigmoid_lanes<float, SharedTableLanes>(x); }
+  static __device__ float sigmoid(float x) {
+    return canonical_sigmoid_lanes<float, SharedTableLanes>(x);
+  }
   static __device__ float tanh(float x) { return canonical_tanh_lanes<float, SharedTableLanes>(x); }
   static __device__ double sigmoid(double x) { return canonical_sigmoid(x); }
   static __device__ double tanh(double x) { return canonical_tanh(x); }
