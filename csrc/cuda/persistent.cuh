@@ -259,13 +259,14 @@ struct PersistentPlan {
 template <typename T, class KernelFor>
 PersistentPlan<T> plan_persistent(int64_t K, int64_t units, int cols_per_unit, int64_t D,
                                   int64_t batch, KernelFor kernel_for) {
-  const Recurrence mode = launch_shape().recurrence;
+  const LaunchShape& shape = launch_shape();
+  const Recurrence mode = shape.recurrence;
   if (mode == Recurrence::kPerStep) return {};
   const int rows =
       static_cast<int>(batch < kPersistentRows ? ceil_div(batch, 4) * 4 : kPersistentRows);
   const int64_t widest = ceil_div(K, kSumChunk) * kSumChunk;
-  const int64_t slot_choices[2] = {kSumChunk + 1, kSumChunk};  // padded first, where shape 8 asks
-  const int first_choice = launch_shape().padded_chunks ? 0 : 1;
+  const int64_t slot_choices[2] = {kSumChunk + 1, kSumChunk};  // padded first, where the shape asks
+  const int first_choice = shape.padded_chunks ? 0 : 1;
   for (int64_t dirs = D; dirs >= 1; --dirs)
     for (const int u : {4, 8}) {
       if (mode == Recurrence::kPersistentWide && u != 8) continue;
@@ -274,7 +275,7 @@ PersistentPlan<T> plan_persistent(int64_t K, int64_t units, int cols_per_unit, i
       for (int64_t panel = widest;; panel = ceil_div(panel / 2, kSumChunk) * kSumChunk) {
         for (int choice = first_choice; choice < 2; ++choice) {
           const SliceLayout<T> layout{K, u * cols_per_unit, rows, panel, slot_choices[choice],
-                                      launch_shape().one_row_tasks};
+                                      shape.one_row_tasks};
           if (co_resident_blocks(kernel_for(u), kPersistentThreads, layout.bytes()) >=
               dirs * per_direction)
             return {u, layout, per_direction, dirs};
